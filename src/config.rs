@@ -1,0 +1,340 @@
+//! Typed configuration: defaults compiled in, then the TOML file, then
+//! environment overrides (`CASCADE_<SECTION>__<KEY>=value`, e.g.
+//! `CASCADE_SERVER__LISTEN=0.0.0.0:8080`), then command-line flags.
+//! Validated once at start, with errors that name the key.
+//!
+//! Relative paths are resolved against the working directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::BackendKind;
+
+/// The prefix of environment overrides; `__` separates nested keys.
+pub const ENV_PREFIX: &str = "CASCADE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}: {1}")]
+    Read(String, String),
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub models: ModelsConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public API: `/v1/*`, `/v2/*`, `/healthz`, `/readyz`.
+    pub listen: String,
+    /// Admin and metrics: `/metrics`, `/admin/*`, health. Keep it private.
+    pub admin_listen: String,
+    /// Request bodies above this are refused with 413.
+    pub max_body_bytes: usize,
+    /// A request whose headers take longer than this is dropped.
+    pub header_timeout_ms: u64,
+    /// A request whose body takes longer than this is refused with 400.
+    pub body_timeout_ms: u64,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    pub shutdown_grace_ms: u64,
+    /// Async worker threads (the reactor). Inference runs on separate,
+    /// bounded threads: see `models.inference_threads`.
+    pub worker_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            worker_threads: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// The model repository: `<repository>/<name>/<version>/model.onnx`.
+    pub repository: PathBuf,
+    /// Backend for every model without an override.
+    pub backend: BackendKind,
+    /// At most this many inferences run at once (across all models).
+    pub inference_threads: usize,
+    /// `libonnxruntime.so` for the `ort` backend; when empty, the
+    /// `ORT_DYLIB_PATH` environment variable, then `.ort/libonnxruntime.so`.
+    pub ort_library: Option<PathBuf>,
+    /// Per-model settings, e.g. `[models.overrides.ranker] backend = "ort"`.
+    pub overrides: BTreeMap<String, ModelOverride>,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            repository: PathBuf::from("models"),
+            backend: BackendKind::Tract,
+            inference_threads: 2,
+            ort_library: None,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelOverride {
+    pub backend: Option<BackendKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A `tracing` filter: `info`, `cascade=debug,hyper=warn`, …
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then `CASCADE_*` overrides from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read(path.display().to_string(), e.to_string()))?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigError::Parse(format!("{}: {}", path.display(), e.message()))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut tree, env)?;
+        serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            let key = e.path().to_string();
+            let problem = e.into_inner().message().to_string();
+            if key == "." {
+                ConfigError::Parse(problem)
+            } else {
+                ConfigError::Invalid { key, problem }
+            }
+        })
+    }
+
+    /// Checks everything that can be checked before binding or loading.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("server.listen", &self.server.listen)?;
+        parse_addr("server.admin_listen", &self.server.admin_listen)?;
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.worker_threads == 0 {
+            return Err(invalid("server.worker_threads", "must be at least 1"));
+        }
+        if self.models.inference_threads == 0 {
+            return Err(invalid("models.inference_threads", "must be at least 1"));
+        }
+        let repo = &self.models.repository;
+        if !repo.is_dir() {
+            return Err(invalid(
+                "models.repository",
+                format!("directory \"{}\" does not exist", repo.display()),
+            ));
+        }
+        if self
+            .logging
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "logging.level",
+                format!(
+                    "\"{}\" is not a valid filter (try \"info\")",
+                    self.logging.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        parse_addr("server.listen", &self.server.listen).expect("validated")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        parse_addr("server.admin_listen", &self.server.admin_listen).expect("validated")
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("\"{value}\" is not an address like 127.0.0.1:8080"),
+        )
+    })
+}
+
+/// Merges `CASCADE_A__B=v` into `tree` as `a.b = v`. The value is read as a
+/// TOML value when it parses as one (numbers, booleans, arrays), else as a
+/// string.
+fn apply_env(
+    tree: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(invalid(&name, "empty key segment"));
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut table = &mut *tree;
+        for key in &path[..path.len() - 1] {
+            let slot = table
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = slot
+                .as_table_mut()
+                .ok_or_else(|| invalid(&name, format!("\"{key}\" is not a section")))?;
+        }
+        table.insert(path[path.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn every_shipped_config_loads_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = Config::load(Some(&path), no_env())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                // Paths in shipped configs are relative to the project root.
+                let mut rooted = config.clone();
+                rooted.models.repository =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join(&config.models.repository);
+                rooted
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "no config files found in {}", dir.display());
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let env = vec![
+            (
+                "CASCADE_SERVER__LISTEN".to_string(),
+                "0.0.0.0:1234".to_string(),
+            ),
+            (
+                "CASCADE_MODELS__INFERENCE_THREADS".to_string(),
+                "3".to_string(),
+            ),
+            (
+                "CASCADE_MODELS__OVERRIDES__RANKER__BACKEND".to_string(),
+                "ort".to_string(),
+            ),
+            ("CASCADE_UNRELATED".to_string(), "ignored".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:1234");
+        assert_eq!(c.models.inference_threads, 3);
+        assert_eq!(c.models.overrides["ranker"].backend, Some(BackendKind::Ort));
+        assert_eq!(c.server.admin_listen, ServerConfig::default().admin_listen);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = Config::default();
+        c.models.repository = PathBuf::from("modls-does-not-exist");
+        let e = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "models.repository: directory \"modls-does-not-exist\" does not exist"
+        );
+
+        let mut c = Config::default();
+        c.server.listen = "localhost".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("server.listen:"));
+
+        let env = vec![("CASCADE_SERVER__LISTN".to_string(), "x".to_string())];
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+
+        let env = vec![("CASCADE_MODELS__BACKEND".to_string(), "onnx".to_string())];
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("models.backend: ") && e.contains("onnx"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Cascade: a low-latency online inference and multi-stage ranking server.
+//!
+//! A request flows through the modules in this order:
+//!
+//! - [`server`]: accepts connections on the public and admin listeners
+//!   (hyper + tokio) and shuts down gracefully.
+//! - [`http`]: routes, request bodies, the error contract of `API.md`, and
+//!   the Open Inference Protocol (`/v2/*`).
+//! - [`model`]: the model repository, the backend trait with its tract and
+//!   ONNX Runtime implementations, golden-set vetting, and the bounded pool
+//!   that runs inference off the reactor.
+//! - [`telemetry`]: logging setup.
+//!
+//! [`config`] is the typed configuration; [`state`] is what handlers share.
+//! `main.rs` only parses the command line and starts things.
+
+pub mod config;
+pub mod http;
+pub mod model;
+pub mod server;
+pub mod state;
+pub mod telemetry;

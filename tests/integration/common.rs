@@ -1,0 +1,232 @@
+//! Fixtures: a server on ephemeral ports, a raw HTTP/1.1 client (raw so
+//! tests can also send what no well-behaved client would), temp repos.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade::config::Config;
+use cascade::state::AppState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn shipped_models() -> PathBuf {
+    project_root().join("models")
+}
+
+/// Names of the shipped models (folders of `models/` with a config.toml).
+pub fn shipped_model_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(shipped_models())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("config.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no shipped models found");
+    names
+}
+
+pub fn config_for(repo: &Path) -> Config {
+    let mut config = Config::default();
+    config.models.repository = repo.to_path_buf();
+    config.server.shutdown_grace_ms = 5_000;
+    config
+}
+
+pub struct TestServer {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let state = Arc::new(AppState::load(config).expect("models load"));
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(cascade::server::run(public, admin, state.clone(), async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            public: public_addr,
+            admin: admin_addr,
+            state,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn shipped() -> TestServer {
+        TestServer::start(config_for(&shipped_models())).await
+    }
+
+    /// Starts the graceful shutdown and returns a handle that resolves when
+    /// the server has drained.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.handle.take().unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        send(self.public, "GET", path, &[], b"").await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Resp {
+        let body = serde_json::to_vec(body).unwrap();
+        send(
+            self.public,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            &body,
+        )
+        .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), with a time
+/// bound so a hung server fails the test instead of hanging it.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    send_raw(addr, &raw).await
+}
+
+pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> Resp {
+    let fut = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(raw).await.unwrap();
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.unwrap();
+        buf
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .expect("server answered within 30 s");
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> Resp {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(buf)));
+    let head = std::str::from_utf8(&buf[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let body = buf[split + 4..].to_vec();
+    let resp = Resp {
+        status,
+        headers,
+        body,
+    };
+    if let Some(len) = resp.header("content-length") {
+        assert_eq!(
+            len.parse::<usize>().unwrap(),
+            resp.body.len(),
+            "content-length matches body"
+        );
+    }
+    resp
+}
+
+/// A copy of the shipped repository in a temp dir, to break on purpose.
+pub fn temp_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&shipped_models(), dir.path(), &["train", "catalog"]);
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target, &[]);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The golden set of `models/<name>/1/golden.json`.
+pub fn golden(name: &str) -> cascade::model::golden::GoldenSet {
+    let path = shipped_models().join(name).join("1").join("golden.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    cascade::model::golden::GoldenSet::parse(&text, "golden").unwrap()
+}

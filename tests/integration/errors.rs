@@ -1,0 +1,212 @@
+//! Every kind of bad request gets its documented status and error body, and
+//! the server keeps serving afterwards.
+
+use serde_json::json;
+
+use crate::common::{golden, send, send_raw, shipped_model_names, TestServer};
+
+fn assert_oip_error(r: &crate::common::Resp, status: u16, needle: &str) {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let msg = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("OIP error shape: {v}"));
+    assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+    assert!(
+        !msg.contains(env!("CARGO_MANIFEST_DIR")),
+        "no host paths in errors: {msg}"
+    );
+}
+
+fn assert_cascade_error(r: &crate::common::Resp, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test]
+async fn bad_infer_requests_get_400_naming_the_field() {
+    let s = TestServer::shipped().await;
+    let name = &shipped_model_names()[0];
+    let width = golden(name).inputs[0].len();
+    let path = format!("/v2/models/{name}/infer");
+    let ones = vec![1.0f32; width];
+    let cases = [
+        (
+            json!({"inputs": [{"name": "features", "shape": [1, width + 1], "datatype": "FP32", "data": vec![0.0; width + 1]}]}),
+            "inputs[0].shape",
+        ),
+        (
+            json!({"inputs": [{"name": "features", "shape": [1, width], "datatype": "INT64", "data": vec![0; width]}]}),
+            "inputs[0].datatype",
+        ),
+        (
+            json!({"inputs": [{"name": "features", "shape": [2, width], "datatype": "FP32", "data": ones}]}),
+            "inputs[0].data",
+        ),
+        (
+            json!({"inputs": [{"name": "nope", "shape": [1, width], "datatype": "FP32", "data": ones}]}),
+            "inputs[0].name",
+        ),
+        (
+            json!({"inputs": [{"name": "features", "shape": [1, width], "datatype": "FP32", "data": ones}], "outputs": [{"name": "label"}]}),
+            "outputs[0].name",
+        ),
+        (
+            json!({"inputs": [{"name": "features", "shape": [-1, width], "datatype": "FP32", "data": ones}]}),
+            "inputs[0].shape",
+        ),
+        (
+            json!({"inputs": [{"name": "features", "datatype": "FP32", "data": ones}]}),
+            "inputs[0]",
+        ),
+        (json!({"nothing": true}), "inputs"),
+        (json!([1, 2, 3]), "request body"),
+    ];
+    for (body, needle) in cases {
+        let r = s.post_json(&path, &body).await;
+        assert_oip_error(&r, 400, needle);
+    }
+    let r = send(
+        s.public,
+        "POST",
+        &path,
+        &[("Content-Type", "application/json")],
+        b"{\"inputs\": [",
+    )
+    .await;
+    assert_oip_error(&r, 400, "not valid JSON");
+    let r = send(
+        s.public,
+        "POST",
+        &path,
+        &[("Inference-Header-Content-Length", "999")],
+        b"{}",
+    )
+    .await;
+    assert_oip_error(&r, 400, "Inference-Header-Content-Length");
+}
+
+#[tokio::test]
+async fn limits_types_methods_and_unknown_paths() {
+    let s = TestServer::shipped().await;
+    let name = &shipped_model_names()[0];
+    let path = format!("/v2/models/{name}/infer");
+
+    let big = vec![b' '; s.state.config.server.max_body_bytes + 1];
+    let r = send(
+        s.public,
+        "POST",
+        &path,
+        &[("Content-Type", "application/json")],
+        &big,
+    )
+    .await;
+    assert_oip_error(&r, 413, "exceeds");
+
+    let r = send(
+        s.public,
+        "POST",
+        &path,
+        &[("Content-Type", "text/plain")],
+        b"{}",
+    )
+    .await;
+    assert_oip_error(&r, 415, "Content-Type");
+    let r = send(
+        s.public,
+        "POST",
+        &path,
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_oip_error(&r, 415, "Content-Encoding");
+
+    let r = s.get(&path).await;
+    assert_oip_error(&r, 405, "POST");
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = send(s.public, "DELETE", &format!("/v2/models/{name}"), &[], b"").await;
+    assert_oip_error(&r, 405, "GET");
+
+    assert_oip_error(
+        &s.get("/v2/models/no_such_model").await,
+        404,
+        "no_such_model",
+    );
+    assert_oip_error(
+        &s.get(&format!("/v2/models/{name}/versions/7")).await,
+        404,
+        "version 7",
+    );
+    assert_oip_error(
+        &s.get(&format!("/v2/models/{name}/versions/..%2F..%2Fetc"))
+            .await,
+        404,
+        "version",
+    );
+    assert_oip_error(
+        &s.get("/v2/models/..%2F..%2Fetc%2Fpasswd").await,
+        404,
+        "not found",
+    );
+    assert_oip_error(
+        &s.post_json("/v2/models/no_such_model/infer", &json!({}))
+            .await,
+        404,
+        "no_such_model",
+    );
+
+    // Cascade's own paths use the {"error": {"code", "message"}} shape.
+    assert_cascade_error(&s.get("/nowhere").await, 404, "not_found");
+    assert_cascade_error(
+        &send(s.public, "POST", "/healthz", &[], b"").await,
+        405,
+        "method_not_allowed",
+    );
+    // Admin paths are never served on the public listener, and the public
+    // API is not on the admin listener.
+    assert_cascade_error(&s.get("/admin/models").await, 404, "not_found");
+    assert_cascade_error(
+        &send(s.admin, "GET", "/v2", &[], b"").await,
+        404,
+        "not_found",
+    );
+    assert_eq!(
+        send(s.admin, "GET", "/admin/models", &[], b"").await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn garbage_never_takes_the_server_down() {
+    let s = TestServer::shipped().await;
+    let garbage: [&[u8]; 4] = [
+        b"\x00\x01\x02 nonsense\r\n\r\n",
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        b"POST /v2/models/ranker/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\xff\xfe\xfd",
+        b"GET /v2/models/%ff%fe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ];
+    for raw in garbage {
+        let r = send_raw(s.public, raw).await;
+        assert!((400..500).contains(&r.status), "{raw:?} -> {}", r.status);
+    }
+    // Still serving, and correctly.
+    let name = &shipped_model_names()[0];
+    let g = golden(name);
+    let width = g.inputs[0].len();
+    let r = s
+        .post_json(
+            &format!("/v2/models/{name}/infer"),
+            &json!({"inputs": [{"name": "features", "shape": [1, width], "datatype": "FP32", "data": g.inputs[0]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.get("/healthz").await.status, 200);
+}

@@ -1,0 +1,190 @@
+//! Start-up and shutdown: broken models are clear errors (or, beside a
+//! working version, never serve), SIGTERM drains and exits 0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cascade::state::AppState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{config_for, golden, send, shipped_model_names, temp_repo, TestServer};
+
+fn load_error(repo: &std::path::Path) -> String {
+    match AppState::load(config_for(repo)) {
+        Ok(_) => panic!("expected a load error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_model_that_cannot_load_is_an_error_naming_the_file() {
+    let repo = temp_repo();
+    let name = &shipped_model_names()[0];
+    std::fs::write(
+        repo.path().join(name).join("1/model.onnx"),
+        b"not an onnx file",
+    )
+    .unwrap();
+    let e = load_error(repo.path());
+    assert!(e.starts_with(&format!("{name}/1/model.onnx: ")), "{e}");
+    assert!(
+        !e.contains(&repo.path().display().to_string()),
+        "relative path only: {e}"
+    );
+
+    let repo = temp_repo();
+    std::fs::remove_file(repo.path().join(name).join("1/model.onnx")).unwrap();
+    assert_eq!(
+        load_error(repo.path()),
+        format!("{name}/1/model.onnx: file not found")
+    );
+
+    let repo = temp_repo();
+    std::fs::write(repo.path().join(name).join("config.toml"), "role = \"ranker\"\n[input]\nname = \"features\"\nfeatures = [\"a\"]\n[output]\nname = \"score\"\n").unwrap();
+    let e = load_error(repo.path());
+    assert!(
+        e.contains(&format!("{name}/config.toml")) && e.contains("1 features declared"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_or_unvetted_new_version_never_replaces_a_working_one() {
+    let repo = temp_repo();
+    let name = &shipped_model_names()[0];
+    let dir = repo.path().join(name);
+    // Version 2: not a model at all. Version 3: a real model whose golden
+    // set expects other numbers.
+    std::fs::create_dir(dir.join("2")).unwrap();
+    std::fs::write(dir.join("2/model.onnx"), b"garbage").unwrap();
+    std::fs::create_dir(dir.join("3")).unwrap();
+    std::fs::copy(dir.join("1/model.onnx"), dir.join("3/model.onnx")).unwrap();
+    let mut g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("1/golden.json")).unwrap()).unwrap();
+    for x in g["outputs"].as_array_mut().unwrap() {
+        *x = serde_json::json!(x.as_f64().unwrap() + 0.5);
+    }
+    std::fs::write(dir.join("3/golden.json"), g.to_string()).unwrap();
+
+    let s = TestServer::start(config_for(repo.path())).await;
+    let meta = s.get(&format!("/v2/models/{name}")).await.json();
+    assert_eq!(meta["versions"], serde_json::json!(["1"]));
+    let admin = send(s.admin, "GET", "/admin/models", &[], b"").await.json();
+    let entry = admin["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(entry["serving"], "1");
+    let versions = entry["versions"].as_array().unwrap();
+    assert_eq!(versions[0]["state"], "ready");
+    assert_eq!(versions[0]["vetting"]["passed"], true);
+    assert_eq!(versions[1]["state"], "failed");
+    assert_eq!(versions[2]["state"], "failed");
+    assert!(
+        versions[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("vetting failed"),
+        "{}",
+        versions[2]
+    );
+    assert_eq!(
+        s.get(&format!("/v2/models/{name}/versions/3/ready"))
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let mut s = TestServer::shipped().await;
+    let name = &shipped_model_names()[0];
+    let g = golden(name);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "features", "shape": [1, g.inputs[0].len()], "datatype": "FP32", "data": g.inputs[0]}]
+    }))
+    .unwrap();
+    // A request in flight: headers and half the body sent.
+    let mut stream = tokio::net::TcpStream::connect(s.public).await.unwrap();
+    let head = format!(
+        "POST /v2/models/{name}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..body.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let done = s.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!s.state.is_ready(), "not ready while draining");
+    assert!(
+        tokio::net::TcpStream::connect(s.public).await.is_err(),
+        "no new connections"
+    );
+
+    stream.write_all(&body[body.len() / 2..]).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = crate::common::parse_response(&buf);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("drained")
+        .unwrap();
+}
+
+/// The real binary: serves the shipped config, answers, exits 0 on SIGTERM.
+#[test]
+fn the_binary_serves_and_exits_zero_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args([
+            "serve",
+            "--config",
+            "config/default.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut public = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("cascade listening") {
+            let addr = line
+                .split("public=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            public = Some(addr.trim_matches('"').to_string());
+            break;
+        }
+    }
+    let public: std::net::SocketAddr = public.expect("server logged its address").parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(send(public, "GET", "/v2/health/ready", &[], b""));
+    assert_eq!(r.status, 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::spawn(move || for _ in lines {});
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}

@@ -1,0 +1,10 @@
+//! Integration tests: each starts the real server on `127.0.0.1:0` over the
+//! shipped model repository (or a temporary copy of it) and talks HTTP.
+//! One binary, so fixtures compile once.
+
+mod backends;
+mod common;
+mod errors;
+mod lifecycle;
+mod oip;
+mod python_client;
