@@ -33,7 +33,9 @@ impl AppState {
                 sessions: config.models.inference_threads,
             },
         };
+        crate::telemetry::metrics::install();
         let registry = Registry::load(&config.models.repository, &options)?;
+        record_models(&registry);
         let pool = InferencePool::new(config.models.inference_threads);
         Ok(AppState {
             config,
@@ -46,5 +48,29 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Exports what serves and how each version's load went.
+fn record_models(registry: &Registry) {
+    use crate::model::repository::VersionState;
+    use crate::telemetry::metrics as m;
+    for entry in registry.entries() {
+        for (version, state) in &entry.versions {
+            let outcome = match state {
+                VersionState::Ready(_) => "ready",
+                VersionState::Failed(_) => "failed",
+            };
+            metrics::counter!(m::MODEL_LOADS_TOTAL, "name" => entry.name.clone(), "outcome" => outcome)
+                .increment(1);
+            let serving = if *version == entry.serving { 1.0 } else { 0.0 };
+            metrics::gauge!(
+                m::MODEL_INFO,
+                "name" => entry.name.clone(),
+                "version" => version.to_string(),
+                "backend" => entry.backend.as_str()
+            )
+            .set(serving);
+        }
     }
 }

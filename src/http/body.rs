@@ -80,6 +80,15 @@ pub fn require_identity_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
 /// Parses a JSON body, turning serde's message into a 400 that names the
 /// field and position.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => {
+            return Err(ApiError::invalid(
+                "request body is empty; expected a JSON object",
+            ))
+        }
+        Some(_) => return Err(ApiError::invalid("request body must be a JSON object")),
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

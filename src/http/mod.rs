@@ -21,6 +21,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::state::AppState;
+use crate::telemetry::metrics as m;
 use error::{ApiError, ErrorShape};
 
 /// Which listener a connection arrived on.
@@ -46,7 +47,7 @@ pub async fn handle(
         .filter(|s| !s.is_empty())
         .collect();
     let (shape, result) = match (listener, segments.as_slice()) {
-        (_, ["v2", rest @ ..]) if listener == Listener::Public => (
+        (Listener::Public, ["v2", rest @ ..]) => (
             ErrorShape::InferenceProtocol,
             oip::route(&state, req, rest).await,
         ),
@@ -57,15 +58,54 @@ pub async fn handle(
         (Listener::Admin, ["admin", rest @ ..]) => {
             (ErrorShape::Cascade, ops::admin(&state, &method, rest))
         }
+        (Listener::Admin, ["metrics"]) => (ErrorShape::Cascade, ops::metrics(&method)),
         _ => (
             ErrorShape::Cascade,
             Err(ApiError::not_found(format!("no route for {path}"))),
         ),
     };
     let response = result.unwrap_or_else(|e| e.into_response(shape));
-    tracing::debug!(
-        %method, path, status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64, "request"
-    );
+    let route = route_template(&segments);
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics::counter!(
+        m::HTTP_REQUESTS_TOTAL,
+        "listener" => listener.as_str(), "route" => route, "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "route" => route)
+        .record(elapsed.as_secs_f64());
+    tracing::debug!(%method, path, status, micros = elapsed.as_micros() as u64, "request");
     Ok(response)
+}
+
+impl Listener {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Public => "public",
+            Listener::Admin => "admin",
+        }
+    }
+}
+
+/// The route a path matched, as a bounded metric label (names and
+/// versions replaced by placeholders; anything unknown is `other`).
+fn route_template(segments: &[&str]) -> &'static str {
+    match segments {
+        ["v2"] => "/v2",
+        ["v2", "health", "live"] => "/v2/health/live",
+        ["v2", "health", "ready"] => "/v2/health/ready",
+        ["v2", "models", _] | ["v2", "models", _, "versions", _] => "/v2/models/{name}",
+        ["v2", "models", _, "ready"] | ["v2", "models", _, "versions", _, "ready"] => {
+            "/v2/models/{name}/ready"
+        }
+        ["v2", "models", _, "infer"] | ["v2", "models", _, "versions", _, "infer"] => {
+            "/v2/models/{name}/infer"
+        }
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["admin", "models"] => "/admin/models",
+        _ => "other",
+    }
 }

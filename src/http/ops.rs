@@ -37,6 +37,18 @@ pub fn health(state: &AppState, method: &Method, which: &str) -> Resp {
     }
 }
 
+/// `GET /metrics`: the Prometheus text exposition.
+pub fn metrics(method: &Method) -> Resp {
+    if method != Method::GET {
+        return Err(ApiError::method_not_allowed("GET"));
+    }
+    Ok(super::body::bytes_response(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        crate::telemetry::metrics::render().into(),
+    ))
+}
+
 pub fn admin(state: &AppState, method: &Method, segments: &[&str]) -> Resp {
     match segments {
         ["models"] => {

@@ -1,4 +1,8 @@
-//! Logs (and, as they land, metrics): one place that sets them up.
+//! Logs and metrics: one place that sets them up.
+//!
+//! - [`metrics`]: every metric name, the buckets, the Prometheus recorder.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

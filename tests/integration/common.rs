@@ -154,9 +154,22 @@ pub async fn send(
 pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> Resp {
     let fut = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(raw).await.unwrap();
+        // A server may answer (413, say) and close before the whole body is
+        // sent: a failed write is fine as long as an answer comes back.
+        let _ = stream.write_all(raw).await;
         let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await.unwrap();
+        let mut chunk = [0u8; 16384];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if !buf.is_empty() => {
+                    eprintln!("read ended with {e} after a response");
+                    break;
+                }
+                Err(e) => panic!("no response: {e}"),
+            }
+        }
         buf
     };
     let buf = tokio::time::timeout(Duration::from_secs(30), fut)

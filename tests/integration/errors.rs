@@ -96,16 +96,15 @@ async fn limits_types_methods_and_unknown_paths() {
     let name = &shipped_model_names()[0];
     let path = format!("/v2/models/{name}/infer");
 
-    let big = vec![b' '; s.state.config.server.max_body_bytes + 1];
-    let r = send(
-        s.public,
-        "POST",
-        &path,
-        &[("Content-Type", "application/json")],
-        &big,
-    )
-    .await;
-    assert_oip_error(&r, 413, "exceeds");
+    // Declared too large: refused before the body is read.
+    let limit = s.state.config.server.max_body_bytes;
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{", limit + 1);
+    assert_oip_error(&send_raw(s.public, head.as_bytes()).await, 413, "exceeds");
+    // Chunked, with no declared length: refused once the limit is crossed.
+    let mut chunked = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", limit + 1).into_bytes();
+    chunked.extend(std::iter::repeat_n(b' ', limit + 1));
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_oip_error(&send_raw(s.public, &chunked).await, 413, "exceeds");
 
     let r = send(
         s.public,

@@ -6,5 +6,6 @@ mod backends;
 mod common;
 mod errors;
 mod lifecycle;
+mod metrics;
 mod oip;
 mod python_client;
