@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::index::{HnswParams, IndexKind};
 use crate::model::BackendKind;
+use crate::pipeline::request::Limits;
 
 /// The prefix of environment overrides; `__` separates nested keys.
 pub const ENV_PREFIX: &str = "CASCADE_";
@@ -38,6 +40,7 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub models: ModelsConfig,
+    pub ranking: RankingConfig,
     pub logging: LoggingConfig,
 }
 
@@ -107,6 +110,122 @@ impl Default for ModelsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ModelOverride {
     pub backend: Option<BackendKind>,
+}
+
+/// The ranking cascade behind `/v1/rank` (see `pipeline`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RankingConfig {
+    /// Serve `/v1/rank`. Off, the server is a plain inference server.
+    pub enabled: bool,
+    /// Item catalog and user table (`items.*`, `users.*`).
+    pub catalog: PathBuf,
+    /// Stage models, by repository name; leave one out to skip its stage.
+    pub filter_model: Option<String>,
+    pub ranker_model: Option<String>,
+    pub cold_start_model: Option<String>,
+    /// Candidates retrieval hands to the filter (N).
+    pub retrieve_n: usize,
+    /// Candidates the filter hands to the re-ranker (M).
+    pub filter_keep: usize,
+    pub default_k: usize,
+    pub max_k: usize,
+    /// Longest `candidates`, `recent_items` or `exclude` list accepted.
+    pub max_list_items: usize,
+    /// Most requests in one `/v1/rank/batch` call.
+    pub max_batch_requests: usize,
+    /// Budget of a request without `deadline_ms`.
+    pub default_deadline_ms: u64,
+    pub max_deadline_ms: u64,
+    /// Part of every deadline kept for replying: a model stage runs only if
+    /// its estimated cost fits in what is left of the deadline minus this.
+    pub deadline_reserve_ms: u64,
+    /// Never retrieve items a known user already interacted with.
+    pub exclude_seen: bool,
+    /// `auto` (exact below `exact_below` items, else HNSW), `exact`, `hnsw`.
+    pub index: IndexKind,
+    pub exact_below: usize,
+    pub hnsw: HnswParams,
+}
+
+impl Default for RankingConfig {
+    fn default() -> Self {
+        RankingConfig {
+            enabled: true,
+            catalog: PathBuf::from("models/catalog"),
+            filter_model: Some("filter".into()),
+            ranker_model: Some("ranker".into()),
+            cold_start_model: Some("cold_start".into()),
+            retrieve_n: 300,
+            filter_keep: 100,
+            default_k: 10,
+            max_k: 100,
+            max_list_items: 1000,
+            max_batch_requests: 64,
+            default_deadline_ms: 50,
+            max_deadline_ms: 10_000,
+            deadline_reserve_ms: 1,
+            exclude_seen: true,
+            index: IndexKind::Auto,
+            exact_below: 50_000,
+            hnsw: HnswParams::default(),
+        }
+    }
+}
+
+impl RankingConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            default_k: self.default_k,
+            max_k: self.max_k,
+            max_list_items: self.max_list_items,
+            default_deadline_ms: self.default_deadline_ms,
+            max_deadline_ms: self.max_deadline_ms,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if !self.catalog.is_dir() {
+            return Err(invalid(
+                "ranking.catalog",
+                format!("directory \"{}\" does not exist", self.catalog.display()),
+            ));
+        }
+        let positive = [
+            ("ranking.retrieve_n", self.retrieve_n),
+            ("ranking.filter_keep", self.filter_keep),
+            ("ranking.default_k", self.default_k),
+            ("ranking.max_list_items", self.max_list_items),
+            ("ranking.max_batch_requests", self.max_batch_requests),
+            ("ranking.hnsw.max_connections", self.hnsw.max_connections),
+            ("ranking.hnsw.ef_search", self.hnsw.ef_search),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(key, "must be at least 1"));
+        }
+        if self.hnsw.max_connections > 255 {
+            return Err(invalid(
+                "ranking.hnsw.max_connections",
+                "must be at most 255",
+            ));
+        }
+        if self.max_k < self.default_k {
+            return Err(invalid(
+                "ranking.max_k",
+                "must be at least ranking.default_k",
+            ));
+        }
+        if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
+            return Err(invalid(
+                "ranking.default_deadline_ms",
+                "must be between 1 and ranking.max_deadline_ms",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -182,6 +301,7 @@ impl Config {
                 format!("directory \"{}\" does not exist", repo.display()),
             ));
         }
+        self.ranking.validate()?;
         if self
             .logging
             .level
@@ -275,6 +395,8 @@ mod tests {
                 let mut rooted = config.clone();
                 rooted.models.repository =
                     Path::new(env!("CARGO_MANIFEST_DIR")).join(&config.models.repository);
+                rooted.ranking.catalog =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join(&config.ranking.catalog);
                 rooted
                     .validate()
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -311,6 +433,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let mut c = Config::default();
+        c.ranking.enabled = false;
         c.models.repository = PathBuf::from("modls-does-not-exist");
         let e = c.validate().unwrap_err().to_string();
         assert_eq!(
@@ -319,6 +442,7 @@ mod tests {
         );
 
         let mut c = Config::default();
+        c.ranking.enabled = false;
         c.server.listen = "localhost".into();
         assert!(c
             .validate()

@@ -14,9 +14,11 @@
 //! [`config`] is the typed configuration; [`state`] is what handlers share.
 //! `main.rs` only parses the command line and starts things.
 
+pub mod catalog;
 pub mod config;
 pub mod http;
 pub mod model;
+pub mod pipeline;
 pub mod server;
 pub mod state;
 pub mod telemetry;

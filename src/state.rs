@@ -6,11 +6,23 @@ use crate::config::Config;
 use crate::model::executor::InferencePool;
 use crate::model::repository::{LoadOptions, Registry};
 use crate::model::{backend::BackendOptions, ModelError};
+use crate::pipeline::Pipeline;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Ranking(String),
+}
 
 pub struct AppState {
     pub config: Config,
     pub registry: Registry,
     pub pool: InferencePool,
+    /// The ranking cascade, when `ranking.enabled`.
+    pub pipeline: Option<Pipeline>,
     /// Set once everything is loaded, warmed up and vetted.
     pub ready: AtomicBool,
     /// Set when shutdown starts: readiness drops so balancers drain us.
@@ -19,7 +31,7 @@ pub struct AppState {
 
 impl AppState {
     /// Loads every model (warm-up and vetting included) per `config`.
-    pub fn load(config: Config) -> Result<AppState, ModelError> {
+    pub fn load(config: Config) -> Result<AppState, StartupError> {
         let options = LoadOptions {
             default_backend: config.models.backend,
             backend_overrides: config
@@ -37,10 +49,16 @@ impl AppState {
         let registry = Registry::load(&config.models.repository, &options)?;
         record_models(&registry);
         let pool = InferencePool::new(config.models.inference_threads);
+        let pipeline = if config.ranking.enabled {
+            Some(Pipeline::load(&config.ranking, &registry).map_err(StartupError::Ranking)?)
+        } else {
+            None
+        };
         Ok(AppState {
             config,
             registry,
             pool,
+            pipeline,
             ready: AtomicBool::new(true),
             draining: AtomicBool::new(false),
         })

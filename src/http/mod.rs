@@ -3,6 +3,7 @@
 //! admin paths are never served publicly.
 //!
 //! - [`oip`] + [`oip_codec`]: the Open Inference Protocol (`/v2/*`).
+//! - [`rank`]: the ranking API (`/v1/rank`, `/v1/rank/batch`).
 //! - [`ops`]: health, readiness and the admin API.
 //! - [`body`], [`error`]: limits, content types, the error bodies.
 
@@ -11,6 +12,7 @@ pub mod error;
 pub mod oip;
 pub mod oip_codec;
 pub mod ops;
+pub mod rank;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +53,9 @@ pub async fn handle(
             ErrorShape::InferenceProtocol,
             oip::route(&state, req, rest).await,
         ),
+        (Listener::Public, ["v1", rest @ ..]) => {
+            (ErrorShape::Cascade, rank::route(&state, req, rest).await)
+        }
         (_, ["healthz"]) | (_, ["readyz"]) => (
             ErrorShape::Cascade,
             ops::health(&state, &method, segments[0]),
@@ -102,6 +107,8 @@ fn route_template(segments: &[&str]) -> &'static str {
         ["v2", "models", _, "infer"] | ["v2", "models", _, "versions", _, "infer"] => {
             "/v2/models/{name}/infer"
         }
+        ["v1", "rank"] => "/v1/rank",
+        ["v1", "rank", "batch"] => "/v1/rank/batch",
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",

@@ -23,6 +23,19 @@ pub const MODEL_ERRORS_TOTAL: &str = "cascade_model_errors_total";
 pub const MODEL_INFO: &str = "cascade_model_info";
 /// Model versions loaded at start or reload, by outcome (ready / failed).
 pub const MODEL_LOADS_TOTAL: &str = "cascade_model_loads_total";
+/// Per pipeline stage (retrieve, filter, rerank, select): time spent.
+pub const STAGE_DURATION_SECONDS: &str = "cascade_stage_duration_seconds";
+/// Per pipeline stage: candidates passed on.
+pub const STAGE_CANDIDATES_OUT: &str = "cascade_stage_candidates_out_rows";
+/// Answers that did not come from the full cascade, by reason
+/// (cold_start, deadline, model_error, overload).
+pub const RANK_FALLBACKS_TOTAL: &str = "cascade_rank_fallbacks_total";
+/// Caller-supplied candidate ids that are not in the catalog (dropped).
+pub const UNKNOWN_CANDIDATES_TOTAL: &str = "cascade_unknown_candidates_total";
+/// Feature values that had to take their default, by model and feature.
+pub const FEATURE_DEFAULTED_TOTAL: &str = "cascade_feature_defaulted_total";
+/// Feature rows assembled, by model (the denominator of coverage).
+pub const FEATURE_ROWS_TOTAL: &str = "cascade_feature_rows_total";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 

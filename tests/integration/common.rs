@@ -37,6 +37,7 @@ pub fn shipped_model_names() -> Vec<String> {
 pub fn config_for(repo: &Path) -> Config {
     let mut config = Config::default();
     config.models.repository = repo.to_path_buf();
+    config.ranking.catalog = shipped_models().join("catalog");
     config.server.shutdown_grace_ms = 5_000;
     config
 }

@@ -9,3 +9,4 @@ mod lifecycle;
 mod metrics;
 mod oip;
 mod python_client;
+mod rank;

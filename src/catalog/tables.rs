@@ -1,0 +1,330 @@
+//! Item and user tables, struct-of-arrays: one contiguous `Vec<f32>` per
+//! attribute, row `i` is item (user) `ids[i]`. Layout and meaning of every
+//! tensor: `models/FEATURES.md`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use super::CatalogError;
+
+struct TensorFile {
+    name: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl TensorFile {
+    fn open(dir: &Path, name: &'static str) -> Result<TensorFile, CatalogError> {
+        let bytes = std::fs::read(dir.join(name)).map_err(|e| CatalogError::load(name, e))?;
+        SafeTensors::deserialize(&bytes).map_err(|e| CatalogError::load(name, e))?;
+        Ok(TensorFile { name, bytes })
+    }
+
+    fn view(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("validated at open")
+    }
+
+    /// Tensor `key` as f32 with `rows` rows; returns the data and the
+    /// width (1 for a vector).
+    fn f32s(&self, key: &str, rows: usize) -> Result<(Vec<f32>, usize), CatalogError> {
+        let st = self.view();
+        let t = st
+            .tensor(key)
+            .map_err(|_| CatalogError::load(self.name, format!("no tensor \"{key}\"")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(CatalogError::load(
+                self.name,
+                format!("tensor \"{key}\" is {:?}, expected F32", t.dtype()),
+            ));
+        }
+        let shape = t.shape();
+        let width =
+            match shape {
+                [n] if *n == rows => 1,
+                [n, w] if *n == rows => *w,
+                _ => return Err(CatalogError::load(
+                    self.name,
+                    format!(
+                        "tensor \"{key}\" has shape {shape:?}, expected [{rows}] or [{rows}, _]"
+                    ),
+                )),
+            };
+        let data = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok((data, width))
+    }
+
+    fn vector(&self, key: &str, rows: usize) -> Result<Vec<f32>, CatalogError> {
+        match self.f32s(key, rows)? {
+            (v, 1) => Ok(v),
+            (_, w) => Err(CatalogError::load(
+                self.name,
+                format!("tensor \"{key}\" has {w} columns, expected a vector"),
+            )),
+        }
+    }
+
+    fn i32s(&self, key: &str) -> Result<Vec<i32>, CatalogError> {
+        let st = self.view();
+        let t = st
+            .tensor(key)
+            .map_err(|_| CatalogError::load(self.name, format!("no tensor \"{key}\"")))?;
+        if t.dtype() != Dtype::I32 || t.shape().len() != 1 {
+            return Err(CatalogError::load(
+                self.name,
+                format!("tensor \"{key}\" must be a 1-D I32 tensor"),
+            ));
+        }
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T, CatalogError> {
+    let text = std::fs::read_to_string(dir.join(name)).map_err(|e| CatalogError::load(name, e))?;
+    serde_json::from_str(&text).map_err(|e| CatalogError::load(name, e))
+}
+
+fn index_ids(ids: &[String], file: &str) -> Result<HashMap<String, u32>, CatalogError> {
+    let mut by_id = HashMap::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        if by_id.insert(id.clone(), i as u32).is_some() {
+            return Err(CatalogError::load(
+                file,
+                format!("id \"{id}\" appears twice"),
+            ));
+        }
+    }
+    Ok(by_id)
+}
+
+#[derive(Deserialize)]
+struct ItemsJson {
+    ids: Vec<String>,
+    #[serde(default)]
+    popular: Vec<String>,
+    #[serde(default)]
+    genres: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct UsersJson {
+    ids: Vec<String>,
+    occupations: Vec<String>,
+}
+
+/// The item catalog. Every `Vec<f32>` has one value per item, except the
+/// row-major matrices whose width is given beside them.
+pub struct Items {
+    pub ids: Vec<String>,
+    by_id: HashMap<String, u32>,
+    pub dim: usize,
+    /// Unit-norm retrieval embeddings, `[len, dim]`.
+    pub embedding: Vec<f32>,
+    pub n_genres: usize,
+    /// Genre names, in column order of `genres`.
+    pub genre_names: Vec<String>,
+    pub genres: Vec<f32>,
+    pub n_occupations: usize,
+    pub occupation_lift: Vec<f32>,
+    pub year: Vec<f32>,
+    pub popularity: Vec<f32>,
+    pub recent_popularity: Vec<f32>,
+    pub log_n_ratings: Vec<f32>,
+    pub mean_rating: Vec<f32>,
+    pub pos_rate: Vec<f32>,
+    pub mean_rater_age: Vec<f32>,
+    pub male_share: Vec<f32>,
+}
+
+impl Items {
+    pub fn load(dir: &Path) -> Result<Items, CatalogError> {
+        let meta: ItemsJson = read_json(dir, "items.json")?;
+        let by_id = index_ids(&meta.ids, "items.json")?;
+        let n = meta.ids.len();
+        let f = TensorFile::open(dir, "items.safetensors")?;
+        let (embedding, dim) = f.f32s("embedding", n)?;
+        let (genres, n_genres) = f.f32s("genres", n)?;
+        let (occupation_lift, n_occupations) = f.f32s("occupation_lift", n)?;
+        if meta.genres.len() != n_genres {
+            return Err(CatalogError::load(
+                "items.json",
+                format!(
+                    "{} genre names for {n_genres} genre columns",
+                    meta.genres.len()
+                ),
+            ));
+        }
+        Ok(Items {
+            genre_names: meta.genres,
+            dim,
+            embedding,
+            n_genres,
+            genres,
+            n_occupations,
+            occupation_lift,
+            year: f.vector("year", n)?,
+            popularity: f.vector("popularity", n)?,
+            recent_popularity: f.vector("recent_popularity", n)?,
+            log_n_ratings: f.vector("log_n_ratings", n)?,
+            mean_rating: f.vector("mean_rating", n)?,
+            pos_rate: f.vector("pos_rate", n)?,
+            mean_rater_age: f.vector("mean_rater_age", n)?,
+            male_share: f.vector("male_share", n)?,
+            ids: meta.ids,
+            by_id,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn row(&self, id: &str) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn embedding(&self, row: u32) -> &[f32] {
+        let r = row as usize * self.dim;
+        &self.embedding[r..r + self.dim]
+    }
+
+    pub fn genres(&self, row: u32) -> &[f32] {
+        let r = row as usize * self.n_genres;
+        &self.genres[r..r + self.n_genres]
+    }
+}
+
+/// The user table: known users only (cold-start users are not in it).
+pub struct Users {
+    pub ids: Vec<String>,
+    by_id: HashMap<String, u32>,
+    pub dim: usize,
+    pub embedding: Vec<f32>,
+    pub n_genres: usize,
+    pub genre_profile: Vec<f32>,
+    pub age: Vec<f32>,
+    pub gender_m: Vec<f32>,
+    pub occupation: Vec<f32>,
+    pub log_n_ratings: Vec<f32>,
+    pub mean_rating: Vec<f32>,
+    pub pos_rate: Vec<f32>,
+    /// Items each user interacted with before the cutoff (CSR over user
+    /// rows): never retrieved for them again. Empty when not shipped.
+    history_offsets: Vec<u32>,
+    history_items: Vec<u32>,
+}
+
+impl Users {
+    pub fn load(dir: &Path, items: &Items) -> Result<(Users, Vec<String>), CatalogError> {
+        let meta: UsersJson = read_json(dir, "users.json")?;
+        let by_id = index_ids(&meta.ids, "users.json")?;
+        let n = meta.ids.len();
+        let f = TensorFile::open(dir, "users.safetensors")?;
+        let (embedding, dim) = f.f32s("embedding", n)?;
+        if dim != items.dim {
+            return Err(CatalogError::load(
+                "users.safetensors",
+                format!("embedding dim {dim} differs from the items' {}", items.dim),
+            ));
+        }
+        let (genre_profile, n_genres) = f.f32s("genre_profile", n)?;
+        let (history_offsets, history_items) = if dir.join("user_history.safetensors").is_file() {
+            let h = TensorFile::open(dir, "user_history.safetensors")?;
+            let offsets = h.i32s("offsets")?;
+            let rows = h.i32s("items")?;
+            let ok = offsets.len() == n + 1
+                && offsets.windows(2).all(|w| w[0] <= w[1])
+                && offsets.first() == Some(&0)
+                && offsets.last().map(|&l| l as usize) == Some(rows.len())
+                && rows.iter().all(|&r| r >= 0 && (r as usize) < items.len());
+            if !ok {
+                return Err(CatalogError::load(
+                    "user_history.safetensors",
+                    "offsets/items are not a valid CSR over the user and item tables",
+                ));
+            }
+            (
+                offsets.into_iter().map(|x| x as u32).collect(),
+                rows.into_iter().map(|x| x as u32).collect(),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let users = Users {
+            dim,
+            embedding,
+            n_genres,
+            genre_profile,
+            age: f.vector("age", n)?,
+            gender_m: f.vector("gender_m", n)?,
+            occupation: f.vector("occupation", n)?,
+            log_n_ratings: f.vector("log_n_ratings", n)?,
+            mean_rating: f.vector("mean_rating", n)?,
+            pos_rate: f.vector("pos_rate", n)?,
+            history_offsets,
+            history_items,
+            ids: meta.ids,
+            by_id,
+        };
+        Ok((users, meta.occupations))
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn row(&self, id: &str) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn embedding(&self, row: u32) -> &[f32] {
+        let r = row as usize * self.dim;
+        &self.embedding[r..r + self.dim]
+    }
+
+    pub fn genre_profile(&self, row: u32) -> &[f32] {
+        let r = row as usize * self.n_genres;
+        &self.genre_profile[r..r + self.n_genres]
+    }
+
+    /// Item rows the user already interacted with (sorted as stored).
+    pub fn history(&self, row: u32) -> &[u32] {
+        if self.history_offsets.is_empty() {
+            return &[];
+        }
+        let (a, b) = (
+            self.history_offsets[row as usize] as usize,
+            self.history_offsets[row as usize + 1] as usize,
+        );
+        &self.history_items[a..b]
+    }
+}
+
+/// `items.json` "popular", as item rows (unknown ids are a load error).
+pub fn popular_rows(dir: &Path, items: &Items) -> Result<Vec<u32>, CatalogError> {
+    let meta: ItemsJson = read_json(dir, "items.json")?;
+    meta.popular
+        .iter()
+        .map(|id| {
+            items.row(id).ok_or_else(|| {
+                CatalogError::load("items.json", format!("popular id \"{id}\" is not an item"))
+            })
+        })
+        .collect()
+}

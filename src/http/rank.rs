@@ -1,0 +1,117 @@
+//! `POST /v1/rank` and `POST /v1/rank/batch` (API.md §1).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::body::{self, json_response};
+use super::error::ApiError;
+use crate::pipeline::request::RankRequest;
+use crate::pipeline::{Pipeline, RankError};
+use crate::state::AppState;
+
+type Resp = Result<Response<Full<Bytes>>, ApiError>;
+
+/// `segments` are the path's parts after `v1`.
+pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) -> Resp {
+    let batch = match segments {
+        ["rank"] => false,
+        ["rank", "batch"] => true,
+        _ => return Err(ApiError::not_found("no such path")),
+    };
+    if req.method() != Method::POST {
+        return Err(ApiError::method_not_allowed("POST"));
+    }
+    let pipeline = state
+        .pipeline
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("ranking is not enabled on this server"))?;
+    let (parts, incoming) = req.into_parts();
+    body::require_identity_encoding(&parts.headers)?;
+    body::require_json(&parts.headers)?;
+    let server = &state.config.server;
+    let bytes = body::read_limited(
+        incoming,
+        &parts.headers,
+        server.max_body_bytes,
+        Duration::from_millis(server.body_timeout_ms),
+    )
+    .await?;
+    if batch {
+        let value: BatchBody = body::parse_json(&bytes)?;
+        let max = state.config.ranking.max_batch_requests;
+        if value.requests.len() > max {
+            return Err(ApiError::invalid(format!(
+                "requests may hold at most {max} rank requests, got {}",
+                value.requests.len()
+            )));
+        }
+        let answers = futures_util::future::join_all(
+            value
+                .requests
+                .into_iter()
+                .map(|r| rank_value(state, pipeline, r)),
+        )
+        .await;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "responses": answers }),
+        ))
+    } else {
+        let request: RankRequest = body::parse_json(&bytes)?;
+        let response = rank(state, pipeline, request).await?;
+        Ok(json_response(StatusCode::OK, &response))
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    requests: Vec<Value>,
+}
+
+async fn rank(
+    state: &AppState,
+    pipeline: &Pipeline,
+    request: RankRequest,
+) -> Result<crate::pipeline::request::RankResponse, ApiError> {
+    let valid = request
+        .validate(&pipeline.limits, new_request_id)
+        .map_err(ApiError::invalid)?;
+    pipeline
+        .rank(&state.registry, &state.pool, valid)
+        .await
+        .map_err(|e| match e {
+            RankError::Unavailable(msg) => ApiError::model_not_ready(msg),
+        })
+}
+
+/// One slot of a batch: the response, or the error object in its place.
+async fn rank_value(state: &AppState, pipeline: &Pipeline, value: Value) -> Value {
+    let result = match serde_path_to_error::deserialize::<_, RankRequest>(value) {
+        Err(e) => Err(ApiError::invalid(format!("{}: {}", e.path(), e.inner()))),
+        Ok(request) => rank(state, pipeline, request).await,
+    };
+    match result {
+        Ok(response) => serde_json::to_value(response).expect("responses serialise"),
+        Err(e) => json!({"error": {"code": e.code, "message": e.message}}),
+    }
+}
+
+/// A request id unique within this process and across restarts.
+fn new_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let boot = *BOOT.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+    });
+    format!("{boot:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}

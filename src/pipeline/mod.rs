@@ -1,0 +1,341 @@
+//! The ranking cascade behind `POST /v1/rank`:
+//!
+//! 1. **retrieve** — top-N by inner product over item embeddings (exact or
+//!    HNSW), seeded by the user's embedding; for cold-start users by the mean
+//!    embedding of `recent_items` or the popularity list; or exactly the
+//!    caller's `candidates`. Excluded, already-seen and duplicate items are
+//!    removed before, not after, the cut.
+//! 2. **filter** — the lightweight model scores the N candidates, keeps M.
+//! 3. **rerank** — the heavy model (for cold-start users, the cold-start
+//!    ranker) scores what is left.
+//! 4. **select** — sort by score, ties by item row, top k.
+//!
+//! Each request has a deadline. A stage whose estimated cost no longer fits,
+//! which times out, or whose model fails, is skipped: the answer keeps the
+//! previous stage's order and says why (`fallback`). Only when nothing at
+//! all can rank is it an error.
+//!
+//! - [`request`]: the request/response contract and its validation.
+//! - [`features`]: feature assembly shared by every model.
+//! - [`stages`]: the stage implementations.
+
+pub mod features;
+pub mod request;
+pub mod stages;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use crate::catalog::{self, Catalog, VectorIndex};
+use crate::config::RankingConfig;
+use crate::model::executor::InferencePool;
+use crate::model::Registry;
+use crate::telemetry::metrics as m;
+use features::{FeatureSet, Subject};
+use request::{Fallback, Limits, RankResponse, ScoredItem, StageReport, ValidRequest};
+use stages::{ScoringModel, StageError};
+
+/// Why a request could not be ranked at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RankError {
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub struct Pipeline {
+    pub catalog: Catalog,
+    index: Box<dyn VectorIndex>,
+    config: RankingConfig,
+    pub limits: Limits,
+    filter: Option<ScoringModel>,
+    ranker: Option<ScoringModel>,
+    cold_start: Option<ScoringModel>,
+}
+
+/// Candidates with the score of the stage that ordered them last.
+type Scored = Vec<(u32, f32)>;
+
+impl Pipeline {
+    /// Loads the catalog, builds the index and resolves each configured
+    /// model's features. Errors name the config key or file.
+    pub fn load(config: &RankingConfig, registry: &Registry) -> Result<Pipeline, String> {
+        let catalog = Catalog::load(&config.catalog).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let index = catalog::index::build(
+            config.index,
+            config.exact_below,
+            &catalog.items.embedding,
+            catalog.items.dim,
+            &config.hnsw,
+        );
+        tracing::info!(
+            index = index.name(),
+            items = index.len(),
+            millis = started.elapsed().as_millis() as u64,
+            "retrieval index built"
+        );
+        let model = |key: &str, name: &Option<String>| -> Result<Option<ScoringModel>, String> {
+            let Some(name) = name.as_deref().filter(|n| !n.is_empty()) else {
+                return Ok(None);
+            };
+            let loaded = registry
+                .get(name, None)
+                .map_err(|e| format!("ranking.{key}: {e}"))?;
+            let input = loaded.spec.input.as_ref().ok_or_else(|| {
+                format!("ranking.{key}: model \"{name}\" declares no [input] features")
+            })?;
+            let features = FeatureSet::compile(&input.features, &catalog)
+                .map_err(|e| format!("ranking.{key}: {name}/config.toml: {e}"))?;
+            Ok(Some(ScoringModel::new(name, features)))
+        };
+        let filter = model("filter_model", &config.filter_model)?;
+        let ranker = model("ranker_model", &config.ranker_model)?;
+        let cold_start = model("cold_start_model", &config.cold_start_model)?;
+        Ok(Pipeline {
+            limits: config.limits(),
+            catalog,
+            index,
+            config: config.clone(),
+            filter,
+            ranker,
+            cold_start,
+        })
+    }
+
+    pub fn index_name(&self) -> &'static str {
+        self.index.name()
+    }
+
+    /// Who the request is for: a known user's row, or the cold-start
+    /// demographics it carries; hour and weekday default to now (UTC).
+    pub fn subject(&self, req: &ValidRequest) -> Subject {
+        let user = req
+            .user_id
+            .as_deref()
+            .and_then(|u| self.catalog.users.row(u));
+        let (now_hour, now_weekday) = utc_hour_weekday(SystemTime::now());
+        let ctx = &req.context;
+        Subject {
+            user,
+            age: if user.is_none() { ctx.age } else { None },
+            gender: if user.is_none() { ctx.gender } else { None },
+            occupation: if user.is_none() {
+                ctx.occupation
+                    .as_deref()
+                    .and_then(|o| self.catalog.occupation_index(o))
+            } else {
+                None
+            },
+            hour: ctx.hour.unwrap_or(now_hour) as f32,
+            weekday: ctx.weekday.unwrap_or(now_weekday) as f32,
+        }
+    }
+
+    pub async fn rank(
+        &self,
+        registry: &Registry,
+        pool: &InferencePool,
+        req: ValidRequest,
+    ) -> Result<RankResponse, RankError> {
+        let started = Instant::now();
+        // Model stages must finish before `deadline`, which keeps the
+        // configured reserve for replying.
+        let deadline = started
+            + Duration::from_millis(
+                req.deadline_ms
+                    .saturating_sub(self.config.deadline_reserve_ms),
+            );
+        let subject = self.subject(&req);
+        let mut reports = Vec::new();
+        let mut models = Map::new();
+        let mut fallback = if subject.user.is_none() {
+            Some(Fallback::ColdStart)
+        } else {
+            None
+        };
+
+        // 1. retrieve
+        let t = Instant::now();
+        let excluded: HashSet<u32> = req
+            .exclude
+            .iter()
+            .filter_map(|id| self.catalog.items.row(id))
+            .collect();
+        let mut current: Scored = match &req.candidates {
+            Some(ids) => stages::caller_candidates(&self.catalog, &subject, ids, &excluded),
+            None => stages::retrieve(
+                &self.catalog,
+                self.index.as_ref(),
+                &subject,
+                &req.recent_items,
+                &excluded,
+                self.config.retrieve_n,
+                self.config.exclude_seen,
+            ),
+        };
+        let asked = req
+            .candidates
+            .as_ref()
+            .map_or(self.config.retrieve_n, Vec::len);
+        report(&mut reports, "retrieve", asked, current.len(), t);
+        if current.is_empty() {
+            return Ok(self.respond(req, current, models, fallback, reports));
+        }
+
+        // 2. filter (known users only), 3. rerank
+        let (filter, rerank) = if subject.user.is_some() {
+            (self.filter.as_ref(), self.ranker.as_ref())
+        } else {
+            (None, self.cold_start.as_ref())
+        };
+        let stage_plan = [
+            ("filter", filter, self.config.filter_keep),
+            ("rerank", rerank, usize::MAX),
+        ];
+        for (stage, model, keep) in stage_plan {
+            let Some(model) = model else { continue };
+            let t = Instant::now();
+            let rows: Vec<u32> = current.iter().map(|(r, _)| *r).collect();
+            match model
+                .score(&self.catalog, registry, pool, &subject, &rows, deadline)
+                .await
+            {
+                Ok((scores, version)) => {
+                    let n_in = current.len();
+                    current = rows.into_iter().zip(scores).collect();
+                    stages::sort_scored(&mut current);
+                    current.truncate(keep);
+                    models.insert(
+                        stage_key(stage, subject.user.is_some()).into(),
+                        version.into(),
+                    );
+                    report(&mut reports, stage, n_in, current.len(), t);
+                }
+                Err(e) => {
+                    let reason = match e {
+                        StageError::Deadline => Fallback::Deadline,
+                        StageError::Model(msg) => {
+                            tracing::warn!(stage, model = model.name(), error = %msg, "stage failed; answering from the previous stage");
+                            Fallback::ModelError
+                        }
+                    };
+                    metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => fallback_label(reason))
+                        .increment(1);
+                    // A cold-start answer stays marked cold_start.
+                    if fallback.is_none() {
+                        fallback = Some(reason);
+                    }
+                    report(&mut reports, stage, current.len(), current.len(), t);
+                    break;
+                }
+            }
+        }
+        if fallback == Some(Fallback::ColdStart) {
+            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start").increment(1);
+        }
+        Ok(self.respond(req, current, models, fallback, reports))
+    }
+
+    fn respond(
+        &self,
+        req: ValidRequest,
+        mut current: Scored,
+        models: Map<String, Value>,
+        fallback: Option<Fallback>,
+        mut reports: Vec<StageReport>,
+    ) -> RankResponse {
+        let t = Instant::now();
+        let n_in = current.len();
+        stages::sort_scored(&mut current);
+        current.truncate(req.k);
+        report(&mut reports, "select", n_in, current.len(), t);
+        RankResponse {
+            request_id: req.request_id,
+            items: current
+                .into_iter()
+                .map(|(row, score)| ScoredItem {
+                    item_id: self.catalog.items.ids[row as usize].clone(),
+                    score,
+                })
+                .collect(),
+            variant: "control".into(),
+            models,
+            fallback,
+            cached: false,
+            stages: req.debug.then_some(reports),
+        }
+    }
+
+    /// The filter's and ranker's serving versions' features, for tests and tools.
+    pub fn feature_set(&self, role: &str) -> Option<&FeatureSet> {
+        match role {
+            "filter" => self.filter.as_ref(),
+            "ranker" => self.ranker.as_ref(),
+            "cold_start" => self.cold_start.as_ref(),
+            _ => None,
+        }
+        .map(ScoringModel::features)
+    }
+}
+
+fn stage_key(stage: &'static str, known: bool) -> &'static str {
+    match (stage, known) {
+        ("filter", _) => "filter",
+        (_, true) => "ranker",
+        (_, false) => "cold_start",
+    }
+}
+
+fn fallback_label(f: Fallback) -> &'static str {
+    match f {
+        Fallback::ColdStart => "cold_start",
+        Fallback::Deadline => "deadline",
+        Fallback::ModelError => "model_error",
+        Fallback::Overload => "overload",
+    }
+}
+
+fn report(
+    reports: &mut Vec<StageReport>,
+    name: &'static str,
+    n_in: usize,
+    n_out: usize,
+    t: Instant,
+) {
+    let took = t.elapsed();
+    metrics::histogram!(m::STAGE_DURATION_SECONDS, "stage" => name).record(took.as_secs_f64());
+    metrics::histogram!(m::STAGE_CANDIDATES_OUT, "stage" => name).record(n_out as f64);
+    reports.push(StageReport {
+        name,
+        candidates_in: n_in,
+        candidates_out: n_out,
+        micros: took.as_micros() as u64,
+    });
+}
+
+/// UTC hour (0–23) and weekday (0–6, Monday = 0) of `t`.
+pub fn utc_hour_weekday(t: SystemTime) -> (u8, u8) {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let hour = (secs / 3600 % 24) as u8;
+    // 1970-01-01 was a Thursday (3 with Monday = 0).
+    let weekday = ((secs / 86_400 + 3) % 7) as u8;
+    (hour, weekday)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_hour_and_weekday() {
+        // 2026-11-29 (a Sunday) 21:30 UTC.
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_987_800);
+        assert_eq!(utc_hour_weekday(t), (21, 6));
+        assert_eq!(utc_hour_weekday(UNIX_EPOCH), (0, 3));
+    }
+}

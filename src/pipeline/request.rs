@@ -1,0 +1,272 @@
+//! `POST /v1/rank` bodies (API.md §1): parsing is serde's job, bounds and
+//! meaning are checked here, and every rejection names the field.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::features::Gender;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankRequest {
+    pub request_id: Option<String>,
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub context: Map<String, Value>,
+    pub candidates: Option<Vec<String>>,
+    #[serde(default)]
+    pub recent_items: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub k: Option<i64>,
+    pub deadline_ms: Option<i64>,
+    #[serde(default)]
+    pub debug: bool,
+}
+
+/// Limits a request must respect (from `[ranking]` in the config).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub default_k: usize,
+    pub max_k: usize,
+    pub max_list_items: usize,
+    pub default_deadline_ms: u64,
+    pub max_deadline_ms: u64,
+}
+
+/// Validated context: what the features read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Context {
+    pub hour: Option<u8>,
+    pub weekday: Option<u8>,
+    pub age: Option<f32>,
+    pub gender: Option<Gender>,
+    pub occupation: Option<String>,
+}
+
+/// A request that passed validation.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub request_id: String,
+    pub user_id: Option<String>,
+    pub context: Context,
+    pub candidates: Option<Vec<String>>,
+    pub recent_items: Vec<String>,
+    pub exclude: Vec<String>,
+    pub k: usize,
+    pub deadline_ms: u64,
+    pub debug: bool,
+}
+
+fn int_in(field: &str, v: &Value, lo: i64, hi: i64) -> Result<i64, String> {
+    match v.as_i64() {
+        Some(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{field} must be an integer between {lo} and {hi}, got {v}"
+        )),
+    }
+}
+
+fn parse_context(ctx: &Map<String, Value>) -> Result<Context, String> {
+    let mut out = Context::default();
+    if let Some(v) = ctx.get("hour").filter(|v| !v.is_null()) {
+        out.hour = Some(int_in("context.hour", v, 0, 23)? as u8);
+    }
+    if let Some(v) = ctx.get("weekday").filter(|v| !v.is_null()) {
+        out.weekday = Some(int_in("context.weekday", v, 0, 6)? as u8);
+    }
+    if let Some(v) = ctx.get("age").filter(|v| !v.is_null()) {
+        match v.as_f64() {
+            Some(a) if (0.0..=130.0).contains(&a) => out.age = Some(a as f32),
+            _ => {
+                return Err(format!(
+                    "context.age must be a number between 0 and 130, got {v}"
+                ))
+            }
+        }
+    }
+    if let Some(v) = ctx.get("gender").filter(|v| !v.is_null()) {
+        let s = v
+            .as_str()
+            .ok_or_else(|| format!("context.gender must be a string, got {v}"))?;
+        // Anything but "M"/"F" counts as not given (FEATURES.md).
+        out.gender = match s {
+            "M" => Some(Gender::M),
+            "F" => Some(Gender::F),
+            _ => None,
+        };
+    }
+    if let Some(v) = ctx.get("occupation").filter(|v| !v.is_null()) {
+        let s = v
+            .as_str()
+            .ok_or_else(|| format!("context.occupation must be a string, got {v}"))?;
+        out.occupation = Some(s.to_string());
+    }
+    Ok(out)
+}
+
+fn check_list(field: &str, list: &[String], max: usize) -> Result<(), String> {
+    if list.len() > max {
+        return Err(format!(
+            "{field} may hold at most {max} ids, got {}",
+            list.len()
+        ));
+    }
+    if let Some(i) = list.iter().position(|id| id.is_empty() || id.len() > 128) {
+        return Err(format!(
+            "{field}[{i}] must be a non-empty id of at most 128 characters"
+        ));
+    }
+    Ok(())
+}
+
+impl RankRequest {
+    pub fn validate(
+        self,
+        limits: &Limits,
+        fresh_id: impl FnOnce() -> String,
+    ) -> Result<ValidRequest, String> {
+        let k = match self.k {
+            None => limits.default_k,
+            Some(k) if k >= 1 && k as u64 <= limits.max_k as u64 => k as usize,
+            Some(k) => return Err(format!("k must be between 1 and {}, got {k}", limits.max_k)),
+        };
+        let deadline_ms = match self.deadline_ms {
+            None => limits.default_deadline_ms,
+            Some(d) if d >= 1 && d as u64 <= limits.max_deadline_ms => d as u64,
+            Some(d) => {
+                return Err(format!(
+                    "deadline_ms must be between 1 and {}, got {d}",
+                    limits.max_deadline_ms
+                ))
+            }
+        };
+        if let Some(id) = &self.request_id {
+            if id.is_empty() || id.len() > 128 {
+                return Err("request_id must be 1 to 128 characters".into());
+            }
+        }
+        if let Some(u) = &self.user_id {
+            if u.is_empty() || u.len() > 128 {
+                return Err("user_id must be 1 to 128 characters".into());
+            }
+        }
+        if let Some(c) = &self.candidates {
+            check_list("candidates", c, limits.max_list_items)?;
+        }
+        check_list("recent_items", &self.recent_items, limits.max_list_items)?;
+        check_list("exclude", &self.exclude, limits.max_list_items)?;
+        let context = parse_context(&self.context)?;
+        Ok(ValidRequest {
+            request_id: self.request_id.unwrap_or_else(fresh_id),
+            user_id: self.user_id,
+            context,
+            candidates: self.candidates,
+            recent_items: self.recent_items,
+            exclude: self.exclude,
+            k,
+            deadline_ms,
+            debug: self.debug,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ScoredItem {
+    pub item_id: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub name: &'static str,
+    pub candidates_in: usize,
+    pub candidates_out: usize,
+    pub micros: u64,
+}
+
+/// Why an answer did not come from the full cascade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    ColdStart,
+    Deadline,
+    ModelError,
+    Overload,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RankResponse {
+    pub request_id: String,
+    pub items: Vec<ScoredItem>,
+    pub variant: String,
+    pub models: Map<String, Value>,
+    pub fallback: Option<Fallback>,
+    pub cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<StageReport>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            default_k: 10,
+            max_k: 100,
+            max_list_items: 5,
+            default_deadline_ms: 50,
+            max_deadline_ms: 1000,
+        }
+    }
+
+    fn check(json: &str) -> Result<ValidRequest, String> {
+        let r: RankRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        r.validate(&limits(), || "generated".into())
+    }
+
+    #[test]
+    fn defaults_and_bounds() {
+        let v = check("{}").unwrap();
+        assert_eq!(
+            (v.k, v.deadline_ms, v.request_id.as_str()),
+            (10, 50, "generated")
+        );
+        for (json, needle) in [
+            (r#"{"k": 0}"#, "k must be between 1 and 100, got 0"),
+            (r#"{"k": 101}"#, "k must be between 1 and 100"),
+            (r#"{"deadline_ms": 0}"#, "deadline_ms"),
+            (
+                r#"{"candidates": ["1","2","3","4","5","6"]}"#,
+                "candidates may hold at most 5",
+            ),
+            (r#"{"exclude": [""]}"#, "exclude[0]"),
+            (r#"{"context": {"hour": 24}}"#, "context.hour"),
+            (r#"{"context": {"weekday": "mon"}}"#, "context.weekday"),
+            (r#"{"context": {"age": -3}}"#, "context.age"),
+            (r#"{"context": {"gender": 1}}"#, "context.gender"),
+            (r#"{"user_id": ""}"#, "user_id"),
+        ] {
+            let e = check(json).unwrap_err();
+            assert!(e.contains(needle), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn context_is_parsed() {
+        let v = check(r#"{"context": {"hour": 21, "weekday": 3, "age": 31, "gender": "F", "occupation": "writer", "device": "ios"}}"#).unwrap();
+        assert_eq!(
+            v.context,
+            Context {
+                hour: Some(21),
+                weekday: Some(3),
+                age: Some(31.0),
+                gender: Some(Gender::F),
+                occupation: Some("writer".into())
+            }
+        );
+        let v = check(r#"{"context": {"gender": "x"}}"#).unwrap();
+        assert_eq!(v.context.gender, None);
+    }
+}

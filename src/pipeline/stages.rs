@@ -1,0 +1,220 @@
+//! The stage implementations: candidate generation and model scoring.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::features::{FeatureSet, Subject};
+use crate::catalog::{index, Catalog, VectorIndex};
+use crate::model::executor::InferencePool;
+use crate::model::{Registry, Tensor, TensorData};
+use crate::telemetry::metrics as m;
+
+/// Sort by score descending, ties by item row ascending (deterministic).
+pub fn sort_scored(v: &mut [(u32, f32)]) {
+    v.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+}
+
+/// The caller's candidates: known ids only (unknown ones are counted),
+/// first occurrence of each, none excluded. The score is the retrieval
+/// similarity for a known user and popularity otherwise, so that even an
+/// answer no model could score is ordered sensibly.
+pub fn caller_candidates(
+    catalog: &Catalog,
+    subject: &Subject,
+    ids: &[String],
+    excluded: &HashSet<u32>,
+) -> Vec<(u32, f32)> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    let mut unknown = 0u64;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        match catalog.items.row(id) {
+            None => unknown += 1,
+            Some(row) if !excluded.contains(&row) && seen.insert(row) => {
+                out.push((row, base_score(catalog, subject, row)))
+            }
+            Some(_) => {}
+        }
+    }
+    if unknown > 0 {
+        metrics::counter!(m::UNKNOWN_CANDIDATES_TOTAL).increment(unknown);
+    }
+    out
+}
+
+fn base_score(catalog: &Catalog, subject: &Subject, row: u32) -> f32 {
+    match subject.user {
+        Some(u) => index::dot(catalog.users.embedding(u), catalog.items.embedding(row)),
+        None => catalog.items.popularity[row as usize],
+    }
+}
+
+/// Retrieval for a known user (their embedding), a cold-start user with
+/// recent items (the mean of those items' embeddings), or anyone else (the
+/// popularity list). Returns up to `n` items, never an excluded one, never
+/// one the user has already seen (when `exclude_seen`), never a recent item.
+pub fn retrieve(
+    catalog: &Catalog,
+    index: &dyn VectorIndex,
+    subject: &Subject,
+    recent_items: &[String],
+    excluded: &HashSet<u32>,
+    n: usize,
+    exclude_seen: bool,
+) -> Vec<(u32, f32)> {
+    let recent: Vec<u32> = recent_items
+        .iter()
+        .filter_map(|id| catalog.items.row(id))
+        .collect();
+    let query: Option<Vec<f32>> = match subject.user {
+        Some(u) => Some(catalog.users.embedding(u).to_vec()),
+        None if !recent.is_empty() => {
+            let dim = catalog.items.dim;
+            let mut mean = vec![0f32; dim];
+            for &r in &recent {
+                for (m, x) in mean.iter_mut().zip(catalog.items.embedding(r)) {
+                    *m += x;
+                }
+            }
+            Some(mean)
+        }
+        None => None,
+    };
+    let seen: &[u32] = match subject.user {
+        Some(u) if exclude_seen => catalog.users.history(u),
+        _ => &[],
+    };
+    let seen: HashSet<u32> = seen.iter().chain(&recent).copied().collect();
+    let skip = |row: u32| excluded.contains(&row) || seen.contains(&row);
+    if let Some(q) = query {
+        match index::search(index, &q, n, &skip) {
+            Ok(found) => return found,
+            // e.g. recent items whose embeddings cancel out: fall through
+            // to popularity rather than fail the request.
+            Err(e) => {
+                tracing::debug!(error = %e, "embedding retrieval not possible; using popularity")
+            }
+        }
+    }
+    catalog
+        .popular
+        .iter()
+        .copied()
+        .filter(|&r| !skip(r))
+        .take(n)
+        .map(|r| (r, catalog.items.popularity[r as usize]))
+        .collect()
+}
+
+/// Why a scoring stage produced nothing.
+#[derive(Debug)]
+pub enum StageError {
+    /// The remaining budget cannot cover the stage, or it ran out.
+    Deadline,
+    Model(String),
+}
+
+/// A model used as a pipeline stage: its features and a running estimate
+/// of what a call costs, to skip calls that cannot fit the deadline.
+pub struct ScoringModel {
+    name: String,
+    features: FeatureSet,
+    /// Exponentially weighted mean of recent call durations, µs.
+    cost_us: AtomicU64,
+}
+
+impl ScoringModel {
+    pub fn new(name: &str, features: FeatureSet) -> ScoringModel {
+        ScoringModel {
+            name: name.to_string(),
+            features,
+            cost_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn features(&self) -> &FeatureSet {
+        &self.features
+    }
+
+    /// Scores `rows` for `subject`; returns the scores and `name@version`.
+    pub async fn score(
+        &self,
+        catalog: &Catalog,
+        registry: &Registry,
+        pool: &InferencePool,
+        subject: &Subject,
+        rows: &[u32],
+        deadline: Instant,
+    ) -> Result<(Vec<f32>, String), StageError> {
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        if remaining.is_zero()
+            || remaining.as_micros() as u64 <= self.cost_us.load(Ordering::Relaxed)
+        {
+            return Err(StageError::Deadline);
+        }
+        let model = registry
+            .get(&self.name, None)
+            .map_err(|e| StageError::Model(e.to_string()))?;
+        let (Some(input), Some(output)) = (&model.spec.input, &model.spec.output) else {
+            return Err(StageError::Model(
+                "model has no feature input / score output".into(),
+            ));
+        };
+        let width = self.features.width();
+        let mut matrix = Vec::new();
+        let mut missing = vec![0u32; width];
+        self.features
+            .assemble(catalog, subject, rows, &mut matrix, &mut missing);
+        for (j, &n) in missing.iter().enumerate() {
+            if n > 0 {
+                metrics::counter!(
+                    m::FEATURE_DEFAULTED_TOTAL,
+                    "model" => self.name.clone(), "feature" => self.features.names[j].clone()
+                )
+                .increment(n as u64);
+            }
+        }
+        metrics::counter!(m::FEATURE_ROWS_TOTAL, "model" => self.name.clone())
+            .increment(rows.len() as u64);
+        let tensor = Tensor::new(
+            input.name.clone(),
+            vec![rows.len(), width],
+            TensorData::F32(matrix),
+        );
+        let version = format!("{}@{}", model.name, model.version);
+        let run = pool.run(model.clone(), vec![tensor]);
+        let outputs = match tokio::time::timeout(remaining, run).await {
+            Err(_) => return Err(StageError::Deadline),
+            Ok(Err(e)) => return Err(StageError::Model(e.to_string())),
+            Ok(Ok(o)) => o,
+        };
+        let took = now.elapsed().as_micros() as u64;
+        let old = self.cost_us.load(Ordering::Relaxed);
+        let new = if old == 0 { took } else { (old * 7 + took) / 8 };
+        self.cost_us.store(new, Ordering::Relaxed);
+        match outputs
+            .into_iter()
+            .find(|t| t.name == output.name)
+            .map(|t| t.data)
+        {
+            Some(TensorData::F32(scores)) if scores.len() == rows.len() => {
+                if scores.iter().any(|s| !s.is_finite()) {
+                    return Err(StageError::Model(
+                        "model produced a non-finite score".into(),
+                    ));
+                }
+                Ok((scores, version))
+            }
+            _ => Err(StageError::Model(format!(
+                "output \"{}\" missing or not one FP32 score per row",
+                output.name
+            ))),
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `POST /v1/rank` and `/v1/rank/batch` over HTTP on the shipped models and
+//! catalog, and the training/serving skew check on the golden sets.
+
+use std::collections::HashSet;
+
+use cascade::pipeline::request::RankRequest;
+use serde_json::{json, Value};
+
+use crate::common::{golden, TestServer};
+
+fn items(v: &Value) -> Vec<(String, f64)> {
+    v["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {v}"))
+        .iter()
+        .map(|i| {
+            (
+                i["item_id"].as_str().unwrap().to_string(),
+                i["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn assert_sorted_distinct(list: &[(String, f64)]) {
+    assert!(
+        list.windows(2).all(|w| w[0].1 >= w[1].1),
+        "sorted by score: {list:?}"
+    );
+    let ids: HashSet<_> = list.iter().map(|(i, _)| i).collect();
+    assert_eq!(ids.len(), list.len(), "distinct: {list:?}");
+}
+
+#[tokio::test]
+async fn known_user_gets_k_distinct_sorted_items_none_excluded() {
+    let s = TestServer::shipped().await;
+    let base =
+        json!({"user_id": "1", "k": 20, "context": {"hour": 21, "weekday": 3}, "debug": true});
+    let first = s.post_json("/v1/rank", &base).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let v = first.json();
+    let list = items(&v);
+    assert_eq!(list.len(), 20);
+    assert_sorted_distinct(&list);
+    assert_eq!(v["fallback"], Value::Null);
+    assert_eq!(v["variant"], "control");
+    assert_eq!(v["cached"], false);
+    assert_eq!(
+        v["models"],
+        json!({"filter": "filter@1", "ranker": "ranker@1"})
+    );
+    assert!(v["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+    let stages: Vec<_> = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stages, ["retrieve", "filter", "rerank", "select"]);
+    assert_eq!(v["stages"][0]["candidates_out"], 300);
+    assert_eq!(v["stages"][1]["candidates_out"], 100);
+
+    // Exclude the top five: they never come back, the rest still does.
+    let top5: Vec<String> = list[..5].iter().map(|(i, _)| i.clone()).collect();
+    let mut req = base.clone();
+    req["exclude"] = json!(top5);
+    req["request_id"] = json!("r-42");
+    let v = s.post_json("/v1/rank", &req).await.json();
+    assert_eq!(v["request_id"], "r-42");
+    let again = items(&v);
+    assert_eq!(again.len(), 20);
+    assert!(again.iter().all(|(i, _)| !top5.contains(i)), "{again:?}");
+    assert!(v.get("stages").is_some());
+
+    // Without debug there are no stages; the same request is deterministic.
+    let mut plain = base.clone();
+    plain["debug"] = json!(false);
+    let v1 = s.post_json("/v1/rank", &plain).await.json();
+    let v2 = s.post_json("/v1/rank", &plain).await.json();
+    assert!(v1.get("stages").is_none());
+    assert_eq!(items(&v1), items(&v2));
+    assert_eq!(items(&v1), list);
+}
+
+#[tokio::test]
+async fn caller_candidates_are_honoured() {
+    let s = TestServer::shipped().await;
+    let candidates = json!(["50", "181", "100", "258", "50", "no-such-item", "1", "286"]);
+    let v = s
+        .post_json(
+            "/v1/rank",
+            &json!({"user_id": "13", "candidates": candidates, "exclude": ["1"], "k": 10}),
+        )
+        .await
+        .json();
+    let list = items(&v);
+    assert_sorted_distinct(&list);
+    let got: HashSet<&str> = list.iter().map(|(i, _)| i.as_str()).collect();
+    let want: HashSet<&str> = ["50", "181", "100", "258", "286"].into_iter().collect();
+    assert_eq!(
+        got, want,
+        "known, non-excluded, deduplicated candidates only"
+    );
+    assert_eq!(v["fallback"], Value::Null);
+
+    let v = s
+        .post_json("/v1/rank", &json!({"candidates": ["nope", "nada"]}))
+        .await
+        .json();
+    assert_eq!(
+        items(&v),
+        vec![],
+        "no known candidate: an empty, valid answer"
+    );
+}
+
+#[tokio::test]
+async fn cold_start_users_get_a_marked_answer() {
+    let s = TestServer::shipped().await;
+    for body in [
+        json!({"k": 10}),
+        json!({"user_id": "no-such-user", "k": 10, "context": {"age": 25, "gender": "F", "occupation": "student"}}),
+        json!({"k": 10, "recent_items": ["50", "172", "181"]}),
+    ] {
+        let r = s.post_json("/v1/rank", &body).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        assert_eq!(v["fallback"], "cold_start", "{body}");
+        assert_eq!(v["models"], json!({"cold_start": "cold_start@1"}));
+        let list = items(&v);
+        assert_eq!(list.len(), 10);
+        assert_sorted_distinct(&list);
+        if let Some(recent) = body["recent_items"].as_array() {
+            for r in recent {
+                assert!(
+                    list.iter().all(|(i, _)| i != r.as_str().unwrap()),
+                    "recent items are not re-recommended"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_one_ms_deadline_degrades_instead_of_failing() {
+    let s = TestServer::shipped().await;
+    for body in [
+        json!({"user_id": "1", "k": 5, "deadline_ms": 1}),
+        json!({"k": 5, "deadline_ms": 1}),
+    ] {
+        let r = s.post_json("/v1/rank", &body).await;
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        let list = items(&v);
+        assert_eq!(list.len(), 5);
+        assert_sorted_distinct(&list);
+        let expected = if body.get("user_id").is_some() {
+            "deadline"
+        } else {
+            "cold_start"
+        };
+        assert_eq!(v["fallback"], expected, "{v}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_fields_are_400_naming_the_field() {
+    let s = TestServer::shipped().await;
+    let long: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    let cases = [
+        (json!({"k": 0}), "k must be between 1 and 100, got 0"),
+        (json!({"k": 101}), "k must be between 1"),
+        (json!({"k": "ten"}), "k"),
+        (json!({"user_id": 5}), "user_id"),
+        (json!({"candidates": "50"}), "candidates"),
+        (json!({"candidates": ["50", 7]}), "candidates[1]"),
+        (json!({"exclude": long}), "exclude may hold at most 1000"),
+        (json!({"deadline_ms": 0}), "deadline_ms"),
+        (json!({"context": {"hour": 99}}), "context.hour"),
+        (json!({"context": "evening"}), "context"),
+        (json!({"debug": "yes"}), "debug"),
+        (json!({"kk": 3}), "kk"),
+        (json!([]), "JSON object"),
+    ];
+    for (body, needle) in cases {
+        let r = s.post_json("/v1/rank", &body).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "invalid_request");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body}: {msg:?} lacks {needle:?}");
+    }
+    let empty = crate::common::send(
+        s.public,
+        "POST",
+        "/v1/rank",
+        &[("Content-Type", "application/json")],
+        b"",
+    )
+    .await;
+    assert_eq!(empty.status, 400);
+    assert!(empty.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("empty"));
+    let r = s.get("/v1/rank").await;
+    assert_eq!(r.status, 405);
+    let r = crate::common::send(
+        s.public,
+        "POST",
+        "/v1/rank",
+        &[("Content-Type", "text/plain")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 415);
+    // And the server is still answering.
+    assert_eq!(
+        s.post_json("/v1/rank", &json!({"user_id": "1"}))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_request_answers_the_others() {
+    let s = TestServer::shipped().await;
+    let body = json!({"requests": [
+        {"user_id": "1", "k": 3, "request_id": "a"},
+        {"k": 0, "request_id": "b"},
+        {"k": 2, "request_id": "c"},
+        {"user_id": 7},
+    ]});
+    let r = s.post_json("/v1/rank/batch", &body).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    let responses = v["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 4);
+    assert_eq!(responses[0]["request_id"], "a");
+    assert_eq!(items(&responses[0]).len(), 3);
+    assert_eq!(responses[1]["error"]["code"], "invalid_request");
+    assert!(responses[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("k must be"));
+    assert_eq!(responses[2]["request_id"], "c");
+    assert_eq!(responses[2]["fallback"], "cold_start");
+    assert!(responses[3]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("user_id"));
+
+    let too_many = json!({"requests": vec![json!({}); 65]});
+    assert_eq!(s.post_json("/v1/rank/batch", &too_many).await.status, 400);
+    assert_eq!(
+        s.post_json("/v1/rank/batch", &json!({"reqs": []}))
+            .await
+            .status,
+        400
+    );
+}
+
+/// Training/serving skew: for every golden row (user, item, context), the
+/// server's feature assembly yields the vector the training script wrote.
+#[tokio::test]
+async fn served_features_match_the_training_scripts_golden_inputs() {
+    let s = TestServer::shipped().await;
+    let pipeline = s.state.pipeline.as_ref().unwrap();
+    for role in ["filter", "ranker", "cold_start"] {
+        let g = golden(role);
+        let set = pipeline.feature_set(role).unwrap();
+        assert_eq!(set.names, g.features, "{role}: feature order");
+        assert!(
+            !g.rows.is_empty(),
+            "{role}: golden rows say where inputs came from"
+        );
+        for (i, row) in g.rows.iter().enumerate() {
+            let req: RankRequest = serde_json::from_value(json!({
+                "user_id": row["user_id"], "context": row["context"]
+            }))
+            .unwrap();
+            let valid = req.validate(&pipeline.limits, || "skew".into()).unwrap();
+            let subject = pipeline.subject(&valid);
+            assert_eq!(
+                subject.user.is_some(),
+                role != "cold_start",
+                "{role} row {i}"
+            );
+            let item = pipeline
+                .catalog
+                .items
+                .row(row["item_id"].as_str().unwrap())
+                .unwrap();
+            let mut out = Vec::new();
+            let mut missing = vec![0; set.width()];
+            set.assemble(&pipeline.catalog, &subject, &[item], &mut out, &mut missing);
+            for (j, (got, want)) in out.iter().zip(&g.inputs[i]).enumerate() {
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{role} row {i} feature {}: served {got}, trained {want}",
+                    set.names[j]
+                );
+            }
+        }
+    }
+}
