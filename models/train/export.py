@@ -12,6 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 15
 ML_OPSET = 3
+# default-domain ops the exported graphs may contain: plain dense math that tract runs fast
+# (no TreeEnsemble*: tract evaluates it at ~10 ms per row)
+ALLOWED_OPS = {"Identity", "Cast", "Mul", "Add", "Sub", "Div", "Sigmoid", "Softmax", "Concat",
+               "MatMul", "Gemm", "Relu", "Slice"}
 
 
 def _replace_scalers(g: onnx.GraphProto) -> None:
@@ -36,28 +40,52 @@ def _replace_scalers(g: onnx.GraphProto) -> None:
     g.node.extend(nodes)
 
 
+def _prune(g: onnx.GraphProto, output: str) -> None:
+    """Drop the nodes and initializers `output` does not depend on (the converters' `label` path,
+    e.g. ArgMax + ai.onnx.ml ArrayFeatureExtractor for MLPClassifier, which tract need not run)."""
+    need, keep = {output}, []
+    for n in reversed(g.node):
+        if any(o in need for o in n.output):
+            keep.append(n)
+            need.update(i for i in n.input if i)
+    keep.reverse()
+    inits = [t for t in g.initializer if t.name in need]
+    del g.node[:]
+    g.node.extend(keep)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+
+
 def _finalize(model: onnx.ModelProto, n_features: int, doc: str, feature_names) -> onnx.ModelProto:
     """Make `score` = probabilities[:, 1:2] the only graph output; input `features` [N, F]."""
     g = model.graph
     _replace_scalers(g)
     print("   converter output:", [(o.domain, o.version) for o in model.opset_import],
           sorted({n.op_type for n in g.node}), [o.name for o in g.output])
+    assert len(g.input) == 1, [i.name for i in g.input]
+    probs = [o.name for o in g.output if "prob" in o.name]
+    assert len(probs) == 1, [o.name for o in g.output]
+    prob = probs[0]
+    _prune(g, prob)  # the `label` output and its nodes go
     # one opset import per domain; the default domain raised to OPSET (Slice with tensor inputs needs >= 10).
-    # Only ops whose semantics did not change between the converter's opset and OPSET are allowed.
+    # Only ops whose semantics did not change between the converter's opset and OPSET are allowed: each
+    # op's schema at OPSET must be the one already in force at the converter's opset (since_version <=).
+    conv_opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=OPSET)
     ops = {n.op_type for n in g.node if n.domain in ("", "ai.onnx")}
-    assert ops <= {"Identity", "Cast", "Mul", "Add", "Sub", "Div", "Sigmoid", "Concat"}, ops
+    assert ops <= ALLOWED_OPS, ops - ALLOWED_OPS
+    for op in sorted(ops):
+        since = onnx.defs.get_schema(op, OPSET).since_version
+        assert since <= conv_opset, (op, since, conv_opset)
     versions = {}
     for o in model.opset_import:
         d = "" if o.domain == "ai.onnx" else o.domain
         versions[d] = max(versions.get(d, 0), o.version)
     versions[""] = max(versions.get("", 0), OPSET)
+    used = {""} | {n.domain for n in g.node}  # e.g. ai.onnx.ml is gone once Scaler and the label path are
+    versions = {d: v for d, v in versions.items() if d in used}
     del model.opset_import[:]
     for d, v in sorted(versions.items()):
         model.opset_import.append(helper.make_opsetid(d, v))
-    assert len(g.input) == 1, [i.name for i in g.input]
-    probs = [o.name for o in g.output if "prob" in o.name]
-    assert len(probs) == 1, [o.name for o in g.output]
-    prob = probs[0]
     for name, val in (("score_starts", 1), ("score_ends", 2), ("score_axes", 1)):
         g.initializer.append(numpy_helper.from_array(np.array([val], dtype=np.int64), name))
     g.node.append(helper.make_node("Slice", [prob, "score_starts", "score_ends", "score_axes"], ["score"],
@@ -88,51 +116,6 @@ def to_onnx_sklearn(pipe, n_features, doc, feature_names):
                         options={id(clf): {"zipmap": False}},
                         target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET})
     return _finalize(m, n_features, doc, feature_names)
-
-
-def to_onnx_lgbm(model, n_features, doc, feature_names):
-    from onnxmltools import convert_lightgbm
-    from onnxmltools.convert.common.data_types import FloatTensorType
-    m = convert_lightgbm(model, initial_types=[("features", FloatTensorType([None, n_features]))],
-                         zipmap=False, target_opset=OPSET)
-    _round_thresholds_down(m, model)
-    return _finalize(m, n_features, doc, feature_names)
-
-
-def _round_thresholds_down(onx: onnx.ModelProto, model) -> None:
-    """LightGBM splits are `x <= t` with a float64 t; the converter stores float32(t) rounded to
-    nearest, which can round *up* onto a float32 feature value that LightGBM sends right, and
-    the ONNX trees then disagree with LightGBM (seen: max |diff| 0.05). Replace each threshold
-    by the largest float32 <= t: for every float32 x, x <= that  <=>  x <= t."""
-    node = [n for n in onx.graph.node if n.op_type == "TreeEnsembleClassifier"]
-    assert len(node) == 1
-    at = {a.name: a for a in node[0].attribute}
-    thr = {}
-
-    def walk(n, tid):
-        if "split_index" in n:
-            assert n["decision_type"] == "<=", n["decision_type"]
-            thr.setdefault((tid, n["split_feature"], float(np.float32(n["threshold"]))), set()).add(n["threshold"])
-            walk(n["left_child"], tid)
-            walk(n["right_child"], tid)
-
-    for i, t in enumerate(model.booster_.dump_model()["tree_info"]):
-        walk(t["tree_structure"], i)
-    vals = list(at["nodes_values"].floats)
-    modes, tids, fids = at["nodes_modes"].strings, at["nodes_treeids"].ints, at["nodes_featureids"].ints
-    for k, mode in enumerate(modes):
-        if mode == b"LEAF":
-            continue
-        assert mode == b"BRANCH_LEQ", mode
-        cands = thr[(tids[k], fids[k], float(np.float32(vals[k])))]
-        assert len(cands) == 1, cands
-        t = next(iter(cands))
-        f = np.float32(t)
-        if float(f) > t:
-            f = np.nextafter(f, np.float32(-np.inf))
-        vals[k] = float(f)
-    del at["nodes_values"].floats[:]
-    at["nodes_values"].floats.extend(vals)
 
 
 class OnnxScorer:

