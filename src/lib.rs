@@ -16,6 +16,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod eval;
 pub mod http;
 pub mod model;
 pub mod pipeline;

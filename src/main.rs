@@ -24,6 +24,21 @@ struct Cli {
 enum Command {
     /// Serve the models of the configured repository (the default command).
     Serve(ServeArgs),
+    /// Replay held-out interactions through the serving pipeline (offline)
+    /// and print recall@k and NDCG@10 per segment.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[arg(long, default_value = "config/default.toml")]
+    config: PathBuf,
+    /// JSONL of evaluation cases (written by models/train/run.sh).
+    #[arg(long, default_value = "models/train/.cache/eval_requests.jsonl")]
+    requests: PathBuf,
+    /// Items per answer (recall@k).
+    #[arg(long, default_value_t = 10)]
+    k: usize,
 }
 
 #[derive(clap::Args, Default)]
@@ -43,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Eval(args)) => return eval(args),
         None => ServeArgs {
             config: PathBuf::from("config/default.toml"),
             ..ServeArgs::default()
@@ -86,6 +102,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, "cascade listening");
         cascade::server::run(public, admin, state, cascade::server::shutdown_signal()).await;
         tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let config = Config::load(Some(&args.config), std::env::vars())?;
+    config.validate()?;
+    cascade::telemetry::init_logging(&config.logging);
+    let cases = cascade::eval::read_cases(&args.requests)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.worker_threads)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let state = AppState::load(config).context("loading models")?;
+        let started = std::time::Instant::now();
+        let n = cases.len();
+        let scores = cascade::eval::run(&state, cases, args.k).await?;
+        println!("{:<24} {:>6} {:>9} {:>10} {:>9}", "segment", "users", "NDCG@10", format!("recall@{}", args.k), "degraded");
+        for (segment, s) in &scores {
+            println!(
+                "{segment:<24} {:>6} {:>9.4} {:>10.4} {:>9}",
+                s.users, s.ndcg_at_10, s.recall_at_k, s.degraded
+            );
+        }
+        println!("{n} requests replayed in {:.2} s", started.elapsed().as_secs_f64());
         Ok(())
     })
 }
