@@ -24,19 +24,41 @@ fn pipeline(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let candidates: Vec<String> = pipeline.catalog.items.ids.iter().step_by(16).take(100).cloned().collect();
+    let candidates: Vec<String> = pipeline
+        .catalog
+        .items
+        .ids
+        .iter()
+        .step_by(16)
+        .take(100)
+        .cloned()
+        .collect();
     let cases = [
-        ("known_user", serde_json::json!({"user_id": "1", "k": 10, "deadline_ms": 10000, "context": {"hour": 21, "weekday": 3}})),
-        ("cold_start", serde_json::json!({"k": 10, "deadline_ms": 10000, "context": {"hour": 21, "weekday": 3, "age": 30, "gender": "F", "occupation": "engineer"}})),
-        ("known_user_100_candidates", serde_json::json!({"user_id": "1", "k": 10, "deadline_ms": 10000, "candidates": candidates})),
+        (
+            "known_user",
+            serde_json::json!({"user_id": "1", "k": 10, "deadline_ms": 10000, "context": {"hour": 21, "weekday": 3}}),
+        ),
+        (
+            "cold_start",
+            serde_json::json!({"k": 10, "deadline_ms": 10000, "context": {"hour": 21, "weekday": 3, "age": 30, "gender": "F", "occupation": "engineer"}}),
+        ),
+        (
+            "known_user_100_candidates",
+            serde_json::json!({"user_id": "1", "k": 10, "deadline_ms": 10000, "candidates": candidates}),
+        ),
     ];
     let mut group = c.benchmark_group("pipeline");
     for (name, body) in cases {
         let request: RankRequest = serde_json::from_value(body).unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {
-                let valid = request.clone().validate(&pipeline.limits, || "bench".into()).unwrap();
-                let response = rt.block_on(pipeline.rank(&state.registry, &state.pool, valid)).unwrap();
+                let valid = request
+                    .clone()
+                    .validate(&pipeline.limits, || "bench".into())
+                    .unwrap();
+                let response = rt
+                    .block_on(pipeline.rank(&state.registry, &state.pool, valid))
+                    .unwrap();
                 assert!(response.fallback.is_none() || name == "cold_start");
                 black_box(response)
             })

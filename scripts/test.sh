@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test-env.sh
 echo "== cargo test (default features: tract)"
-cargo test
+cargo test --workspace
 echo "== cargo test --features ort (tract + ONNX Runtime)"
 ORT_DYLIB_PATH="$PWD/.ort/libonnxruntime.so" cargo test --features ort

@@ -51,13 +51,20 @@ pub fn ndcg_recall(ranked: &[String], relevant: &HashSet<&str>) -> (f64, f64) {
         .map(|(i, _)| gain(i))
         .sum();
     let ideal: f64 = (0..relevant.len().min(10)).map(gain).sum();
-    let hits = ranked.iter().filter(|id| relevant.contains(id.as_str())).count();
+    let hits = ranked
+        .iter()
+        .filter(|id| relevant.contains(id.as_str()))
+        .count();
     (dcg / ideal, hits as f64 / relevant.len() as f64)
 }
 
 pub fn read_cases(path: &Path) -> anyhow::Result<Vec<EvalCase>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e} (run models/train/run.sh to write it)", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (run models/train/run.sh to write it)",
+            path.display()
+        )
+    })?;
     let mut cases = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
@@ -73,7 +80,11 @@ pub fn read_cases(path: &Path) -> anyhow::Result<Vec<EvalCase>> {
 }
 
 /// Replays `cases` with top-`k` requests through the serving pipeline.
-pub async fn run(state: &AppState, cases: Vec<EvalCase>, k: usize) -> anyhow::Result<BTreeMap<String, SegmentScore>> {
+pub async fn run(
+    state: &AppState,
+    cases: Vec<EvalCase>,
+    k: usize,
+) -> anyhow::Result<BTreeMap<String, SegmentScore>> {
     let pipeline = state
         .pipeline
         .as_ref()

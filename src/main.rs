@@ -120,14 +120,24 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let n = cases.len();
         let scores = cascade::eval::run(&state, cases, args.k).await?;
-        println!("{:<24} {:>6} {:>9} {:>10} {:>9}", "segment", "users", "NDCG@10", format!("recall@{}", args.k), "degraded");
+        println!(
+            "{:<24} {:>6} {:>9} {:>10} {:>9}",
+            "segment",
+            "users",
+            "NDCG@10",
+            format!("recall@{}", args.k),
+            "degraded"
+        );
         for (segment, s) in &scores {
             println!(
                 "{segment:<24} {:>6} {:>9.4} {:>10.4} {:>9}",
                 s.users, s.ndcg_at_10, s.recall_at_k, s.degraded
             );
         }
-        println!("{n} requests replayed in {:.2} s", started.elapsed().as_secs_f64());
+        println!(
+            "{n} requests replayed in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     })
 }

@@ -40,17 +40,18 @@ impl TensorFile {
             ));
         }
         let shape = t.shape();
-        let width =
-            match shape {
-                [n] if *n == rows => 1,
-                [n, w] if *n == rows => *w,
-                _ => return Err(CatalogError::load(
+        let width = match shape {
+            [n] if *n == rows => 1,
+            [n, w] if *n == rows => *w,
+            _ => {
+                return Err(CatalogError::load(
                     self.name,
                     format!(
                         "tensor \"{key}\" has shape {shape:?}, expected [{rows}] or [{rows}, _]"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let data = t
             .data()
             .chunks_exact(4)

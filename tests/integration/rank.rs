@@ -331,7 +331,9 @@ async fn a_failing_ranker_falls_back_to_the_filter_order() {
     .unwrap();
     std::fs::remove_file(dir.join("golden.json")).unwrap();
     let s = TestServer::start(crate::common::config_for(repo.path())).await;
-    let r = s.post_json("/v1/rank", &json!({"user_id": "1", "k": 10, "debug": true})).await;
+    let r = s
+        .post_json("/v1/rank", &json!({"user_id": "1", "k": 10, "debug": true}))
+        .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
     assert_eq!(v["fallback"], "model_error");
@@ -348,19 +350,36 @@ async fn a_failing_ranker_falls_back_to_the_filter_order() {
 #[tokio::test]
 async fn offline_replay_scores_cases_through_the_pipeline() {
     let s = TestServer::shipped().await;
-    let top = items(&s.post_json("/v1/rank", &json!({"user_id": "1", "k": 10, "context": {"hour": 1, "weekday": 4}})).await.json());
+    let top = items(
+        &s.post_json(
+            "/v1/rank",
+            &json!({"user_id": "1", "k": 10, "context": {"hour": 1, "weekday": 4}}),
+        )
+        .await
+        .json(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cases.jsonl");
     let lines = [
         json!({"segment": "known_users", "user_id": "1", "context": {"hour": 1, "weekday": 4}, "relevant": [top[0].0]}),
         json!({"segment": "cold_start_users", "user_id": null, "context": {"age": 30, "gender": "M"}, "relevant": ["no-such-item"]}),
     ];
-    std::fs::write(&path, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    std::fs::write(
+        &path,
+        lines
+            .iter()
+            .map(|l| l.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
     let cases = cascade::eval::read_cases(&path).unwrap();
     let scores = cascade::eval::run(&s.state, cases, 10).await.unwrap();
     let known = &scores["known_users"];
     assert_eq!(known.users, 1);
-    assert!((known.ndcg_at_10 - 1.0).abs() < 1e-9, "the one relevant item is ranked first");
+    assert!(
+        (known.ndcg_at_10 - 1.0).abs() < 1e-9,
+        "the one relevant item is ranked first"
+    );
     assert!((known.recall_at_k - 1.0).abs() < 1e-9);
     assert_eq!(scores["cold_start_users"].ndcg_at_10, 0.0);
     assert_eq!(known.degraded, 0);
