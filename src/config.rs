@@ -53,6 +53,10 @@ pub struct ServerConfig {
     pub admin_listen: String,
     /// Request bodies above this are refused with 413.
     pub max_body_bytes: usize,
+    /// Ranking and inference requests in flight at once; beyond it a fast
+    /// 503 `overloaded` with `Retry-After`, so overload never turns into
+    /// unbounded queueing.
+    pub max_in_flight: usize,
     /// A request whose headers take longer than this is dropped.
     pub header_timeout_ms: u64,
     /// A request whose body takes longer than this is refused with 400.
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9090".into(),
             max_body_bytes: 4 * 1024 * 1024,
+            max_in_flight: 512,
             header_timeout_ms: 5_000,
             body_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
@@ -287,6 +292,9 @@ impl Config {
         parse_addr("server.admin_listen", &self.server.admin_listen)?;
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.max_in_flight == 0 {
+            return Err(invalid("server.max_in_flight", "must be at least 1"));
         }
         if self.server.worker_threads == 0 {
             return Err(invalid("server.worker_threads", "must be at least 1"));

@@ -1,6 +1,9 @@
 //! What every request handler shares.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::model::executor::InferencePool;
@@ -23,6 +26,9 @@ pub struct AppState {
     pub pool: InferencePool,
     /// The ranking cascade, when `ranking.enabled`.
     pub pipeline: Option<Pipeline>,
+    /// Admission control: one permit per ranking or inference request in
+    /// flight (`server.max_in_flight`); none left means a fast 503.
+    pub admission: Arc<Semaphore>,
     /// Set once everything is loaded, warmed up and vetted.
     pub ready: AtomicBool,
     /// Set when shutdown starts: readiness drops so balancers drain us.
@@ -55,6 +61,7 @@ impl AppState {
             None
         };
         Ok(AppState {
+            admission: Arc::new(Semaphore::new(config.server.max_in_flight)),
             config,
             registry,
             pool,

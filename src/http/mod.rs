@@ -48,6 +48,31 @@ pub async fn handle(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    // Admission control: work that costs inference holds a permit for its
+    // whole life; when none is left the answer is an immediate 503.
+    let costly = listener == Listener::Public
+        && matches!(
+            segments.as_slice(),
+            ["v1", ..] | ["v2", "models", .., "infer"]
+        );
+    let _permit = if costly {
+        match state.admission.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let shape = if segments.first() == Some(&"v2") {
+                    ErrorShape::InferenceProtocol
+                } else {
+                    ErrorShape::Cascade
+                };
+                let response = ApiError::overloaded(1).into_response(shape);
+                return Ok(finish(
+                    listener, &segments, &method, &path, started, response,
+                ));
+            }
+        }
+    } else {
+        None
+    };
     let (shape, result) = match (listener, segments.as_slice()) {
         (Listener::Public, ["v2", rest @ ..]) => (
             ErrorShape::InferenceProtocol,
@@ -70,7 +95,21 @@ pub async fn handle(
         ),
     };
     let response = result.unwrap_or_else(|e| e.into_response(shape));
-    let route = route_template(&segments);
+    Ok(finish(
+        listener, &segments, &method, &path, started, response,
+    ))
+}
+
+/// Records the request's metrics and log line.
+fn finish(
+    listener: Listener,
+    segments: &[&str],
+    method: &http::Method,
+    path: &str,
+    started: Instant,
+    response: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    let route = route_template(segments);
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     metrics::counter!(
@@ -81,7 +120,7 @@ pub async fn handle(
     metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "route" => route)
         .record(elapsed.as_secs_f64());
     tracing::debug!(%method, path, status, micros = elapsed.as_micros() as u64, "request");
-    Ok(response)
+    response
 }
 
 impl Listener {

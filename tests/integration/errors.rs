@@ -209,3 +209,56 @@ async fn garbage_never_takes_the_server_down() {
     assert_eq!(r.status, 200);
     assert_eq!(s.get("/healthz").await.status, 200);
 }
+
+/// Admission control: with every permit held by a request in flight, the
+/// next costly request is refused at once with 503 and Retry-After, while
+/// cheap paths (health, metadata) still answer.
+#[tokio::test]
+async fn overload_is_a_fast_503_with_retry_after() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    config.server.max_in_flight = 1;
+    let s = TestServer::start(config).await;
+    // Hold the only permit: headers sent, body still owed.
+    let mut held = tokio::net::TcpStream::connect(s.public).await.unwrap();
+    held.write_all(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..50 {
+        let r = s.post_json("/v1/rank", &json!({"user_id": "1"})).await;
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        // The held request may not have been dispatched yet.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = refused.expect("a request beyond max_in_flight is refused");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["error"]["code"], "overloaded");
+    let name = &shipped_model_names()[0];
+    let r = s
+        .post_json(&format!("/v2/models/{name}/infer"), &json!({}))
+        .await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.json()["error"].is_string(),
+        "inference-protocol error shape"
+    );
+    assert_eq!(s.get("/v2/health/ready").await.status, 200);
+    assert_eq!(s.get(&format!("/v2/models/{name}")).await.status, 200);
+    // Finish the held request: the permit comes back.
+    held.write_all(b"}").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut held, &mut buf)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        s.post_json("/v1/rank", &json!({"user_id": "1"}))
+            .await
+            .status,
+        200
+    );
+}
