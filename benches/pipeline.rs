@@ -17,13 +17,17 @@ fn pipeline(c: &mut Criterion) {
     let mut config = Config::default();
     config.models.repository = root.join("models");
     config.ranking.catalog = root.join("models/catalog");
-    let state = AppState::load(config).expect("shipped models load");
-    let pipeline = state.pipeline.as_ref().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
+    // Batchers start on the runtime that is current while loading.
+    let state = {
+        let _runtime = rt.enter();
+        AppState::load(config).expect("shipped models load")
+    };
+    let pipeline = state.pipeline.as_ref().unwrap();
     let candidates: Vec<String> = pipeline
         .catalog
         .items

@@ -117,6 +117,15 @@ pub struct ModelOverride {
     pub backend: Option<BackendKind>,
 }
 
+/// What a ranking request gets when the re-ranker's batch queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOverload {
+    #[default]
+    Degrade,
+    Reject,
+}
+
 /// The ranking cascade behind `/v1/rank` (see `pipeline`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -147,6 +156,16 @@ pub struct RankingConfig {
     pub deadline_reserve_ms: u64,
     /// Never retrieve items a known user already interacted with.
     pub exclude_seen: bool,
+    /// Bulk re-ranker rows from concurrent requests into one inference
+    /// (per model: `[batching]` in its config.toml sets rows and wait).
+    pub batching: bool,
+    /// Requests that may wait in a model's batch queue.
+    pub batch_queue_capacity: usize,
+    /// Batches of one model that may run at once.
+    pub batch_workers: usize,
+    /// When a batch queue is full: `degrade` (answer in the filter's order,
+    /// `fallback: "overload"`) or `reject` (503 `overloaded`).
+    pub on_overload: OnOverload,
     /// `auto` (exact below `exact_below` items, else HNSW), `exact`, `hnsw`.
     pub index: IndexKind,
     pub exact_below: usize,
@@ -171,6 +190,10 @@ impl Default for RankingConfig {
             max_deadline_ms: 10_000,
             deadline_reserve_ms: 1,
             exclude_seen: true,
+            batching: true,
+            batch_queue_capacity: 1024,
+            batch_workers: 2,
+            on_overload: OnOverload::Degrade,
             index: IndexKind::Auto,
             exact_below: 50_000,
             hnsw: HnswParams::default(),
@@ -205,6 +228,8 @@ impl RankingConfig {
             ("ranking.default_k", self.default_k),
             ("ranking.max_list_items", self.max_list_items),
             ("ranking.max_batch_requests", self.max_batch_requests),
+            ("ranking.batch_queue_capacity", self.batch_queue_capacity),
+            ("ranking.batch_workers", self.batch_workers),
             ("ranking.hnsw.max_connections", self.hnsw.max_connections),
             ("ranking.hnsw.ef_search", self.hnsw.ef_search),
         ];

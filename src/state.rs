@@ -56,7 +56,7 @@ impl AppState {
         record_models(&registry);
         let pool = InferencePool::new(config.models.inference_threads);
         let pipeline = if config.ranking.enabled {
-            Some(Pipeline::load(&config.ranking, &registry).map_err(StartupError::Ranking)?)
+            Some(Pipeline::load(&config.ranking, &registry, &pool).map_err(StartupError::Ranking)?)
         } else {
             None
         };

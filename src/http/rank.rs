@@ -88,6 +88,7 @@ async fn rank(
         .await
         .map_err(|e| match e {
             RankError::Unavailable(msg) => ApiError::model_not_ready(msg),
+            RankError::Overloaded => ApiError::overloaded(1),
         })
 }
 

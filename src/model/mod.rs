@@ -7,10 +7,12 @@
 //! - [`tract_backend`]: tract-onnx, pure Rust, the default.
 //! - `ort_backend` (feature `ort`): ONNX Runtime loaded at run time.
 //! - [`repository`]: `models/<name>/<version>/model.onnx` + `config.toml`.
+//! - [`batcher`]: dynamic batching of rows from concurrent requests.
 //! - [`executor`]: bounded blocking inference, so 2 cores are never
 //!   oversubscribed and the reactor never blocks.
 
 pub mod backend;
+pub mod batcher;
 pub mod executor;
 pub mod golden;
 #[cfg(feature = "ort")]

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use crate::catalog::{self, Catalog, VectorIndex};
-use crate::config::RankingConfig;
+use crate::config::{OnOverload, RankingConfig};
+use crate::model::batcher::{BatchPolicy, Batcher};
 use crate::model::executor::InferencePool;
 use crate::model::Registry;
 use crate::telemetry::metrics as m;
@@ -42,6 +43,9 @@ use stages::{ScoringModel, StageError};
 pub enum RankError {
     #[error("{0}")]
     Unavailable(String),
+    /// The re-ranker's queue is full and `ranking.on_overload = "reject"`.
+    #[error("overloaded")]
+    Overloaded,
 }
 
 pub struct Pipeline {
@@ -60,7 +64,12 @@ type Scored = Vec<(u32, f32)>;
 impl Pipeline {
     /// Loads the catalog, builds the index and resolves each configured
     /// model's features. Errors name the config key or file.
-    pub fn load(config: &RankingConfig, registry: &Registry) -> Result<Pipeline, String> {
+    /// Batchers (when `ranking.batching`) start on the current tokio runtime.
+    pub fn load(
+        config: &RankingConfig,
+        registry: &Registry,
+        pool: &InferencePool,
+    ) -> Result<Pipeline, String> {
         let catalog = Catalog::load(&config.catalog).map_err(|e| e.to_string())?;
         let started = Instant::now();
         let index = catalog::index::build(
@@ -76,7 +85,10 @@ impl Pipeline {
             millis = started.elapsed().as_millis() as u64,
             "retrieval index built"
         );
-        let model = |key: &str, name: &Option<String>| -> Result<Option<ScoringModel>, String> {
+        let model = |key: &str,
+                     name: &Option<String>,
+                     batched: bool|
+         -> Result<Option<ScoringModel>, String> {
             let Some(name) = name.as_deref().filter(|n| !n.is_empty()) else {
                 return Ok(None);
             };
@@ -88,11 +100,27 @@ impl Pipeline {
             })?;
             let features = FeatureSet::compile(&input.features, &catalog)
                 .map_err(|e| format!("ranking.{key}: {name}/config.toml: {e}"))?;
-            Ok(Some(ScoringModel::new(name, features)))
+            let batcher = (batched && config.batching).then(|| {
+                let output = loaded
+                    .spec
+                    .output
+                    .as_ref()
+                    .map_or("score", |o| o.name.as_str());
+                let policy = BatchPolicy {
+                    max_batch_rows: loaded.spec.batching.max_batch_rows,
+                    max_wait: Duration::from_micros(loaded.spec.batching.max_wait_us),
+                    queue_capacity: config.batch_queue_capacity,
+                    workers: config.batch_workers,
+                };
+                Batcher::spawn(name, output, policy, pool.clone())
+            });
+            Ok(Some(ScoringModel::new(name, features, batcher)))
         };
-        let filter = model("filter_model", &config.filter_model)?;
-        let ranker = model("ranker_model", &config.ranker_model)?;
-        let cold_start = model("cold_start_model", &config.cold_start_model)?;
+        // The filter runs once per request on all N candidates; the
+        // re-rankers' rows are the ones worth bulking across requests.
+        let filter = model("filter_model", &config.filter_model, false)?;
+        let ranker = model("ranker_model", &config.ranker_model, true)?;
+        let cold_start = model("cold_start_model", &config.cold_start_model, true)?;
         Ok(Pipeline {
             limits: config.limits(),
             catalog,
@@ -216,6 +244,12 @@ impl Pipeline {
                 Err(e) => {
                     let reason = match e {
                         StageError::Deadline => Fallback::Deadline,
+                        StageError::Overload if self.config.on_overload == OnOverload::Reject => {
+                            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "overload")
+                                .increment(1);
+                            return Err(RankError::Overloaded);
+                        }
+                        StageError::Overload => Fallback::Overload,
                         StageError::Model(msg) => {
                             tracing::warn!(stage, model = model.name(), error = %msg, "stage failed; answering from the previous stage");
                             Fallback::ModelError

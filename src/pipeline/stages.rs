@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::features::{FeatureSet, Subject};
 use crate::catalog::{index, Catalog, VectorIndex};
+use crate::model::batcher::{BatchError, Batcher};
 use crate::model::executor::InferencePool;
 use crate::model::{Registry, Tensor, TensorData};
 use crate::telemetry::metrics as m;
@@ -112,6 +113,8 @@ pub fn retrieve(
 pub enum StageError {
     /// The remaining budget cannot cover the stage, or it ran out.
     Deadline,
+    /// The model's batch queue is full.
+    Overload,
     Model(String),
 }
 
@@ -120,15 +123,18 @@ pub enum StageError {
 pub struct ScoringModel {
     name: String,
     features: FeatureSet,
+    /// When set, rows go through the model's dynamic batcher.
+    batcher: Option<Batcher>,
     /// Exponentially weighted mean of recent call durations, µs.
     cost_us: AtomicU64,
 }
 
 impl ScoringModel {
-    pub fn new(name: &str, features: FeatureSet) -> ScoringModel {
+    pub fn new(name: &str, features: FeatureSet, batcher: Option<Batcher>) -> ScoringModel {
         ScoringModel {
             name: name.to_string(),
             features,
+            batcher,
             cost_us: AtomicU64::new(0),
         }
     }
@@ -182,39 +188,58 @@ impl ScoringModel {
         }
         metrics::counter!(m::FEATURE_ROWS_TOTAL, "model" => self.name.clone())
             .increment(rows.len() as u64);
-        let tensor = Tensor::new(
-            input.name.clone(),
-            vec![rows.len(), width],
-            TensorData::F32(matrix),
-        );
         let version = format!("{}@{}", model.name, model.version);
-        let run = pool.run(model.clone(), vec![tensor]);
-        let outputs = match tokio::time::timeout(remaining, run).await {
-            Err(_) => return Err(StageError::Deadline),
-            Ok(Err(e)) => return Err(StageError::Model(e.to_string())),
-            Ok(Ok(o)) => o,
+        let scores = match &self.batcher {
+            Some(batcher) => {
+                let run = batcher.score(
+                    model.clone(),
+                    matrix,
+                    rows.len(),
+                    tokio::time::Instant::from_std(deadline),
+                );
+                match tokio::time::timeout(remaining, run).await {
+                    Err(_) | Ok(Err(BatchError::Deadline)) => return Err(StageError::Deadline),
+                    Ok(Err(BatchError::Overloaded)) => return Err(StageError::Overload),
+                    Ok(Err(e)) => return Err(StageError::Model(e.to_string())),
+                    Ok(Ok(scored)) => scored.scores,
+                }
+            }
+            None => {
+                let tensor = Tensor::new(
+                    input.name.clone(),
+                    vec![rows.len(), width],
+                    TensorData::F32(matrix),
+                );
+                let run = pool.run(model.clone(), vec![tensor]);
+                let outputs = match tokio::time::timeout(remaining, run).await {
+                    Err(_) => return Err(StageError::Deadline),
+                    Ok(Err(e)) => return Err(StageError::Model(e.to_string())),
+                    Ok(Ok(o)) => o,
+                };
+                match outputs
+                    .into_iter()
+                    .find(|t| t.name == output.name)
+                    .map(|t| t.data)
+                {
+                    Some(TensorData::F32(scores)) if scores.len() == rows.len() => scores,
+                    _ => {
+                        return Err(StageError::Model(format!(
+                            "output \"{}\" missing or not one FP32 score per row",
+                            output.name
+                        )))
+                    }
+                }
+            }
         };
         let took = now.elapsed().as_micros() as u64;
         let old = self.cost_us.load(Ordering::Relaxed);
         let new = if old == 0 { took } else { (old * 7 + took) / 8 };
         self.cost_us.store(new, Ordering::Relaxed);
-        match outputs
-            .into_iter()
-            .find(|t| t.name == output.name)
-            .map(|t| t.data)
-        {
-            Some(TensorData::F32(scores)) if scores.len() == rows.len() => {
-                if scores.iter().any(|s| !s.is_finite()) {
-                    return Err(StageError::Model(
-                        "model produced a non-finite score".into(),
-                    ));
-                }
-                Ok((scores, version))
-            }
-            _ => Err(StageError::Model(format!(
-                "output \"{}\" missing or not one FP32 score per row",
-                output.name
-            ))),
+        if scores.iter().any(|s| !s.is_finite()) {
+            return Err(StageError::Model(
+                "model produced a non-finite score".into(),
+            ));
         }
+        Ok((scores, version))
     }
 }

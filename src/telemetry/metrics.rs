@@ -36,6 +36,12 @@ pub const UNKNOWN_CANDIDATES_TOTAL: &str = "cascade_unknown_candidates_total";
 pub const FEATURE_DEFAULTED_TOTAL: &str = "cascade_feature_defaulted_total";
 /// Feature rows assembled, by model (the denominator of coverage).
 pub const FEATURE_ROWS_TOTAL: &str = "cascade_feature_rows_total";
+/// Jobs waiting in a model's batch queue, sampled when a batch closes.
+pub const BATCH_QUEUE_DEPTH: &str = "cascade_batch_queue_depth";
+/// Time a job waited in the batch queue before its batch ran.
+pub const BATCH_QUEUE_WAIT_SECONDS: &str = "cascade_batch_queue_wait_seconds";
+/// Rows dropped before inference, by reason (deadline, caller_gone, overload).
+pub const BATCH_ROWS_DROPPED_TOTAL: &str = "cascade_batch_rows_dropped_total";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 

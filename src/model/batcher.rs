@@ -1,0 +1,379 @@
+//! Dynamic batching: rows bound for one model from concurrent requests are
+//! bulked into one inference.
+//!
+//! An actor per model owns a bounded queue. A batch opens with the oldest
+//! waiting job and closes when it holds `max_batch_rows` rows or when that
+//! oldest job has waited `max_wait` — the actor waits on the channel and a
+//! timer together (`select!`), never by polling. Jobs whose caller has gone
+//! away or whose deadline has passed are dropped before inference and
+//! counted. A job never shares a batch with a job for another model version,
+//! so every caller is scored by the version it was routed to. A full queue
+//! refuses the job at once: the caller degrades or answers 503, the queue
+//! never grows without bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use super::executor::InferencePool;
+use super::{LoadedModel, ModelError, Tensor, TensorData};
+use crate::telemetry::metrics as m;
+
+#[derive(Debug, Clone)]
+pub struct BatchPolicy {
+    pub max_batch_rows: usize,
+    pub max_wait: Duration,
+    /// Jobs (not rows) that may wait; beyond it submissions are refused.
+    pub queue_capacity: usize,
+    /// Batches of this model that may run at once.
+    pub workers: usize,
+}
+
+/// One caller's rows and where their scores go.
+struct Job {
+    model: Arc<LoadedModel>,
+    rows: Vec<f32>,
+    n: usize,
+    enqueued: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Scored, BatchError>>,
+}
+
+/// A caller's scores, and the size of the batch they were computed in.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub scores: Vec<f32>,
+    pub batch_rows: usize,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch queue full")]
+    Overloaded,
+    #[error("deadline passed before the batch ran")]
+    Deadline,
+    #[error("{0}")]
+    Model(String),
+    #[error("batcher stopped")]
+    Closed,
+}
+
+/// Handle to a model's batching actor. Cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    label: String,
+}
+
+impl Batcher {
+    /// Starts the actor on the current tokio runtime. `output` names the
+    /// score output; `label` is the model name for metrics.
+    pub fn spawn(label: &str, output: &str, policy: BatchPolicy, pool: InferencePool) -> Batcher {
+        let (tx, rx) = mpsc::channel(policy.queue_capacity.max(1));
+        tokio::spawn(run(rx, policy, pool, output.to_string(), label.to_string()));
+        Batcher {
+            tx,
+            label: label.to_string(),
+        }
+    }
+
+    /// Queues `n` rows (`rows.len() == n × width`) for `model` and waits for
+    /// their scores. Refused at once when the queue is full.
+    pub async fn score(
+        &self,
+        model: Arc<LoadedModel>,
+        rows: Vec<f32>,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<Scored, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            model,
+            rows,
+            n,
+            enqueued: Instant::now(),
+            deadline,
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => self.label.clone(), "reason" => "overload")
+                    .increment(n as u64);
+                return Err(BatchError::Overloaded);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(BatchError::Closed),
+        }
+        answer.await.unwrap_or(Err(BatchError::Closed))
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    policy: BatchPolicy,
+    pool: InferencePool,
+    output: String,
+    label: String,
+) {
+    let workers = Arc::new(Semaphore::new(policy.workers.max(1)));
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let close_at = first.enqueued + policy.max_wait;
+        let mut rows = first.n;
+        let mut jobs = vec![first];
+        while rows < policy.max_batch_rows {
+            tokio::select! {
+                biased;
+                next = rx.recv() => match next {
+                    None => break,
+                    Some(job) => {
+                        let same_version = Arc::ptr_eq(&job.model, &jobs[0].model);
+                        if same_version && rows + job.n <= policy.max_batch_rows {
+                            rows += job.n;
+                            jobs.push(job);
+                        } else {
+                            carry = Some(job);
+                            break;
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(close_at) => break,
+            }
+        }
+        metrics::gauge!(m::BATCH_QUEUE_DEPTH, "model" => label.clone())
+            .set(rx.len() as f64 + carry.is_some() as u8 as f64);
+
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let reason = if job.reply.is_closed() {
+                "caller_gone"
+            } else if job.deadline <= now {
+                "deadline"
+            } else {
+                metrics::histogram!(m::BATCH_QUEUE_WAIT_SECONDS, "model" => label.clone())
+                    .record((now - job.enqueued).as_secs_f64());
+                live.push(job);
+                continue;
+            };
+            metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => label.clone(), "reason" => reason)
+                .increment(job.n as u64);
+            let _ = job.reply.send(Err(BatchError::Deadline));
+        }
+        let jobs = live;
+        if jobs.is_empty() {
+            continue;
+        }
+        let permit = match workers.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let (pool, output) = (pool.clone(), output.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            run_batch(&pool, &output, jobs).await;
+        });
+    }
+}
+
+/// Concatenates the jobs' rows, runs one inference, and hands each caller
+/// exactly its own slice of the scores, in order.
+async fn run_batch(pool: &InferencePool, output: &str, jobs: Vec<Job>) {
+    let model = jobs[0].model.clone();
+    let total: usize = jobs.iter().map(|j| j.n).sum();
+    let width = jobs[0].rows.len() / jobs[0].n.max(1);
+    let mut matrix = Vec::with_capacity(total * width);
+    for job in &jobs {
+        matrix.extend_from_slice(&job.rows);
+    }
+    let input = model
+        .spec
+        .input
+        .as_ref()
+        .map(|i| i.name.clone())
+        .unwrap_or_else(|| model.backend.inputs()[0].name.clone());
+    let tensor = Tensor::new(input, vec![total, width], TensorData::F32(matrix));
+    let result = pool.run(model, vec![tensor]).await.and_then(|outs| {
+        match outs.into_iter().find(|t| t.name == output).map(|t| t.data) {
+            Some(TensorData::F32(v)) if v.len() == total => Ok(v),
+            _ => Err(ModelError::Inference(format!(
+                "output \"{output}\" missing or not one FP32 score per row"
+            ))),
+        }
+    });
+    match result {
+        Ok(scores) => {
+            let mut offset = 0;
+            for job in jobs {
+                let mine = scores[offset..offset + job.n].to_vec();
+                offset += job.n;
+                let _ = job.reply.send(Ok(Scored {
+                    scores: mine,
+                    batch_rows: total,
+                }));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(BatchError::Model(msg.clone())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::backend::BackendKind;
+    use crate::model::repository::{LoadOptions, Registry};
+
+    fn filter() -> Arc<LoadedModel> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let options = LoadOptions {
+            default_backend: BackendKind::Tract,
+            backend_overrides: Default::default(),
+            backend: Default::default(),
+        };
+        Registry::load(&root, &options)
+            .unwrap()
+            .get("filter", None)
+            .unwrap()
+    }
+
+    fn policy(max_rows: usize, wait_ms: u64) -> BatchPolicy {
+        BatchPolicy {
+            max_batch_rows: max_rows,
+            max_wait: Duration::from_millis(wait_ms),
+            queue_capacity: 1024,
+            workers: 1,
+        }
+    }
+
+    /// Deterministic distinct rows: caller `c`, row `r`, 6 features.
+    fn rows(c: usize, n: usize) -> Vec<f32> {
+        (0..n * 6)
+            .map(|i| ((c * 131 + i * 17) % 97) as f32 / 97.0)
+            .collect()
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_get_exactly_their_own_rows() {
+        let model = filter();
+        let batcher = Batcher::spawn("filter", "score", policy(256, 5), InferencePool::new(2));
+        let mut tasks = Vec::new();
+        for c in 0..64 {
+            let (b, m) = (batcher.clone(), model.clone());
+            let n = 1 + c % 7;
+            tasks.push(tokio::spawn(async move {
+                let got = b.score(m, rows(c, n), n, far()).await.unwrap();
+                (c, n, got)
+            }));
+        }
+        let mut bulked = false;
+        for t in tasks {
+            let (c, n, got) = t.await.unwrap();
+            let alone = model
+                .backend
+                .run(vec![Tensor::new(
+                    "features",
+                    vec![n, 6],
+                    TensorData::F32(rows(c, n)),
+                )])
+                .unwrap();
+            let TensorData::F32(want) = &alone[0].data else {
+                panic!()
+            };
+            assert_eq!(got.scores.len(), n, "caller {c}");
+            for (g, w) in got.scores.iter().zip(want) {
+                assert!((g - w).abs() <= 1e-6, "caller {c}: {g} vs {w}");
+            }
+            bulked |= got.batch_rows > n;
+        }
+        assert!(
+            bulked,
+            "64 simultaneous callers were bulked into shared batches"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_closes_on_max_wait_or_when_full() {
+        let model = filter();
+        let batcher = Batcher::spawn("filter", "score", policy(4, 10), InferencePool::new(1));
+        // Two jobs 4 ms apart share a batch: the first has not waited 10 ms.
+        let (b, m) = (batcher.clone(), model.clone());
+        let a = tokio::spawn(async move { b.score(m, rows(1, 1), 1, far()).await });
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(4)).await;
+        let (b, m) = (batcher.clone(), model.clone());
+        let b2 = tokio::spawn(async move { b.score(m, rows(2, 2), 2, far()).await });
+        assert_eq!(a.await.unwrap().unwrap().batch_rows, 3);
+        assert_eq!(b2.await.unwrap().unwrap().batch_rows, 3);
+
+        // A job alone waits out max_wait and runs alone.
+        let started = Instant::now();
+        let alone = batcher
+            .score(model.clone(), rows(3, 1), 1, far())
+            .await
+            .unwrap();
+        assert_eq!(alone.batch_rows, 1);
+        assert!(started.elapsed() >= Duration::from_millis(10));
+
+        // Rows beyond max_batch_rows go to the next batch: 2+2 then 2.
+        let mut handles = Vec::new();
+        for c in 0..3 {
+            let (b, m) = (batcher.clone(), model.clone());
+            handles.push(tokio::spawn(async move {
+                b.score(m, rows(c, 2), 2, far()).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        let sizes: Vec<usize> = {
+            let mut v = Vec::new();
+            for h in handles {
+                v.push(h.await.unwrap().unwrap().batch_rows);
+            }
+            v
+        };
+        assert_eq!(sizes, [4, 4, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_rows_are_dropped_before_inference() {
+        let model = filter();
+        let batcher = Batcher::spawn("filter", "score", policy(64, 10), InferencePool::new(1));
+        // The deadline falls inside the batch's wait: dropped, not run.
+        let deadline = Instant::now() + Duration::from_millis(5);
+        let r = batcher.score(model, rows(0, 3), 3, deadline).await;
+        assert!(matches!(r, Err(BatchError::Deadline)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        // No actor drains this queue: the first job fills it.
+        let (tx, _rx) = mpsc::channel(1);
+        let batcher = Batcher {
+            tx,
+            label: "filter".into(),
+        };
+        let model = filter();
+        let (b, m) = (batcher.clone(), model.clone());
+        let _pending = tokio::spawn(async move { b.score(m, rows(0, 1), 1, far()).await });
+        tokio::task::yield_now().await;
+        let r = batcher.score(model, rows(1, 1), 1, far()).await;
+        assert!(matches!(r, Err(BatchError::Overloaded)), "{r:?}");
+    }
+}
