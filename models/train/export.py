@@ -141,7 +141,7 @@ def _toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid TOML basic string for our ASCII text
 
 
-def write_config(path, role, description, feature_names, max_batch_rows=1024, max_wait_us=500):
+def write_config(path, role, description, feature_names, max_batch_rows=1024, max_wait_us=0):
     feats = ",\n".join(f"  {_toml_str(f)}" for f in feature_names)
     text = (f"role = {_toml_str(role)}\n"
             f"description = {_toml_str(description)}\n\n"

@@ -131,22 +131,34 @@ async fn run(
         let mut rows = first.n;
         let mut jobs = vec![first];
         while rows < policy.max_batch_rows {
-            tokio::select! {
-                biased;
-                next = rx.recv() => match next {
-                    None => break,
-                    Some(job) => {
-                        let same_version = Arc::ptr_eq(&job.model, &jobs[0].model);
-                        if same_version && rows + job.n <= policy.max_batch_rows {
-                            rows += job.n;
-                            jobs.push(job);
-                        } else {
-                            carry = Some(job);
-                            break;
-                        }
+            // Take what is already queued without touching the timer; wait
+            // (channel and timer together) only while the oldest job still
+            // has time left. Tokio's timer ticks in whole milliseconds, so a
+            // batch that is already due must never wait on it.
+            let job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if Instant::now() >= close_at {
+                        break;
                     }
-                },
-                _ = tokio::time::sleep_until(close_at) => break,
+                    tokio::select! {
+                        biased;
+                        next = rx.recv() => match next {
+                            Some(job) => job,
+                            None => break,
+                        },
+                        _ = tokio::time::sleep_until(close_at) => break,
+                    }
+                }
+            };
+            let same_version = Arc::ptr_eq(&job.model, &jobs[0].model);
+            if same_version && rows + job.n <= policy.max_batch_rows {
+                rows += job.n;
+                jobs.push(job);
+            } else {
+                carry = Some(job);
+                break;
             }
         }
         metrics::gauge!(m::BATCH_QUEUE_DEPTH, "model" => label.clone())
