@@ -9,15 +9,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::error::ApiError;
+use crate::config::ServerConfig;
 
-/// Reads the whole body, refusing more than `limit` bytes (413) and bodies
-/// that do not arrive within `timeout` (400).
+/// Reads the whole body, refusing more than `server.max_body_bytes` (413)
+/// and bodies that do not arrive within `server.body_timeout_ms` (400).
 pub async fn read_limited(
     body: Incoming,
     headers: &HeaderMap,
-    limit: usize,
-    timeout: Duration,
+    server: &ServerConfig,
 ) -> Result<Bytes, ApiError> {
+    let limit = server.max_body_bytes;
+    let timeout = Duration::from_millis(server.body_timeout_ms);
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

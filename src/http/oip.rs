@@ -10,7 +10,6 @@
 //! ```
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -171,14 +170,7 @@ async fn infer(
             )
         }
     };
-    let server = &state.config.server;
-    let bytes = body::read_limited(
-        incoming,
-        &parts.headers,
-        server.max_body_bytes,
-        Duration::from_millis(server.body_timeout_ms),
-    )
-    .await?;
+    let bytes = body::read_limited(incoming, &parts.headers, &state.config.server).await?;
     let (json_part, binary) = match header_len {
         None => (&bytes[..], &[][..]),
         Some(n) if n <= bytes.len() => bytes.split_at(n),

@@ -1,7 +1,6 @@
 //! `POST /v1/rank` and `POST /v1/rank/batch` (API.md §1).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -34,14 +33,7 @@ pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) 
     let (parts, incoming) = req.into_parts();
     body::require_identity_encoding(&parts.headers)?;
     body::require_json(&parts.headers)?;
-    let server = &state.config.server;
-    let bytes = body::read_limited(
-        incoming,
-        &parts.headers,
-        server.max_body_bytes,
-        Duration::from_millis(server.body_timeout_ms),
-    )
-    .await?;
+    let bytes = body::read_limited(incoming, &parts.headers, &state.config.server).await?;
     if batch {
         let value: BatchBody = body::parse_json(&bytes)?;
         let max = state.config.ranking.max_batch_requests;
