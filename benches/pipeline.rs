@@ -68,6 +68,24 @@ fn pipeline(c: &mut Criterion) {
             })
         });
     }
+    // The response cache: the same known-user request, answered from the
+    // cache (hit) versus computed (the `known_user` case above is the miss).
+    let request: RankRequest = serde_json::from_value(serde_json::json!(
+        {"user_id": "1", "k": 10, "deadline_ms": 10000, "context": {"hour": 21, "weekday": 3}}
+    ))
+    .unwrap();
+    group.bench_function("known_user_cache_hit", |b| {
+        b.iter(|| {
+            let valid = request
+                .clone()
+                .validate(&pipeline.limits, || "bench".into())
+                .unwrap();
+            let response = rt
+                .block_on(pipeline.rank_cached(&state.registry, &state.pool, valid))
+                .unwrap();
+            black_box(response)
+        })
+    });
     group.finish();
 }
 

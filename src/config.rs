@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::index::{HnswParams, IndexKind};
 use crate::model::BackendKind;
+use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::request::Limits;
 
 /// The prefix of environment overrides; `__` separates nested keys.
@@ -166,6 +167,8 @@ pub struct RankingConfig {
     /// When a batch queue is full: `degrade` (answer in the filter's order,
     /// `fallback: "overload"`) or `reject` (503 `overloaded`).
     pub on_overload: OnOverload,
+    /// The response cache (`[ranking.cache]`).
+    pub cache: CacheConfig,
     /// `auto` (exact below `exact_below` items, else HNSW), `exact`, `hnsw`.
     pub index: IndexKind,
     pub exact_below: usize,
@@ -194,6 +197,7 @@ impl Default for RankingConfig {
             batch_queue_capacity: 1024,
             batch_workers: 2,
             on_overload: OnOverload::Degrade,
+            cache: CacheConfig::default(),
             index: IndexKind::Auto,
             exact_below: 50_000,
             hnsw: HnswParams::default(),
@@ -230,6 +234,7 @@ impl RankingConfig {
             ("ranking.max_batch_requests", self.max_batch_requests),
             ("ranking.batch_queue_capacity", self.batch_queue_capacity),
             ("ranking.batch_workers", self.batch_workers),
+            ("ranking.cache.ttl_ms", self.cache.ttl_ms as usize),
             ("ranking.hnsw.max_connections", self.hnsw.max_connections),
             ("ranking.hnsw.ef_search", self.hnsw.ef_search),
         ];

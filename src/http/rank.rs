@@ -76,7 +76,7 @@ async fn rank(
         .validate(&pipeline.limits, new_request_id)
         .map_err(ApiError::invalid)?;
     pipeline
-        .rank(&state.registry, &state.pool, valid)
+        .rank_cached(&state.registry, &state.pool, valid)
         .await
         .map_err(|e| match e {
             RankError::Unavailable(msg) => ApiError::model_not_ready(msg),

@@ -16,9 +16,11 @@
 //! all can rank is it an error.
 //!
 //! - [`request`]: the request/response contract and its validation.
+//! - [`cache`]: the response cache in front of the cascade.
 //! - [`features`]: feature assembly shared by every model.
 //! - [`stages`]: the stage implementations.
 
+pub mod cache;
 pub mod features;
 pub mod request;
 pub mod stages;
@@ -34,12 +36,13 @@ use crate::model::batcher::{BatchPolicy, Batcher};
 use crate::model::executor::InferencePool;
 use crate::model::Registry;
 use crate::telemetry::metrics as m;
+use cache::{CacheKey, ResponseCache, Uncached};
 use features::{FeatureSet, Subject};
 use request::{Fallback, Limits, RankResponse, ScoredItem, StageReport, ValidRequest};
 use stages::{ScoringModel, StageError};
 
 /// Why a request could not be ranked at all.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RankError {
     #[error("{0}")]
     Unavailable(String),
@@ -56,6 +59,7 @@ pub struct Pipeline {
     filter: Option<ScoringModel>,
     ranker: Option<ScoringModel>,
     cold_start: Option<ScoringModel>,
+    cache: Option<ResponseCache>,
 }
 
 /// Candidates with the score of the stage that ordered them last.
@@ -129,6 +133,10 @@ impl Pipeline {
             filter,
             ranker,
             cold_start,
+            cache: config
+                .cache
+                .enabled
+                .then(|| ResponseCache::new(&config.cache)),
         })
     }
 
@@ -161,8 +169,62 @@ impl Pipeline {
         }
     }
 
+    /// Ranks through the response cache (debug requests always compute,
+    /// since they report stage timings).
+    pub async fn rank_cached(
+        &self,
+        registry: &Registry,
+        pool: &InferencePool,
+        req: ValidRequest,
+    ) -> Result<RankResponse, RankError> {
+        let subject = self.subject(&req);
+        let Some(cache) = self.cache.as_ref().filter(|_| !req.debug) else {
+            return self.rank_for(subject, registry, pool, req).await;
+        };
+        let key = CacheKey::new("control", self.serving_versions(registry), &req, &subject);
+        let request_id = req.request_id.clone();
+        let (mut response, hit) = match cache
+            .get_or_compute(key, self.rank_for(subject, registry, pool, req))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(uncached) => match &*uncached {
+                Uncached::Degraded(r) => (r.clone(), false),
+                Uncached::Failed(e) => return Err(e.clone()),
+            },
+        };
+        response.request_id = request_id;
+        response.cached = hit;
+        Ok(response)
+    }
+
+    /// `name@version` of every stage model's serving version.
+    fn serving_versions(&self, registry: &Registry) -> String {
+        [&self.filter, &self.ranker, &self.cold_start]
+            .into_iter()
+            .flatten()
+            .map(|m| match registry.get(m.name(), None) {
+                Ok(loaded) => format!("{}@{}", loaded.name, loaded.version),
+                Err(_) => format!("{}@?", m.name()),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Ranks without the cache.
     pub async fn rank(
         &self,
+        registry: &Registry,
+        pool: &InferencePool,
+        req: ValidRequest,
+    ) -> Result<RankResponse, RankError> {
+        let subject = self.subject(&req);
+        self.rank_for(subject, registry, pool, req).await
+    }
+
+    async fn rank_for(
+        &self,
+        subject: Subject,
         registry: &Registry,
         pool: &InferencePool,
         req: ValidRequest,
@@ -175,7 +237,6 @@ impl Pipeline {
                 req.deadline_ms
                     .saturating_sub(self.config.deadline_reserve_ms),
             );
-        let subject = self.subject(&req);
         let mut reports = Vec::new();
         let mut models = Map::new();
         let mut fallback = if subject.user.is_none() {

@@ -42,6 +42,12 @@ pub const BATCH_QUEUE_DEPTH: &str = "cascade_batch_queue_depth";
 pub const BATCH_QUEUE_WAIT_SECONDS: &str = "cascade_batch_queue_wait_seconds";
 /// Rows dropped before inference, by reason (deadline, caller_gone, overload).
 pub const BATCH_ROWS_DROPPED_TOTAL: &str = "cascade_batch_rows_dropped_total";
+/// Cache look-ups by cache and result (hit / miss).
+pub const CACHE_REQUESTS_TOTAL: &str = "cascade_cache_requests_total";
+/// Entries evicted (size or TTL) by cache.
+pub const CACHE_EVICTIONS_TOTAL: &str = "cascade_cache_evictions_total";
+/// Entries held, by cache.
+pub const CACHE_ENTRIES: &str = "cascade_cache_entries";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 

@@ -384,3 +384,77 @@ async fn offline_replay_scores_cases_through_the_pipeline() {
     assert_eq!(scores["cold_start_users"].ndcg_at_10, 0.0);
     assert_eq!(known.degraded, 0);
 }
+
+#[tokio::test]
+async fn identical_requests_hit_the_response_cache() {
+    let s = TestServer::shipped().await;
+    let body = json!({"user_id": "13", "k": 7, "context": {"hour": 9, "weekday": 1}, "exclude": ["50", "181"], "request_id": "first"});
+    let first = s.post_json("/v1/rank", &body).await.json();
+    assert_eq!(first["cached"], false);
+    let mut again = body.clone();
+    again["request_id"] = json!("second");
+    again["exclude"] = json!(["181", "50", "181"]);
+    let second = s.post_json("/v1/rank", &again).await.json();
+    assert_eq!(second["cached"], true, "exclusions are a set: same answer");
+    assert_eq!(
+        second["request_id"], "second",
+        "the caller's own request id"
+    );
+    assert_eq!(items(&first), items(&second));
+
+    for changed in [
+        json!({"k": 8}),
+        json!({"context": {"hour": 10, "weekday": 1}}),
+        json!({"user_id": "14"}),
+    ] {
+        let mut other = body.clone();
+        for (k, v) in changed.as_object().unwrap() {
+            other[k] = v.clone();
+        }
+        assert_eq!(
+            s.post_json("/v1/rank", &other).await.json()["cached"],
+            false,
+            "{changed}"
+        );
+    }
+    // Debug answers report fresh stage timings: never from the cache.
+    let mut debug = body.clone();
+    debug["debug"] = json!(true);
+    assert_eq!(
+        s.post_json("/v1/rank", &debug).await.json()["cached"],
+        false
+    );
+    // Degraded answers are not cached.
+    let degraded =
+        json!({"user_id": "13", "k": 7, "deadline_ms": 1, "context": {"hour": 3, "weekday": 2}});
+    for _ in 0..2 {
+        let v = s.post_json("/v1/rank", &degraded).await.json();
+        assert_eq!(v["fallback"], "deadline");
+        assert_eq!(v["cached"], false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_misses_compute_once() {
+    let s = std::sync::Arc::new(TestServer::shipped().await);
+    let body = json!({"user_id": "42", "k": 5, "context": {"hour": 20, "weekday": 5}});
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (s, body) = (s.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            s.post_json("/v1/rank", &body).await.json()
+        }));
+    }
+    let mut computed = 0;
+    let mut answers = HashSet::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        computed += (v["cached"] == false) as usize;
+        answers.insert(format!("{:?}", items(&v)));
+    }
+    assert_eq!(
+        computed, 1,
+        "one computation for 16 identical concurrent requests"
+    );
+    assert_eq!(answers.len(), 1);
+}

@@ -1,0 +1,146 @@
+//! The response cache (moka): a ranked answer is reused for an identical
+//! request while it is fresh.
+//!
+//! The key holds everything that determines the answer: the experiment
+//! variant, the serving version of every stage model (so a version change
+//! can never serve an answer the old version computed), the user, the
+//! resolved context (hour and weekday included, defaults resolved), the
+//! candidates, recent items, the exclusions (as a set) and `k`. Concurrent
+//! identical misses compute once; the others wait for that answer. Degraded
+//! answers (deadline, model error, overload) are never cached.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use serde::{Deserialize, Serialize};
+
+use super::features::{Gender, Subject};
+use super::request::{Fallback, RankResponse, ValidRequest};
+use crate::telemetry::metrics as m;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Most answers kept; the least useful go first (TinyLFU).
+    pub max_entries: u64,
+    /// How long an answer may be reused.
+    pub ttl_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_entries: 100_000,
+            ttl_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    variant: String,
+    versions: String,
+    user: Option<String>,
+    hour: u32,
+    weekday: u32,
+    age_bits: Option<u32>,
+    gender: Option<u8>,
+    occupation: Option<usize>,
+    candidates: Option<Vec<String>>,
+    recent_items: Vec<String>,
+    exclude: Vec<String>,
+    k: usize,
+}
+
+impl CacheKey {
+    /// `versions` names the serving version of every stage model, e.g.
+    /// `filter@1,ranker@3,cold_start@1`.
+    pub fn new(variant: &str, versions: String, req: &ValidRequest, subject: &Subject) -> CacheKey {
+        let mut exclude = req.exclude.clone();
+        exclude.sort_unstable();
+        exclude.dedup();
+        CacheKey {
+            variant: variant.to_string(),
+            versions,
+            user: subject.user.and(req.user_id.clone()),
+            hour: subject.hour as u32,
+            weekday: subject.weekday as u32,
+            age_bits: subject.age.map(f32::to_bits),
+            gender: subject.gender.map(|g| match g {
+                Gender::M => 1,
+                Gender::F => 2,
+            }),
+            occupation: subject.occupation,
+            candidates: req.candidates.clone(),
+            recent_items: req.recent_items.clone(),
+            exclude,
+            k: req.k,
+        }
+    }
+}
+
+/// Why an answer is not in the cache: it was degraded (it is still the
+/// answer for whoever asked), or nothing could rank.
+pub enum Uncached<E> {
+    Degraded(RankResponse),
+    Failed(E),
+}
+
+pub struct ResponseCache {
+    cache: Cache<CacheKey, Arc<RankResponse>>,
+}
+
+impl ResponseCache {
+    pub fn new(config: &CacheConfig) -> ResponseCache {
+        let cache = Cache::builder()
+            .max_capacity(config.max_entries)
+            .time_to_live(Duration::from_millis(config.ttl_ms))
+            .eviction_listener(|_k, _v, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => "response").increment(1);
+                }
+            })
+            .build();
+        ResponseCache { cache }
+    }
+
+    /// The cached answer for `key`, or the one `compute` produces (computed
+    /// once for concurrent identical misses). Returns the answer and whether
+    /// it came from the cache.
+    pub async fn get_or_compute<E, F>(
+        &self,
+        key: CacheKey,
+        compute: F,
+    ) -> Result<(RankResponse, bool), Arc<Uncached<E>>>
+    where
+        F: std::future::Future<Output = Result<RankResponse, E>>,
+        E: Send + Sync + 'static,
+    {
+        let computed_here = AtomicBool::new(false);
+        let result = self
+            .cache
+            .try_get_with(key, async {
+                computed_here.store(true, Ordering::Relaxed);
+                match compute.await {
+                    Ok(r) if matches!(r.fallback, None | Some(Fallback::ColdStart)) => {
+                        Ok(Arc::new(r))
+                    }
+                    Ok(r) => Err(Uncached::Degraded(r)),
+                    Err(e) => Err(Uncached::Failed(e)),
+                }
+            })
+            .await;
+        let hit = !computed_here.load(Ordering::Relaxed);
+        let label = if hit { "hit" } else { "miss" };
+        metrics::counter!(m::CACHE_REQUESTS_TOTAL, "cache" => "response", "result" => label)
+            .increment(1);
+        metrics::gauge!(m::CACHE_ENTRIES, "cache" => "response")
+            .set(self.cache.entry_count() as f64);
+        result.map(|r| ((*r).clone(), hit))
+    }
+}
