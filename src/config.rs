@@ -15,6 +15,7 @@ use crate::catalog::index::{HnswParams, IndexKind};
 use crate::model::BackendKind;
 use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::request::Limits;
+use crate::telemetry::drift::MonitoringConfig;
 
 /// The prefix of environment overrides; `__` separates nested keys.
 pub const ENV_PREFIX: &str = "CASCADE_";
@@ -42,6 +43,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub models: ModelsConfig,
     pub ranking: RankingConfig,
+    pub monitoring: MonitoringConfig,
     pub logging: LoggingConfig,
 }
 
@@ -340,6 +342,13 @@ impl Config {
             ));
         }
         self.ranking.validate()?;
+        let mon = &self.monitoring;
+        if !(0.0..=1.0).contains(&mon.sample_rate) {
+            return Err(invalid("monitoring.sample_rate", "must be between 0 and 1"));
+        }
+        if mon.window_rows == 0 {
+            return Err(invalid("monitoring.window_rows", "must be at least 1"));
+        }
         if self
             .logging
             .level

@@ -56,7 +56,10 @@ impl AppState {
         record_models(&registry);
         let pool = InferencePool::new(config.models.inference_threads);
         let pipeline = if config.ranking.enabled {
-            Some(Pipeline::load(&config.ranking, &registry, &pool).map_err(StartupError::Ranking)?)
+            Some(
+                Pipeline::load(&config.ranking, &config.monitoring, &registry, &pool)
+                    .map_err(StartupError::Ranking)?,
+            )
         } else {
             None
         };

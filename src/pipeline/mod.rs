@@ -35,6 +35,7 @@ use crate::config::{OnOverload, RankingConfig};
 use crate::model::batcher::{BatchPolicy, Batcher};
 use crate::model::executor::InferencePool;
 use crate::model::Registry;
+use crate::telemetry::drift::{DriftMonitor, MonitoringConfig};
 use crate::telemetry::metrics as m;
 use cache::{CacheKey, ResponseCache, Uncached};
 use features::{FeatureSet, Subject};
@@ -71,6 +72,7 @@ impl Pipeline {
     /// Batchers (when `ranking.batching`) start on the current tokio runtime.
     pub fn load(
         config: &RankingConfig,
+        monitoring: &MonitoringConfig,
         registry: &Registry,
         pool: &InferencePool,
     ) -> Result<Pipeline, String> {
@@ -118,7 +120,22 @@ impl Pipeline {
                 };
                 Batcher::spawn(name, output, policy, pool.clone())
             });
-            Ok(Some(ScoringModel::new(name, features, batcher)))
+            let profile = registry
+                .root()
+                .join(name)
+                .join(loaded.version.to_string())
+                .join("profile.json");
+            let drift = match std::fs::read_to_string(&profile) {
+                Err(_) => None,
+                Ok(text) => match DriftMonitor::new(name, &input.features, &text, monitoring) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::warn!(model = name, error = %e, "profile.json unreadable; drift not monitored");
+                        None
+                    }
+                },
+            };
+            Ok(Some(ScoringModel::new(name, features, batcher, drift)))
         };
         // The filter runs once per request on all N candidates; the
         // re-rankers' rows are the ones worth bulking across requests.

@@ -9,6 +9,7 @@ use crate::catalog::{index, Catalog, VectorIndex};
 use crate::model::batcher::{BatchError, Batcher};
 use crate::model::executor::InferencePool;
 use crate::model::{Registry, Tensor, TensorData};
+use crate::telemetry::drift::DriftMonitor;
 use crate::telemetry::metrics as m;
 
 /// Sort by score descending, ties by item row ascending (deterministic).
@@ -125,16 +126,24 @@ pub struct ScoringModel {
     features: FeatureSet,
     /// When set, rows go through the model's dynamic batcher.
     batcher: Option<Batcher>,
+    /// Feature and score distributions against the shipped profile.
+    drift: Option<DriftMonitor>,
     /// Exponentially weighted mean of recent call durations, µs.
     cost_us: AtomicU64,
 }
 
 impl ScoringModel {
-    pub fn new(name: &str, features: FeatureSet, batcher: Option<Batcher>) -> ScoringModel {
+    pub fn new(
+        name: &str,
+        features: FeatureSet,
+        batcher: Option<Batcher>,
+        drift: Option<DriftMonitor>,
+    ) -> ScoringModel {
         ScoringModel {
             name: name.to_string(),
             features,
             batcher,
+            drift,
             cost_us: AtomicU64::new(0),
         }
     }
@@ -189,6 +198,12 @@ impl ScoringModel {
         metrics::counter!(m::FEATURE_ROWS_TOTAL, "model" => self.name.clone())
             .increment(rows.len() as u64);
         let version = format!("{}@{}", model.name, model.version);
+        // A sampled request keeps a copy of its rows for drift monitoring.
+        let observed = self
+            .drift
+            .as_ref()
+            .filter(|d| d.sample())
+            .map(|d| (d, matrix.clone()));
         let scores = match &self.batcher {
             Some(batcher) => {
                 let run = batcher.score(
@@ -239,6 +254,9 @@ impl ScoringModel {
             return Err(StageError::Model(
                 "model produced a non-finite score".into(),
             ));
+        }
+        if let Some((drift, rows)) = observed {
+            drift.observe(&rows, &scores);
         }
         Ok((scores, version))
     }

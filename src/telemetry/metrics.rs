@@ -48,6 +48,14 @@ pub const CACHE_REQUESTS_TOTAL: &str = "cascade_cache_requests_total";
 pub const CACHE_EVICTIONS_TOTAL: &str = "cascade_cache_evictions_total";
 /// Entries held, by cache.
 pub const CACHE_ENTRIES: &str = "cascade_cache_entries";
+/// Scores a model produced, by model (sampled rows): the response
+/// distribution, to see a collapsed or shifted model without labels.
+pub const MODEL_SCORE: &str = "cascade_model_score";
+/// Population stability index of a feature over the last window against
+/// the model's reference profile.
+pub const FEATURE_PSI: &str = "cascade_feature_psi";
+/// Population stability index of the score over the last window.
+pub const SCORE_PSI: &str = "cascade_score_psi";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 
@@ -55,6 +63,11 @@ pub const BUILD_INFO: &str = "cascade_build_info";
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Scores are probabilities: twenty equal bins.
+const SCORE_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85,
+    0.9, 0.95, 1.0,
 ];
 /// Rows per batch: powers of two up to 4096.
 const ROW_BUCKETS: &[f64] = &[
@@ -70,10 +83,24 @@ pub fn install() -> &'static PrometheusHandle {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), ROW_BUCKETS))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(MODEL_SCORE.into()), SCORE_BUCKETS)
+            })
             .expect("bucket lists are non-empty")
             .install_recorder()
             .expect("no other metrics recorder is installed");
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        // Histograms buffer samples until upkeep folds them into buckets:
+        // do it every few seconds, not only on scrape, so memory stays
+        // bounded when nobody scrapes.
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            })
+            .expect("spawn metrics upkeep thread");
         handle
     })
 }

@@ -1,7 +1,9 @@
 //! Logs and metrics: one place that sets them up.
 //!
 //! - [`metrics`]: every metric name, the buckets, the Prometheus recorder.
+//! - [`drift`]: feature and score distributions against the shipped profiles (PSI).
 
+pub mod drift;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

@@ -43,3 +43,54 @@ async fn metrics_after_traffic() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 }
+
+/// Drift monitoring: with every request sampled and a small window, a few
+/// rankings publish PSI per feature and for the score, and the score
+/// histogram fills.
+#[tokio::test]
+async fn drift_and_score_distribution_are_exported() {
+    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    config.monitoring.sample_rate = 1.0;
+    config.monitoring.window_rows = 500;
+    config.ranking.cache.enabled = false;
+    let s = TestServer::start(config).await;
+    let known: Vec<String> = s.state.pipeline.as_ref().unwrap().catalog.users.ids[..8].to_vec();
+    for u in known {
+        let r = s
+            .post_json(
+                "/v1/rank",
+                &json!({"user_id": u, "k": 5, "deadline_ms": 5000, "context": {"hour": 12, "weekday": 2}}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json()["fallback"],
+            serde_json::Value::Null,
+            "full cascade"
+        );
+    }
+    // A cold-start request without demographics: its features take defaults.
+    let r = s
+        .post_json("/v1/rank", &json!({"k": 5, "deadline_ms": 5000}))
+        .await;
+    assert_eq!(r.json()["fallback"], "cold_start");
+    let text = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let psi_line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("cascade_feature_psi{model=\"filter\",feature=\"item_popularity\"}")
+        })
+        .unwrap_or_else(|| panic!("no filter PSI in\n{text}"));
+    let psi: f64 = psi_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(psi.is_finite() && psi >= 0.0, "{psi_line}");
+    for needle in [
+        "cascade_score_psi{model=\"filter\"}",
+        "cascade_score_psi{model=\"ranker\"}",
+        "cascade_model_score_bucket{model=\"ranker\",le=\"0.05\"}",
+        "cascade_feature_defaulted_total{model=\"cold_start\",feature=\"ctx_age_missing\"}",
+        "cascade_feature_rows_total{model=\"ranker\"}",
+        "cascade_stage_duration_seconds_bucket{stage=\"rerank\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle}");
+    }
+}
