@@ -93,17 +93,42 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T
     serde_json::from_str(&text).map_err(|e| CatalogError::load(name, e))
 }
 
-fn index_ids(ids: &[String], file: &str) -> Result<HashMap<String, u32>, CatalogError> {
-    let mut by_id = HashMap::with_capacity(ids.len());
-    for (i, id) in ids.iter().enumerate() {
-        if by_id.insert(id.clone(), i as u32).is_some() {
-            return Err(CatalogError::load(
-                file,
-                format!("id \"{id}\" appears twice"),
-            ));
+/// Ids in row order and the reverse lookup; derefs to the id list.
+pub struct Ids {
+    list: Vec<String>,
+    by_id: HashMap<String, u32>,
+}
+
+impl Ids {
+    fn new(list: Vec<String>, file: &str) -> Result<Ids, CatalogError> {
+        let mut by_id = HashMap::with_capacity(list.len());
+        for (i, id) in list.iter().enumerate() {
+            if by_id.insert(id.clone(), i as u32).is_some() {
+                return Err(CatalogError::load(
+                    file,
+                    format!("id \"{id}\" appears twice"),
+                ));
+            }
         }
+        Ok(Ids { list, by_id })
     }
-    Ok(by_id)
+
+    pub fn row(&self, id: &str) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+}
+
+impl std::ops::Deref for Ids {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.list
+    }
+}
+
+/// Row `row` of a row-major matrix `width` wide.
+fn row_of(data: &[f32], width: usize, row: u32) -> &[f32] {
+    let r = row as usize * width;
+    &data[r..r + width]
 }
 
 #[derive(Deserialize)]
@@ -124,8 +149,7 @@ struct UsersJson {
 /// The item catalog. Every `Vec<f32>` has one value per item, except the
 /// row-major matrices whose width is given beside them.
 pub struct Items {
-    pub ids: Vec<String>,
-    by_id: HashMap<String, u32>,
+    pub ids: Ids,
     pub dim: usize,
     /// Unit-norm retrieval embeddings, `[len, dim]`.
     pub embedding: Vec<f32>,
@@ -148,7 +172,6 @@ pub struct Items {
 impl Items {
     pub fn load(dir: &Path) -> Result<Items, CatalogError> {
         let meta: ItemsJson = read_json(dir, "items.json")?;
-        let by_id = index_ids(&meta.ids, "items.json")?;
         let n = meta.ids.len();
         let f = TensorFile::open(dir, "items.safetensors")?;
         let (embedding, dim) = f.f32s("embedding", n)?;
@@ -179,8 +202,7 @@ impl Items {
             pos_rate: f.vector("pos_rate", n)?,
             mean_rater_age: f.vector("mean_rater_age", n)?,
             male_share: f.vector("male_share", n)?,
-            ids: meta.ids,
-            by_id,
+            ids: Ids::new(meta.ids, "items.json")?,
         })
     }
 
@@ -193,24 +215,21 @@ impl Items {
     }
 
     pub fn row(&self, id: &str) -> Option<u32> {
-        self.by_id.get(id).copied()
+        self.ids.row(id)
     }
 
     pub fn embedding(&self, row: u32) -> &[f32] {
-        let r = row as usize * self.dim;
-        &self.embedding[r..r + self.dim]
+        row_of(&self.embedding, self.dim, row)
     }
 
     pub fn genres(&self, row: u32) -> &[f32] {
-        let r = row as usize * self.n_genres;
-        &self.genres[r..r + self.n_genres]
+        row_of(&self.genres, self.n_genres, row)
     }
 }
 
 /// The user table: known users only (cold-start users are not in it).
 pub struct Users {
-    pub ids: Vec<String>,
-    by_id: HashMap<String, u32>,
+    pub ids: Ids,
     pub dim: usize,
     pub embedding: Vec<f32>,
     pub n_genres: usize,
@@ -230,7 +249,6 @@ pub struct Users {
 impl Users {
     pub fn load(dir: &Path, items: &Items) -> Result<(Users, Vec<String>), CatalogError> {
         let meta: UsersJson = read_json(dir, "users.json")?;
-        let by_id = index_ids(&meta.ids, "users.json")?;
         let n = meta.ids.len();
         let f = TensorFile::open(dir, "users.safetensors")?;
         let (embedding, dim) = f.f32s("embedding", n)?;
@@ -276,8 +294,7 @@ impl Users {
             pos_rate: f.vector("pos_rate", n)?,
             history_offsets,
             history_items,
-            ids: meta.ids,
-            by_id,
+            ids: Ids::new(meta.ids, "users.json")?,
         };
         Ok((users, meta.occupations))
     }
@@ -291,17 +308,15 @@ impl Users {
     }
 
     pub fn row(&self, id: &str) -> Option<u32> {
-        self.by_id.get(id).copied()
+        self.ids.row(id)
     }
 
     pub fn embedding(&self, row: u32) -> &[f32] {
-        let r = row as usize * self.dim;
-        &self.embedding[r..r + self.dim]
+        row_of(&self.embedding, self.dim, row)
     }
 
     pub fn genre_profile(&self, row: u32) -> &[f32] {
-        let r = row as usize * self.n_genres;
-        &self.genre_profile[r..r + self.n_genres]
+        row_of(&self.genre_profile, self.n_genres, row)
     }
 
     /// Item rows the user already interacted with (sorted as stored).
