@@ -6,7 +6,6 @@
 //! `127.0.0.1:0` and stop the server whenever they like.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +49,7 @@ pub async fn run(
         }
     }
 
-    state.draining.store(true, Ordering::Relaxed);
+    state.start_draining();
     drop(public);
     drop(admin);
     let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);

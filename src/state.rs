@@ -63,6 +63,7 @@ impl AppState {
         } else {
             None
         };
+        metrics::gauge!(crate::telemetry::metrics::READY).set(1.0);
         Ok(AppState {
             admission: Arc::new(Semaphore::new(config.server.max_in_flight)),
             config,
@@ -72,6 +73,12 @@ impl AppState {
             ready: AtomicBool::new(true),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the server as draining: readiness and `cascade_ready` drop.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        metrics::gauge!(crate::telemetry::metrics::READY).set(0.0);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -91,6 +98,7 @@ fn record_models(registry: &Registry) {
             };
             metrics::counter!(m::MODEL_LOADS_TOTAL, "name" => entry.name.clone(), "outcome" => outcome)
                 .increment(1);
+            metrics::counter!(m::MODEL_ERRORS_TOTAL, "model" => entry.name.clone()).increment(0);
             let serving = if *version == entry.serving { 1.0 } else { 0.0 };
             metrics::gauge!(
                 m::MODEL_INFO,

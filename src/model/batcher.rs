@@ -71,6 +71,11 @@ impl Batcher {
     /// Starts the actor on the current tokio runtime. `output` names the
     /// score output; `label` is the model name for metrics.
     pub fn spawn(label: &str, output: &str, policy: BatchPolicy, pool: InferencePool) -> Batcher {
+        // Export the drop counters from the start, at zero.
+        for reason in ["deadline", "caller_gone", "overload"] {
+            metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => label.to_string(), "reason" => reason)
+                .increment(0);
+        }
         let (tx, rx) = mpsc::channel(policy.queue_capacity.max(1));
         tokio::spawn(run(rx, policy, pool, output.to_string(), label.to_string()));
         Batcher {

@@ -106,6 +106,8 @@ impl ResponseCache {
                 }
             })
             .build();
+        metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => "response").increment(0);
+        metrics::gauge!(m::CACHE_ENTRIES, "cache" => "response").set(0.0);
         ResponseCache { cache }
     }
 

@@ -139,6 +139,9 @@ impl Pipeline {
         };
         // The filter runs once per request on all N candidates; the
         // re-rankers' rows are the ones worth bulking across requests.
+        for reason in ["cold_start", "deadline", "model_error", "overload"] {
+            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason).increment(0);
+        }
         let filter = model("filter_model", &config.filter_model, false)?;
         let ranker = model("ranker_model", &config.ranker_model, true)?;
         let cold_start = model("cold_start_model", &config.cold_start_model, true)?;

@@ -56,6 +56,9 @@ pub const MODEL_SCORE: &str = "cascade_model_score";
 pub const FEATURE_PSI: &str = "cascade_feature_psi";
 /// Population stability index of the score over the last window.
 pub const SCORE_PSI: &str = "cascade_score_psi";
+/// 1 when the server is ready (models loaded, warmed up, vetted), 0 while
+/// starting or draining.
+pub const READY: &str = "cascade_ready";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 

@@ -4,6 +4,7 @@
 
 mod backends;
 mod common;
+mod deploy;
 mod errors;
 mod lifecycle;
 mod metrics;

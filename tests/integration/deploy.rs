@@ -1,0 +1,89 @@
+//! The Grafana dashboard and the Prometheus alert rules in `deploy/` only
+//! reference metrics a running server actually exports.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use crate::common::{golden, send, TestServer};
+
+/// `cascade_*` metric names in `text`, histogram suffixes removed.
+fn referenced(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("cascade_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let mut name = &text[start..end];
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                name = base;
+            }
+        }
+        // Skip identifiers that are not metrics (the dashboard's uid "cascade").
+        if name.len() > "cascade_".len() {
+            names.insert(name.to_string());
+        }
+        i = end.max(start + 1);
+    }
+    names
+}
+
+#[tokio::test]
+async fn dashboard_and_alerts_reference_only_exported_metrics() {
+    let root = crate::common::project_root();
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/cascade.json")).unwrap();
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("dashboard is valid JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10));
+    assert!(alerts.contains("groups:") && alerts.matches("- alert:").count() >= 6);
+
+    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    config.monitoring.sample_rate = 1.0;
+    config.monitoring.window_rows = 200;
+    let s = TestServer::start(config).await;
+    // Traffic of every kind the panels look at.
+    let known: Vec<String> = s.state.pipeline.as_ref().unwrap().catalog.users.ids[..4].to_vec();
+    for u in &known {
+        let body = json!({"user_id": u, "k": 5, "deadline_ms": 5000, "context": {"hour": 8, "weekday": 1}});
+        assert_eq!(s.post_json("/v1/rank", &body).await.status, 200);
+        assert_eq!(s.post_json("/v1/rank", &body).await.status, 200); // a cache hit
+    }
+    assert_eq!(
+        s.post_json("/v1/rank", &json!({"k": 5, "deadline_ms": 5000}))
+            .await
+            .status,
+        200
+    );
+    let g = golden("ranker");
+    let infer = json!({"inputs": [{"name": "features", "shape": [1, g.inputs[0].len()], "datatype": "FP32", "data": g.inputs[0]}]});
+    assert_eq!(
+        s.post_json("/v2/models/ranker/infer", &infer).await.status,
+        200
+    );
+
+    let exported =
+        String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let exported_names: BTreeSet<String> = exported
+        .lines()
+        .filter(|l| l.starts_with("cascade_"))
+        .flat_map(|l| referenced(l.split(['{', ' ']).next().unwrap()))
+        .collect();
+    for (file, text) in [
+        ("deploy/grafana/cascade.json", &dashboard),
+        ("deploy/prometheus/alerts.yml", &alerts),
+    ] {
+        let names = referenced(text);
+        assert!(names.len() >= 5, "{file} references {names:?}");
+        let missing: Vec<_> = names.difference(&exported_names).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} references metrics the server does not export: {missing:?}"
+        );
+    }
+}
