@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::state::AppState;
 use crate::telemetry::metrics as m;
@@ -40,6 +41,49 @@ pub async fn handle(
     listener: Listener,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    // Every log line of a request carries its id: the caller's
+    // `X-Request-Id` when it is a sane token, else a fresh one. It is echoed
+    // in the response and used for a rank request without `request_id`.
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = dispatch(state, listener, req, &request_id)
+        .instrument(span)
+        .await;
+    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(response)
+}
+
+/// The request-id header, read and echoed.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A request id unique within this process and across restarts.
+pub fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let boot = *BOOT.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+    });
+    format!("{boot:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn dispatch(
+    state: Arc<AppState>,
+    listener: Listener,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -65,9 +109,7 @@ pub async fn handle(
                     ErrorShape::Cascade
                 };
                 let response = ApiError::overloaded(1).into_response(shape);
-                return Ok(finish(
-                    listener, &segments, &method, &path, started, response,
-                ));
+                return finish(listener, &segments, &method, &path, started, response);
             }
         }
     } else {
@@ -78,9 +120,10 @@ pub async fn handle(
             ErrorShape::InferenceProtocol,
             oip::route(&state, req, rest).await,
         ),
-        (Listener::Public, ["v1", rest @ ..]) => {
-            (ErrorShape::Cascade, rank::route(&state, req, rest).await)
-        }
+        (Listener::Public, ["v1", rest @ ..]) => (
+            ErrorShape::Cascade,
+            rank::route(&state, req, rest, request_id).await,
+        ),
         (_, ["healthz"]) | (_, ["readyz"]) => (
             ErrorShape::Cascade,
             ops::health(&state, &method, segments[0]),
@@ -95,9 +138,7 @@ pub async fn handle(
         ),
     };
     let response = result.unwrap_or_else(|e| e.into_response(shape));
-    Ok(finish(
-        listener, &segments, &method, &path, started, response,
-    ))
+    finish(listener, &segments, &method, &path, started, response)
 }
 
 /// Records the request's metrics and log line.

@@ -1,7 +1,5 @@
 //! `POST /v1/rank` and `POST /v1/rank/batch` (API.md §1).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -17,7 +15,13 @@ use crate::state::AppState;
 type Resp = Result<Response<Full<Bytes>>, ApiError>;
 
 /// `segments` are the path's parts after `v1`.
-pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) -> Resp {
+/// `request_id` is the HTTP request's id, used when a rank request has none.
+pub async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+    segments: &[&str],
+    request_id: &str,
+) -> Resp {
     let batch = match segments {
         ["rank"] => false,
         ["rank", "batch"] => true,
@@ -47,7 +51,8 @@ pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) 
             value
                 .requests
                 .into_iter()
-                .map(|r| rank_value(state, pipeline, r)),
+                .enumerate()
+                .map(|(i, r)| rank_value(state, pipeline, r, format!("{request_id}.{i}"))),
         )
         .await;
         Ok(json_response(
@@ -56,7 +61,7 @@ pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) 
         ))
     } else {
         let request: RankRequest = body::parse_json(&bytes)?;
-        let response = rank(state, pipeline, request).await?;
+        let response = rank(state, pipeline, request, request_id.to_string()).await?;
         Ok(json_response(StatusCode::OK, &response))
     }
 }
@@ -71,9 +76,10 @@ async fn rank(
     state: &AppState,
     pipeline: &Pipeline,
     request: RankRequest,
+    fallback_id: String,
 ) -> Result<crate::pipeline::request::RankResponse, ApiError> {
     let valid = request
-        .validate(&pipeline.limits, new_request_id)
+        .validate(&pipeline.limits, || fallback_id)
         .map_err(ApiError::invalid)?;
     pipeline
         .rank_cached(&state.registry, &state.pool, valid)
@@ -85,26 +91,18 @@ async fn rank(
 }
 
 /// One slot of a batch: the response, or the error object in its place.
-async fn rank_value(state: &AppState, pipeline: &Pipeline, value: Value) -> Value {
+async fn rank_value(
+    state: &AppState,
+    pipeline: &Pipeline,
+    value: Value,
+    fallback_id: String,
+) -> Value {
     let result = match serde_path_to_error::deserialize::<_, RankRequest>(value) {
         Err(e) => Err(ApiError::invalid(format!("{}: {}", e.path(), e.inner()))),
-        Ok(request) => rank(state, pipeline, request).await,
+        Ok(request) => rank(state, pipeline, request, fallback_id).await,
     };
     match result {
         Ok(response) => serde_json::to_value(response).expect("responses serialise"),
         Err(e) => json!({"error": {"code": e.code, "message": e.message}}),
     }
-}
-
-/// A request id unique within this process and across restarts.
-fn new_request_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let boot = *BOOT.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0)
-    });
-    format!("{boot:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }

@@ -458,3 +458,26 @@ async fn concurrent_identical_misses_compute_once() {
     );
     assert_eq!(answers.len(), 1);
 }
+
+/// The HTTP request id: the caller's `X-Request-Id` is echoed and becomes
+/// the rank request's id when the body has none; otherwise one is generated.
+#[tokio::test]
+async fn request_ids_flow_from_the_header() {
+    let s = TestServer::shipped().await;
+    let body = serde_json::to_vec(&json!({"user_id": "1", "k": 2})).unwrap();
+    let r = crate::common::send(
+        s.public,
+        "POST",
+        "/v1/rank",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Request-Id", "abc-123"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    assert_eq!(r.json()["request_id"], "abc-123");
+    let r = s.get("/healthz").await;
+    assert!(r.header("x-request-id").is_some_and(|id| !id.is_empty()));
+}
