@@ -94,3 +94,80 @@ async fn drift_and_score_distribution_are_exported() {
         assert!(text.contains(needle), "missing {needle}");
     }
 }
+
+fn gauge(text: &str, prefix: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in metrics"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// In-distribution traffic (known users through retrieval, as the filter
+/// was trained) keeps every filter PSI under the threshold; candidates
+/// drawn from the least popular items push item_popularity's PSI above it.
+#[tokio::test]
+async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
+    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    config.monitoring.sample_rate = 1.0;
+    config.monitoring.window_rows = 6000; // 20 requests × 300 filter rows
+    config.ranking.cache.enabled = false;
+    let threshold = config.monitoring.psi_threshold;
+    let s = TestServer::start(config).await;
+    let catalog = &s.state.pipeline.as_ref().unwrap().catalog;
+    let users: Vec<String> = catalog
+        .users
+        .ids
+        .iter()
+        .step_by(30)
+        .take(20)
+        .cloned()
+        .collect();
+    let send_all = |candidates: Option<Vec<String>>| {
+        let s = &s;
+        let users = users.clone();
+        async move {
+            for (i, u) in users.iter().enumerate() {
+                let mut body = json!({"user_id": u, "k": 10, "deadline_ms": 5000,
+                                      "context": {"hour": (i * 5) % 24, "weekday": i % 7}});
+                if let Some(c) = &candidates {
+                    body["candidates"] = json!(c);
+                }
+                let r = s.post_json("/v1/rank", &body).await;
+                assert_eq!(r.json()["fallback"], serde_json::Value::Null);
+            }
+        }
+    };
+    send_all(None).await;
+    let text = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let features = [
+        "user_item_dot",
+        "user_genre_affinity",
+        "item_popularity",
+        "item_recent_popularity",
+        "item_mean_rating",
+        "item_pos_rate",
+    ];
+    for f in features {
+        let psi = gauge(
+            &text,
+            &format!("cascade_feature_psi{{model=\"filter\",feature=\"{f}\"}}"),
+        );
+        assert!(psi < threshold, "in-distribution {f}: PSI {psi}");
+    }
+
+    // The 300 least popular items, for everyone.
+    let mut rows: Vec<usize> = (0..catalog.items.len()).collect();
+    rows.sort_by(|&a, &b| catalog.items.popularity[a].total_cmp(&catalog.items.popularity[b]));
+    let unpopular: Vec<String> = rows[..300]
+        .iter()
+        .map(|&r| catalog.items.ids[r].clone())
+        .collect();
+    send_all(Some(unpopular)).await;
+    let text = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let psi = gauge(
+        &text,
+        "cascade_feature_psi{model=\"filter\",feature=\"item_popularity\"}",
+    );
+    assert!(psi > threshold, "shifted item_popularity: PSI {psi}");
+}
