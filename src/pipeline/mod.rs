@@ -215,6 +215,10 @@ impl Pipeline {
         };
         response.request_id = request_id;
         response.cached = hit;
+        // Fallbacks count answers served: a cached cold-start answer is one.
+        if hit && response.fallback == Some(Fallback::ColdStart) {
+            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start").increment(1);
+        }
         Ok(response)
     }
 

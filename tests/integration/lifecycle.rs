@@ -2,6 +2,7 @@
 //! working version, never serve), SIGTERM drains and exits 0.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -140,9 +141,10 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .unwrap();
 }
 
-/// The real binary: serves the shipped config, answers, exits 0 on SIGTERM.
-#[test]
-fn the_binary_serves_and_exits_zero_on_sigterm() {
+/// The real binary on the shipped config, on ephemeral ports, in its own
+/// process (so its metrics are its own). Returns the child and its public
+/// and admin addresses, read from its start-up log line.
+pub fn spawn_binary() -> (std::process::Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cascade"))
         .args([
             "serve",
@@ -160,31 +162,128 @@ fn the_binary_serves_and_exits_zero_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut public = None;
+    let field = |line: &str, key: &str| -> SocketAddr {
+        let value = line
+            .split(key)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        value.trim_matches('"').parse().unwrap()
+    };
+    let mut addrs = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
         if line.contains("cascade listening") {
-            let addr = line
-                .split("public=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap();
-            public = Some(addr.trim_matches('"').to_string());
+            addrs = Some((field(&line, "public="), field(&line, "admin=")));
             break;
         }
     }
-    let public: std::net::SocketAddr = public.expect("server logged its address").parse().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let r = rt.block_on(send(public, "GET", "/v2/health/ready", &[], b""));
-    assert_eq!(r.status, 200);
+    let (public, admin) = addrs.expect("server logged its addresses");
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, public, admin)
+}
+
+fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    std::thread::spawn(move || for _ in lines {});
-    let exit = child.wait().unwrap();
+    child.wait().unwrap()
+}
+
+/// The real binary: serves the shipped config, answers, exits 0 on SIGTERM.
+#[test]
+fn the_binary_serves_and_exits_zero_on_sigterm() {
+    let (mut child, public, _) = spawn_binary();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(send(public, "GET", "/v2/health/ready", &[], b""));
+    assert_eq!(r.status, 200);
+    let exit = sigterm(&mut child);
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// In a process of its own, the metrics count exactly the traffic sent.
+#[test]
+fn metric_counts_match_the_requests_sent() {
+    let (mut child, public, admin) = spawn_binary();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let text = rt.block_on(async {
+        let known = serde_json::to_vec(&serde_json::json!(
+            {"user_id": "1", "k": 5, "deadline_ms": 5000, "context": {"hour": 3, "weekday": 4}}
+        ))
+        .unwrap();
+        let cold = serde_json::to_vec(
+            &serde_json::json!({"k": 5, "deadline_ms": 5000, "context": {"hour": 3, "weekday": 4}}),
+        )
+        .unwrap();
+        let json = [("Content-Type", "application/json")];
+        for _ in 0..7 {
+            assert_eq!(
+                send(public, "POST", "/v1/rank", &json, &known).await.status,
+                200
+            );
+        }
+        for _ in 0..3 {
+            assert_eq!(
+                send(public, "POST", "/v1/rank", &json, &cold).await.status,
+                200
+            );
+        }
+        assert_eq!(
+            send(public, "POST", "/v1/rank", &json, b"{\"k\": 0}")
+                .await
+                .status,
+            400
+        );
+        assert_eq!(
+            send(public, "GET", "/v2/models/nope", &[], b"")
+                .await
+                .status,
+            404
+        );
+        String::from_utf8(send(admin, "GET", "/metrics", &[], b"").await.body).unwrap()
+    });
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let rank = "cascade_http_requests_total{listener=\"public\",route=\"/v1/rank\"";
+    assert_eq!(value(&format!("{rank},status=\"200\"}}")), 10.0);
+    assert_eq!(value(&format!("{rank},status=\"400\"}}")), 1.0);
+    assert_eq!(value("cascade_http_requests_total{listener=\"public\",route=\"/v2/models/{name}\",status=\"404\"}"), 1.0);
+    // 10 cacheable rankings of two distinct requests: 2 misses, 8 hits.
+    assert_eq!(
+        value("cascade_cache_requests_total{cache=\"response\",result=\"miss\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("cascade_cache_requests_total{cache=\"response\",result=\"hit\"}"),
+        8.0
+    );
+    // Three cold-start answers served (one computed, two from the cache).
+    assert_eq!(
+        value("cascade_rank_fallbacks_total{reason=\"cold_start\"}"),
+        3.0
+    );
+    assert_eq!(
+        value("cascade_rank_fallbacks_total{reason=\"deadline\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("cascade_http_request_duration_seconds_count{route=\"/v1/rank\"}"),
+        11.0
+    );
+    assert_eq!(value("cascade_ready"), 1.0);
+    let exit = sigterm(&mut child);
     assert!(exit.success(), "exit status {exit:?}");
 }
