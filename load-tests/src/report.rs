@@ -7,18 +7,12 @@ use serde::Serialize;
 use crate::runner::RunResult;
 use crate::stats::{Percentiles, StageSummary};
 
-/// The `--out` file.
+/// The `--out` file: the run's settings, then what it measured.
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub tool: &'static str,
-    pub target: String,
-    pub scenario: String,
-    /// Scenario parameters (model and batch, or the rank mix).
-    pub scenario_params: serde_json::Value,
-    pub seed: u64,
-    pub warmup_s: f64,
-    pub timeout_ms: u64,
-    pub max_connections: usize,
+    #[serde(flatten)]
+    pub header: Header,
     pub connections_opened: u64,
     /// Requests unfinished at the hard end of the run (normally 0).
     pub abandoned: usize,
@@ -32,13 +26,7 @@ impl Summary {
     pub fn new(header: Header, result: RunResult, connections_opened: u64) -> Summary {
         Summary {
             tool: concat!("cascade-load ", env!("CARGO_PKG_VERSION")),
-            target: header.target,
-            scenario: header.scenario,
-            scenario_params: header.scenario_params,
-            seed: header.seed,
-            warmup_s: header.warmup_s,
-            timeout_ms: header.timeout_ms,
-            max_connections: header.max_connections,
+            header,
             connections_opened,
             abandoned: result.abandoned,
             latency_from: "scheduled send time (open loop; coordinated omission corrected)",
@@ -49,9 +37,11 @@ impl Summary {
 }
 
 /// The run's settings, as echoed in the summary.
+#[derive(Debug, Serialize)]
 pub struct Header {
     pub target: String,
     pub scenario: String,
+    /// Scenario parameters (model and batch, or the rank mix).
     pub scenario_params: serde_json::Value,
     pub seed: u64,
     pub warmup_s: f64,
@@ -63,16 +53,17 @@ pub struct Header {
 pub fn render(summary: &Summary) -> String {
     let mut out = String::new();
     let n = summary.stages.len();
+    let h = &summary.header;
     let _ = writeln!(
         out,
         "cascade-load: {} on {} ({}), seed {}, warm-up {} s, timeout {} ms, max {} connections",
-        summary.scenario,
-        summary.target,
-        summary.scenario_params,
-        summary.seed,
-        summary.warmup_s,
-        summary.timeout_ms,
-        summary.max_connections
+        h.scenario,
+        h.target,
+        h.scenario_params,
+        h.seed,
+        h.warmup_s,
+        h.timeout_ms,
+        h.max_connections
     );
     for (i, stage) in summary.stages.iter().enumerate() {
         let title = if n > 1 {
