@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::index::{HnswParams, IndexKind};
 use crate::model::BackendKind;
 use crate::pipeline::cache::CacheConfig;
+use crate::pipeline::experiments::ExperimentsConfig;
 use crate::pipeline::request::Limits;
+use crate::pipeline::shadow::ShadowConfig;
 use crate::telemetry::drift::MonitoringConfig;
 
 /// The prefix of environment overrides; `__` separates nested keys.
@@ -45,6 +47,10 @@ pub struct Config {
     pub ranking: RankingConfig,
     pub monitoring: MonitoringConfig,
     pub logging: LoggingConfig,
+    /// A/B arms (`[experiments]`); also `PUT /admin/experiments`.
+    pub experiments: ExperimentsConfig,
+    /// Shadow models (`[shadow]`); the list also `PUT /admin/shadow`.
+    pub shadow: ShadowConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +75,57 @@ pub struct ServerConfig {
     /// Async worker threads (the reactor). Inference runs on separate,
     /// bounded threads: see `models.inference_threads`.
     pub worker_threads: usize,
+    /// When set, every `/admin/*` call needs `Authorization: Bearer <token>`
+    /// (401 otherwise). Best given as `CASCADE_SERVER__ADMIN_TOKEN`.
+    pub admin_token: Option<Secret>,
+}
+
+/// A credential: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "toml::Value", into = "String")]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// Whether `given` equals the secret, in time independent of where
+    /// they differ.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let want = self.0.as_bytes();
+        let mut diff = u8::from(want.len() != given.len());
+        for (i, w) in want.iter().enumerate() {
+            diff |= w ^ given.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl From<Secret> for String {
+    fn from(s: Secret) -> String {
+        s.0
+    }
+}
+
+/// An environment override of a token made of digits parses as a number:
+/// take any scalar as its text.
+impl TryFrom<toml::Value> for Secret {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Secret, String> {
+        match v {
+            toml::Value::String(s) => Ok(Secret(s)),
+            toml::Value::Integer(i) => Ok(Secret(i.to_string())),
+            toml::Value::Float(f) => Ok(Secret(f.to_string())),
+            other => Err(format!("expected a string, got {}", other.type_str())),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -82,6 +139,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             worker_threads: 2,
+            admin_token: None,
         }
     }
 }
@@ -100,6 +158,9 @@ pub struct ModelsConfig {
     pub ort_library: Option<PathBuf>,
     /// Per-model settings, e.g. `[models.overrides.ranker] backend = "ort"`.
     pub overrides: BTreeMap<String, ModelOverride>,
+    /// Rescan the repository for new versions this often (seconds); 0 means
+    /// only on `POST /admin/models/{name}/reload`.
+    pub poll_interval_s: u64,
 }
 
 impl Default for ModelsConfig {
@@ -110,6 +171,7 @@ impl Default for ModelsConfig {
             inference_threads: 2,
             ort_library: None,
             overrides: BTreeMap::new(),
+            poll_interval_s: 0,
         }
     }
 }
@@ -342,6 +404,23 @@ impl Config {
             ));
         }
         self.ranking.validate()?;
+        if self
+            .server
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.0.len() < 8)
+        {
+            return Err(invalid(
+                "server.admin_token",
+                "must be at least 8 characters (or absent)",
+            ));
+        }
+        if self.shadow.queue_capacity == 0 {
+            return Err(invalid("shadow.queue_capacity", "must be at least 1"));
+        }
+        if !(1..=16).contains(&self.shadow.threads) {
+            return Err(invalid("shadow.threads", "must be between 1 and 16"));
+        }
         let mon = &self.monitoring;
         if !(0.0..=1.0).contains(&mon.sample_rate) {
             return Err(invalid("monitoring.sample_rate", "must be between 0 and 1"));

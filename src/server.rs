@@ -26,6 +26,7 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) {
+    state.spawn_poller();
     let graceful = GracefulShutdown::new();
     let header_timeout = Duration::from_millis(state.config.server.header_timeout_ms);
     tokio::pin!(shutdown);

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::model::executor::InferencePool;
-use crate::model::repository::{LoadOptions, Registry};
+use crate::model::repository::{LifecycleError, LoadOptions, Registry, ReloadReport, VersionCheck};
 use crate::model::{backend::BackendOptions, ModelError};
 use crate::pipeline::Pipeline;
 
@@ -52,16 +53,35 @@ impl AppState {
             },
         };
         crate::telemetry::metrics::install();
-        let registry = Registry::load(&config.models.repository, &options)?;
-        record_models(&registry);
-        let pool = InferencePool::new(config.models.inference_threads);
-        let pipeline = if config.ranking.enabled {
-            Some(
-                Pipeline::load(&config.ranking, &config.monitoring, &registry, &pool)
-                    .map_err(StartupError::Ranking)?,
-            )
+        // With ranking on, a version whose declared features the catalog
+        // cannot supply is refused like one that fails its golden set.
+        let catalog = if config.ranking.enabled {
+            Some(Arc::new(
+                Catalog::load(&config.ranking.catalog)
+                    .map_err(|e| StartupError::Ranking(e.to_string()))?,
+            ))
         } else {
             None
+        };
+        let check: Option<VersionCheck> = catalog.clone().map(|catalog| {
+            Box::new(move |m: &crate::model::LoadedModel| match &m.spec.input {
+                None => Ok(()),
+                Some(input) => {
+                    crate::pipeline::features::FeatureSet::compile(&input.features, &catalog)
+                        .map(|_| ())
+                        .map_err(|e| format!("features: {e}"))
+                }
+            }) as VersionCheck
+        });
+        let registry = Registry::load(&config.models.repository, &options, check)?;
+        record_models(&registry);
+        let pool = InferencePool::new(config.models.inference_threads);
+        let pipeline = match catalog {
+            Some(catalog) => Some(
+                Pipeline::load(&config, catalog, &registry, &pool)
+                    .map_err(StartupError::Ranking)?,
+            ),
+            None => None,
         };
         metrics::gauge!(crate::telemetry::metrics::READY).set(1.0);
         Ok(AppState {
@@ -84,21 +104,88 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
     }
+
+    /// `POST /admin/models/{name}/reload`. Blocking (models load here).
+    pub fn reload_model(&self, name: &str) -> Result<ReloadReport, LifecycleError> {
+        let result = self.registry.reload(name);
+        self.after_change(name, &result, "swapped");
+        result
+    }
+
+    /// `POST /admin/models/{name}/rollback`.
+    pub fn rollback_model(&self, name: &str) -> Result<ReloadReport, LifecycleError> {
+        let result = self.registry.rollback(name);
+        self.after_change(name, &result, "rolled_back");
+        result
+    }
+
+    fn after_change(
+        &self,
+        name: &str,
+        result: &Result<ReloadReport, LifecycleError>,
+        changed: &'static str,
+    ) {
+        use crate::telemetry::metrics as m;
+        let outcome = match result {
+            Err(LifecycleError::NotFound(_)) => return,
+            Err(LifecycleError::Refused(e)) => {
+                tracing::error!(model = name, error = %e, "reload refused; serving version unchanged");
+                "refused"
+            }
+            Ok(r) if r.previous.as_deref() == Some(r.serving.as_str()) => "unchanged",
+            Ok(_) => changed,
+        };
+        metrics::counter!(m::MODEL_RELOADS_TOTAL, "name" => name.to_string(), "outcome" => outcome)
+            .increment(1);
+        if let Some(pipeline) = &self.pipeline {
+            pipeline.prepare_versions(&self.registry, name);
+        }
+        record_models(&self.registry);
+    }
+
+    /// Rescans every model folder every `models.poll_interval_s` seconds,
+    /// on a blocking thread, until the process ends.
+    pub fn spawn_poller(self: &Arc<Self>) {
+        let every = self.config.models.poll_interval_s;
+        if every == 0 {
+            return;
+        }
+        let state = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(state) = state.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || {
+                    let names = model_folders(state.registry.root());
+                    for name in names {
+                        let _ = state.reload_model(&name);
+                    }
+                })
+                .await;
+            }
+        });
+    }
 }
 
-/// Exports what serves and how each version's load went.
+/// Folder names under the repository that hold a `config.toml`.
+fn model_folders(root: &std::path::Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.path().join("config.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Exports which version of each model serves (1) and which do not (0).
 fn record_models(registry: &Registry) {
-    use crate::model::repository::VersionState;
     use crate::telemetry::metrics as m;
     for entry in registry.entries() {
-        for (version, state) in &entry.versions {
-            let outcome = match state {
-                VersionState::Ready(_) => "ready",
-                VersionState::Failed(_) => "failed",
-            };
-            metrics::counter!(m::MODEL_LOADS_TOTAL, "name" => entry.name.clone(), "outcome" => outcome)
-                .increment(1);
-            metrics::counter!(m::MODEL_ERRORS_TOTAL, "model" => entry.name.clone()).increment(0);
+        metrics::counter!(m::MODEL_ERRORS_TOTAL, "model" => entry.name.clone()).increment(0);
+        for version in entry.versions.keys() {
             let serving = if *version == entry.serving { 1.0 } else { 0.0 };
             metrics::gauge!(
                 m::MODEL_INFO,

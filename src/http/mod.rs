@@ -129,7 +129,7 @@ async fn dispatch(
             ops::health(&state, &method, segments[0]),
         ),
         (Listener::Admin, ["admin", rest @ ..]) => {
-            (ErrorShape::Cascade, ops::admin(&state, &method, rest))
+            (ErrorShape::Cascade, ops::admin(&state, req, rest).await)
         }
         (Listener::Admin, ["metrics"]) => (ErrorShape::Cascade, ops::metrics(&method)),
         _ => (
@@ -193,6 +193,10 @@ fn route_template(segments: &[&str]) -> &'static str {
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
         ["admin", "models"] => "/admin/models",
+        ["admin", "models", _, "reload"] => "/admin/models/{name}/reload",
+        ["admin", "models", _, "rollback"] => "/admin/models/{name}/rollback",
+        ["admin", "shadow"] => "/admin/shadow",
+        ["admin", "experiments"] => "/admin/experiments",
         _ => "other",
     }
 }

@@ -3,14 +3,20 @@
 
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use serde_json::json;
 
-use super::body::json_response;
+use super::body::{self, json_response};
 use super::error::ApiError;
-use crate::model::repository::VersionState;
+use crate::model::repository::{LifecycleError, VersionState};
+use crate::pipeline::experiments::ExperimentsConfig;
+use crate::pipeline::shadow::ShadowSpec;
+use crate::pipeline::Pipeline;
 use crate::state::AppState;
 
 type Resp = Result<Response<Full<Bytes>>, ApiError>;
@@ -49,7 +55,25 @@ pub fn metrics(method: &Method) -> Resp {
     ))
 }
 
-pub fn admin(state: &AppState, method: &Method, segments: &[&str]) -> Resp {
+/// `/admin/*` (admin listener only). With `server.admin_token` set, every
+/// call needs `Authorization: Bearer <token>`.
+pub async fn admin(state: &Arc<AppState>, req: Request<Incoming>, segments: &[&str]) -> Resp {
+    if let Some(token) = &state.config.server.admin_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match given {
+            Some(given) if token.matches(given) => {}
+            Some(_) => return Err(ApiError::unauthorized("the bearer token is not valid")),
+            None => {
+                return Err(ApiError::unauthorized(
+                    "admin calls need an Authorization: Bearer <token> header",
+                ))
+            }
+        }
+    }
+    let method = req.method().clone();
     match segments {
         ["models"] => {
             if method != Method::GET {
@@ -57,7 +81,88 @@ pub fn admin(state: &AppState, method: &Method, segments: &[&str]) -> Resp {
             }
             Ok(json_response(StatusCode::OK, &models(state)))
         }
+        ["models", name, action @ ("reload" | "rollback")] => {
+            if method != Method::POST {
+                return Err(ApiError::method_not_allowed("POST"));
+            }
+            lifecycle(state, name, action).await
+        }
+        ["shadow"] => {
+            let pipeline = ranking(state)?;
+            match method {
+                Method::GET => Ok(json_response(StatusCode::OK, &pipeline.shadow.describe())),
+                Method::PUT => {
+                    let body: ShadowBody = read_json(state, req).await?;
+                    pipeline
+                        .set_shadows(&state.registry, body.shadows, "shadows")
+                        .map_err(ApiError::invalid)?;
+                    Ok(json_response(StatusCode::OK, &pipeline.shadow.describe()))
+                }
+                _ => Err(ApiError::method_not_allowed("GET, PUT")),
+            }
+        }
+        ["experiments"] => {
+            let pipeline = ranking(state)?;
+            match method {
+                Method::GET => Ok(json_response(StatusCode::OK, &*pipeline.experiments())),
+                Method::PUT => {
+                    let body: ExperimentsConfig = read_json(state, req).await?;
+                    pipeline
+                        .set_experiments(&state.registry, body, "")
+                        .map_err(ApiError::invalid)?;
+                    Ok(json_response(StatusCode::OK, &*pipeline.experiments()))
+                }
+                _ => Err(ApiError::method_not_allowed("GET, PUT")),
+            }
+        }
         _ => Err(ApiError::not_found("no such admin path")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowBody {
+    shadows: Vec<ShadowSpec>,
+}
+
+fn ranking(state: &AppState) -> Result<&Pipeline, ApiError> {
+    state
+        .pipeline
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("ranking is not enabled on this server"))
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let (parts, incoming) = req.into_parts();
+    body::require_json(&parts.headers)?;
+    let bytes = body::read_limited(incoming, &parts.headers, &state.config.server).await?;
+    body::parse_json(&bytes)
+}
+
+/// Reload or rollback, on a blocking thread: loading and vetting a
+/// version takes a while and must not stall the reactor.
+async fn lifecycle(state: &Arc<AppState>, name: &str, action: &str) -> Resp {
+    let (state, name_owned, reload) = (state.clone(), name.to_string(), action == "reload");
+    let result = tokio::task::spawn_blocking(move || {
+        if reload {
+            state.reload_model(&name_owned)
+        } else {
+            state.rollback_model(&name_owned)
+        }
+    })
+    .await
+    .map_err(|_| ApiError::internal("reload task failed"))?;
+    match result {
+        Ok(report) => Ok(json_response(StatusCode::OK, &report)),
+        Err(LifecycleError::NotFound(_)) => {
+            Err(ApiError::not_found(format!("model \"{name}\" not found")))
+        }
+        Err(LifecycleError::Refused(why)) => Err(ApiError::invalid(format!(
+            "{action} of \"{name}\" refused, serving version unchanged: {why}"
+        ))),
     }
 }
 
@@ -74,7 +179,7 @@ fn models(state: &AppState) -> serde_json::Value {
                 .map(|(v, s)| match s {
                     VersionState::Ready(m) => json!({
                         "version": v.to_string(),
-                        "state": "ready",
+                        "state": if entry.retired.contains(v) { "retired" } else { "ready" },
                         "vetting": m.vetting,
                     }),
                     VersionState::Failed(reason) => json!({

@@ -35,6 +35,7 @@ pub async fn route(
         .as_ref()
         .ok_or_else(|| ApiError::not_found("ranking is not enabled on this server"))?;
     let (parts, incoming) = req.into_parts();
+    let variant = forced_variant(&parts.headers, pipeline)?;
     body::require_identity_encoding(&parts.headers)?;
     body::require_json(&parts.headers)?;
     let bytes = body::read_limited(incoming, &parts.headers, &state.config.server).await?;
@@ -47,23 +48,47 @@ pub async fn route(
                 value.requests.len()
             )));
         }
-        let answers = futures_util::future::join_all(
-            value
-                .requests
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| rank_value(state, pipeline, r, format!("{request_id}.{i}"))),
-        )
-        .await;
+        let answers =
+            futures_util::future::join_all(value.requests.into_iter().enumerate().map(|(i, r)| {
+                rank_value(
+                    state,
+                    pipeline,
+                    r,
+                    format!("{request_id}.{i}"),
+                    variant.clone(),
+                )
+            }))
+            .await;
         Ok(json_response(
             StatusCode::OK,
             &json!({ "responses": answers }),
         ))
     } else {
         let request: RankRequest = body::parse_json(&bytes)?;
-        let response = rank(state, pipeline, request, request_id.to_string()).await?;
+        let response = rank(state, pipeline, request, request_id.to_string(), variant).await?;
         Ok(json_response(StatusCode::OK, &response))
     }
+}
+
+/// The header that forces an experiment arm, for testing.
+pub const VARIANT_HEADER: &str = "x-cascade-variant";
+
+fn forced_variant(
+    headers: &http::HeaderMap,
+    pipeline: &Pipeline,
+) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(VARIANT_HEADER) else {
+        return Ok(None);
+    };
+    let name = value.to_str().unwrap_or("");
+    let experiments = pipeline.experiments();
+    if experiments.arm(name).is_none() {
+        let arms: Vec<&str> = experiments.arms.iter().map(|a| a.name.as_str()).collect();
+        return Err(ApiError::invalid(format!(
+            "X-Cascade-Variant: no experiment arm named {name:?} (arms: {arms:?})"
+        )));
+    }
+    Ok(Some(name.to_string()))
 }
 
 #[derive(serde::Deserialize)]
@@ -77,10 +102,12 @@ async fn rank(
     pipeline: &Pipeline,
     request: RankRequest,
     fallback_id: String,
+    variant: Option<String>,
 ) -> Result<crate::pipeline::request::RankResponse, ApiError> {
-    let valid = request
+    let mut valid = request
         .validate(&pipeline.limits, || fallback_id)
         .map_err(ApiError::invalid)?;
+    valid.variant = variant;
     pipeline
         .rank_cached(&state.registry, &state.pool, valid)
         .await
@@ -96,10 +123,11 @@ async fn rank_value(
     pipeline: &Pipeline,
     value: Value,
     fallback_id: String,
+    variant: Option<String>,
 ) -> Value {
     let result = match serde_path_to_error::deserialize::<_, RankRequest>(value) {
         Err(e) => Err(ApiError::invalid(format!("{}: {}", e.path(), e.inner()))),
-        Ok(request) => rank(state, pipeline, request, fallback_id).await,
+        Ok(request) => rank(state, pipeline, request, fallback_id, variant).await,
     };
     match result {
         Ok(response) => serde_json::to_value(response).expect("responses serialise"),

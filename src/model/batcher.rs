@@ -261,7 +261,7 @@ mod tests {
             backend_overrides: Default::default(),
             backend: Default::default(),
         };
-        Registry::load(&root, &options)
+        Registry::load(&root, &options, None)
             .unwrap()
             .get("filter", None)
             .unwrap()

@@ -9,10 +9,16 @@
 //! Folders without a `config.toml` (the catalog, the training script) are
 //! not models. Every version found is loaded and vetted at start; the
 //! highest version that loaded and passed its golden set serves.
+//!
+//! Lifecycle: [`Registry::reload`] rescans one model's folder, loads, warms
+//! up and vets the versions it has not loaded yet, and only then swaps the
+//! model's entry in one step; [`Registry::rollback`] serves the previous
+//! vetted version again and retires the current one. Requests hold an
+//! `Arc` of the version they started with, so a swap never cuts one short.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::backend::{self, Backend, BackendKind, BackendOptions};
 use super::golden::{GoldenSet, Vetting};
@@ -29,6 +35,7 @@ pub struct LoadedModel {
 }
 
 /// A version folder's state after loading.
+#[derive(Clone)]
 pub enum VersionState {
     Ready(Arc<LoadedModel>),
     /// Failed to load or to pass vetting; never serves. The reason is shown
@@ -44,6 +51,9 @@ pub struct ModelEntry {
     pub versions: BTreeMap<u64, VersionState>,
     /// The version that answers unversioned requests.
     pub serving: u64,
+    /// Versions rolled back from: they stay loaded (and can be called by
+    /// version) but a reload does not make them serve again.
+    pub retired: BTreeSet<u64>,
 }
 
 impl ModelEntry {
@@ -63,11 +73,49 @@ pub struct LoadOptions {
     pub backend: BackendOptions,
 }
 
+/// An extra test every version must pass before it may serve, beyond
+/// loading, warm-up and the golden set (the ranking pipeline checks that
+/// the declared features exist in the catalog).
+pub type VersionCheck = Box<CheckFn>;
+pub type CheckFn = dyn Fn(&LoadedModel) -> Result<(), String> + Send + Sync;
+
 /// All models, by name. Readers take a cheap snapshot of an entry; a reload
-/// (later) swaps whole entries, so no request sees a half-loaded model.
+/// swaps whole entries, so no request sees a half-loaded model.
 pub struct Registry {
     root: PathBuf,
+    options: LoadOptions,
+    check: Option<VersionCheck>,
     models: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+    /// One reload or rollback at a time.
+    changing: Mutex<()>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    pub name: String,
+    /// Serving before and after.
+    pub previous: Option<String>,
+    pub serving: String,
+    /// Versions loaded (and vetted) by this reload.
+    pub loaded: Vec<String>,
+    /// Versions that failed to load or vet, with the reason.
+    pub failed: Vec<VersionFailure>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionFailure {
+    pub version: String,
+    pub error: String,
+}
+
+/// Why a reload or rollback changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("model \"{0}\" not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn valid_name(name: &str) -> bool {
@@ -85,7 +133,11 @@ fn read_text(path: &Path, shown: &str) -> Result<String, ModelError> {
 impl Registry {
     /// Scans `root` and loads every model and version. Any model that has no
     /// version able to serve is an error naming the file and the reason.
-    pub fn load(root: &Path, options: &LoadOptions) -> Result<Registry, ModelError> {
+    pub fn load(
+        root: &Path,
+        options: &LoadOptions,
+        check: Option<VersionCheck>,
+    ) -> Result<Registry, ModelError> {
         let entries =
             std::fs::read_dir(root).map_err(|e| ModelError::load(root.display().to_string(), e))?;
         let mut names: Vec<String> = Vec::new();
@@ -113,13 +165,100 @@ impl Registry {
         }
         let mut models = BTreeMap::new();
         for name in names {
-            let entry = load_model(root, &name, options)?;
+            let (entry, _) = load_model(root, &name, options, check.as_deref(), None)?;
             models.insert(name, Arc::new(entry));
         }
         Ok(Registry {
             root: root.to_path_buf(),
+            options: options.clone(),
+            check,
             models: RwLock::new(models),
+            changing: Mutex::new(()),
         })
+    }
+
+    /// Rescans `name`'s folder (a model new since start included) and loads
+    /// the versions not loaded yet, or that failed before. The highest
+    /// version that is ready and not retired then serves; every version that
+    /// fails leaves what serves untouched. Blocking: loads run here.
+    pub fn reload(&self, name: &str) -> Result<ReloadReport, LifecycleError> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.entry(name).ok();
+        if current.is_none()
+            && !(valid_name(name) && self.root.join(name).join("config.toml").is_file())
+        {
+            return Err(LifecycleError::NotFound(name.to_string()));
+        }
+        let (entry, report) = load_model(
+            &self.root,
+            name,
+            &self.options,
+            self.check.as_deref(),
+            current.as_deref(),
+        )
+        .map_err(|e| LifecycleError::Refused(e.to_string()))?;
+        if report.previous.as_deref() != Some(report.serving.as_str()) {
+            tracing::info!(model = name, from = ?report.previous, to = %report.serving, "serving version changed");
+        }
+        self.swap(entry);
+        Ok(report)
+    }
+
+    /// Serves the highest ready version below the serving one, and retires
+    /// the serving one so that a reload does not bring it back.
+    pub fn rollback(&self, name: &str) -> Result<ReloadReport, LifecycleError> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self
+            .entry(name)
+            .map_err(|_| LifecycleError::NotFound(name.to_string()))?;
+        let previous = current
+            .versions
+            .range(..current.serving)
+            .rev()
+            .find(|(v, s)| matches!(s, VersionState::Ready(_)) && !current.retired.contains(v))
+            .map(|(v, _)| *v)
+            .ok_or_else(|| {
+                LifecycleError::Refused(format!(
+                    "model \"{name}\" has no vetted version below {} to roll back to",
+                    current.serving
+                ))
+            })?;
+        let mut retired = current.retired.clone();
+        retired.insert(current.serving);
+        let entry = ModelEntry {
+            name: current.name.clone(),
+            spec: current.spec.clone(),
+            backend: current.backend,
+            versions: current
+                .versions
+                .iter()
+                .map(|(v, s)| (*v, s.clone()))
+                .collect(),
+            serving: previous,
+            retired,
+        };
+        tracing::warn!(
+            model = name,
+            from = current.serving,
+            to = previous,
+            "rolled back"
+        );
+        let report = ReloadReport {
+            name: name.to_string(),
+            previous: Some(current.serving.to_string()),
+            serving: previous.to_string(),
+            loaded: Vec::new(),
+            failed: Vec::new(),
+        };
+        self.swap(entry);
+        Ok(report)
+    }
+
+    fn swap(&self, entry: ModelEntry) {
+        self.models
+            .write()
+            .expect("registry lock poisoned")
+            .insert(entry.name.clone(), Arc::new(entry));
     }
 
     pub fn root(&self) -> &Path {
@@ -163,7 +302,15 @@ impl Registry {
     }
 }
 
-fn load_model(root: &Path, name: &str, options: &LoadOptions) -> Result<ModelEntry, ModelError> {
+/// Loads `name`'s versions. With `current` (a reload), versions it already
+/// has ready are kept as they are and only the others are (re)loaded.
+fn load_model(
+    root: &Path,
+    name: &str,
+    options: &LoadOptions,
+    check: Option<&CheckFn>,
+    current: Option<&ModelEntry>,
+) -> Result<(ModelEntry, ReloadReport), ModelError> {
     let dir = root.join(name);
     let config_shown = format!("{name}/config.toml");
     let spec = Arc::new(ModelSpec::parse(
@@ -196,35 +343,78 @@ fn load_model(root: &Path, name: &str, options: &LoadOptions) -> Result<ModelEnt
     }
 
     let mut versions = BTreeMap::new();
+    let mut loaded = Vec::new();
+    let mut failed = Vec::new();
     let mut last_error = None;
     for v in version_numbers {
-        match load_version(&dir, name, v, &spec, kind, &options.backend) {
+        if let Some(VersionState::Ready(m)) = current.and_then(|c| c.versions.get(&v)) {
+            versions.insert(v, VersionState::Ready(m.clone()));
+            continue;
+        }
+        let outcome = load_version(&dir, name, v, &spec, kind, &options.backend).and_then(|m| {
+            match check.map_or(Ok(()), |check| check(&m)) {
+                Ok(()) => Ok(m),
+                Err(reason) => Err(ModelError::load(format!("{name}/{v}"), reason)),
+            }
+        });
+        record_load(name, outcome.is_ok());
+        match outcome {
             Ok(model) => {
                 tracing::info!(model = name, version = v, backend = %kind, "model version ready");
                 versions.insert(v, VersionState::Ready(Arc::new(model)));
+                loaded.push(v.to_string());
             }
             Err(e) => {
                 tracing::error!(model = name, version = v, error = %e, "model version will not serve");
                 versions.insert(v, VersionState::Failed(e.to_string()));
+                failed.push(VersionFailure {
+                    version: v.to_string(),
+                    error: e.to_string(),
+                });
                 last_error = Some(e);
             }
         }
     }
+    // A version that vanished from disk stays only while it serves.
+    if let Some(current) = current {
+        if let Some(state) = current.versions.get(&current.serving) {
+            versions
+                .entry(current.serving)
+                .or_insert_with(|| state.clone());
+        }
+    }
+    let retired = current.map(|c| c.retired.clone()).unwrap_or_default();
     let serving = versions
         .iter()
         .rev()
-        .find(|(_, s)| matches!(s, VersionState::Ready(_)))
-        .map(|(v, _)| *v);
-    match serving {
-        Some(serving) => Ok(ModelEntry {
-            name: name.to_string(),
-            spec,
-            backend: kind,
-            versions,
-            serving,
-        }),
-        None => Err(last_error.expect("at least one version failed")),
-    }
+        .find(|(v, s)| matches!(s, VersionState::Ready(_)) && !retired.contains(v))
+        .map(|(v, _)| *v)
+        .or(current.map(|c| c.serving));
+    let Some(serving) = serving else {
+        return Err(last_error.expect("at least one version failed"));
+    };
+    let report = ReloadReport {
+        name: name.to_string(),
+        previous: current.map(|c| c.serving.to_string()),
+        serving: serving.to_string(),
+        loaded,
+        failed,
+    };
+    let entry = ModelEntry {
+        name: name.to_string(),
+        spec,
+        backend: kind,
+        versions,
+        serving,
+        retired,
+    };
+    Ok((entry, report))
+}
+
+fn record_load(name: &str, ok: bool) {
+    let outcome = if ok { "ready" } else { "failed" };
+    metrics::counter!(crate::telemetry::metrics::MODEL_LOADS_TOTAL, "name" => name.to_string(), "outcome" => outcome)
+        .increment(1);
 }
 
 /// Loads, checks, warms up and vets one version.

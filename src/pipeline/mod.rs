@@ -21,11 +21,15 @@
 //! - [`stages`]: the stage implementations.
 
 pub mod cache;
+pub mod experiments;
 pub mod features;
 pub mod request;
+pub mod shadow;
 pub mod stages;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -34,13 +38,15 @@ use crate::catalog::{self, Catalog, VectorIndex};
 use crate::config::{OnOverload, RankingConfig};
 use crate::model::batcher::{BatchPolicy, Batcher};
 use crate::model::executor::InferencePool;
-use crate::model::Registry;
-use crate::telemetry::drift::{DriftMonitor, MonitoringConfig};
+use crate::model::{LoadedModel, Registry};
+use crate::telemetry::drift::MonitoringConfig;
 use crate::telemetry::metrics as m;
 use cache::{CacheKey, ResponseCache, Uncached};
-use features::{FeatureSet, Subject};
+use experiments::{ExperimentsConfig, ModelRef};
+use features::Subject;
 use request::{Fallback, Limits, RankResponse, ScoredItem, StageReport, ValidRequest};
-use stages::{ScoringModel, StageError};
+use shadow::{ShadowConfig, ShadowJob, ShadowRunner, ShadowSpec, ShadowStage};
+use stages::{StageError, StageModel};
 
 /// Why a request could not be ranked at all.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,38 +58,92 @@ pub enum RankError {
     Overloaded,
 }
 
+/// The variant of requests outside any experiment.
+pub const CONTROL: &str = "control";
+
 pub struct Pipeline {
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     index: Box<dyn VectorIndex>,
     config: RankingConfig,
+    monitoring: MonitoringConfig,
+    /// The model repository (for each version's `profile.json`).
+    repository: PathBuf,
     pub limits: Limits,
-    filter: Option<ScoringModel>,
-    ranker: Option<ScoringModel>,
-    cold_start: Option<ScoringModel>,
+    /// Stage models outside experiments.
+    filter: Option<ModelRef>,
+    ranker: Option<ModelRef>,
+    cold_start: Option<ModelRef>,
+    /// Every model version a stage has used, prepared once.
+    prepared: RwLock<HashMap<(String, u64), Arc<StageModel>>>,
+    /// Re-ranker batchers, one per model (created on first use).
+    batchers: RwLock<HashMap<String, Batcher>>,
+    pool: InferencePool,
+    experiments: RwLock<Arc<ExperimentsConfig>>,
+    pub shadow: ShadowRunner,
     cache: Option<ResponseCache>,
 }
 
 /// Candidates with the score of the stage that ordered them last.
 type Scored = Vec<(u32, f32)>;
 
+/// What one request runs with, fixed when it starts: its arm, and the
+/// exact model versions of its stages (a reload or an experiment change
+/// mid-request does not touch it).
+struct Plan {
+    variant: Arc<str>,
+    filter: Option<Result<Arc<StageModel>, String>>,
+    rerank: Option<Result<Arc<StageModel>, String>>,
+    retrieve_n: usize,
+    filter_keep: usize,
+    /// The shadows that sample this request, per stage, with their models.
+    filter_shadows: Vec<Shadowing>,
+    rerank_shadows: Vec<Shadowing>,
+}
+
+type Shadowing = (ShadowSpec, Result<Arc<StageModel>, String>);
+
+impl Plan {
+    /// `name@version` of each stage model, for the cache key.
+    fn versions(&self) -> String {
+        [&self.filter, &self.rerank]
+            .into_iter()
+            .map(|s| match s {
+                None => "-".to_string(),
+                Some(Ok(m)) => m.label().to_string(),
+                Some(Err(_)) => "?".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn model_ref(key: &str, name: &Option<String>) -> Result<Option<ModelRef>, String> {
+    match name.as_deref().filter(|n| !n.is_empty()) {
+        None => Ok(None),
+        Some(n) => ModelRef::parse(n)
+            .map(Some)
+            .map_err(|e| format!("ranking.{key}: {e}")),
+    }
+}
+
 impl Pipeline {
-    /// Loads the catalog, builds the index and resolves each configured
-    /// model's features. Errors name the config key or file.
+    /// Builds the index over `catalog` and checks every configured stage
+    /// model, experiment arm and shadow. Errors name the config key.
     /// Batchers (when `ranking.batching`) start on the current tokio runtime.
     pub fn load(
-        config: &RankingConfig,
-        monitoring: &MonitoringConfig,
+        config: &crate::config::Config,
+        catalog: Arc<Catalog>,
         registry: &Registry,
         pool: &InferencePool,
     ) -> Result<Pipeline, String> {
-        let catalog = Catalog::load(&config.catalog).map_err(|e| e.to_string())?;
+        let ranking = &config.ranking;
         let started = Instant::now();
         let index = catalog::index::build(
-            config.index,
-            config.exact_below,
+            ranking.index,
+            ranking.exact_below,
             &catalog.items.embedding,
             catalog.items.dim,
-            &config.hnsw,
+            &ranking.hnsw,
         );
         tracing::info!(
             index = index.name(),
@@ -91,77 +151,248 @@ impl Pipeline {
             millis = started.elapsed().as_millis() as u64,
             "retrieval index built"
         );
-        let model = |key: &str,
-                     name: &Option<String>,
-                     batched: bool|
-         -> Result<Option<ScoringModel>, String> {
-            let Some(name) = name.as_deref().filter(|n| !n.is_empty()) else {
-                return Ok(None);
-            };
-            let loaded = registry
-                .get(name, None)
-                .map_err(|e| format!("ranking.{key}: {e}"))?;
-            let input = loaded.spec.input.as_ref().ok_or_else(|| {
-                format!("ranking.{key}: model \"{name}\" declares no [input] features")
-            })?;
-            let features = FeatureSet::compile(&input.features, &catalog)
-                .map_err(|e| format!("ranking.{key}: {name}/config.toml: {e}"))?;
-            let batcher = (batched && config.batching).then(|| {
-                let output = loaded
-                    .spec
-                    .output
-                    .as_ref()
-                    .map_or("score", |o| o.name.as_str());
-                let policy = BatchPolicy {
-                    max_batch_rows: loaded.spec.batching.max_batch_rows,
-                    max_wait: Duration::from_micros(loaded.spec.batching.max_wait_us),
-                    queue_capacity: config.batch_queue_capacity,
-                    workers: config.batch_workers,
-                };
-                Batcher::spawn(name, output, policy, pool.clone())
-            });
-            let profile = registry
-                .root()
-                .join(name)
-                .join(loaded.version.to_string())
-                .join("profile.json");
-            let drift = match std::fs::read_to_string(&profile) {
-                Err(_) => None,
-                Ok(text) => match DriftMonitor::new(name, &input.features, &text, monitoring) {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        tracing::warn!(model = name, error = %e, "profile.json unreadable; drift not monitored");
-                        None
-                    }
-                },
-            };
-            Ok(Some(ScoringModel::new(name, features, batcher, drift)))
-        };
-        // The filter runs once per request on all N candidates; the
-        // re-rankers' rows are the ones worth bulking across requests.
         for reason in ["cold_start", "deadline", "model_error", "overload"] {
-            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason).increment(0);
+            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason, "variant" => CONTROL)
+                .increment(0);
         }
-        let filter = model("filter_model", &config.filter_model, false)?;
-        let ranker = model("ranker_model", &config.ranker_model, true)?;
-        let cold_start = model("cold_start_model", &config.cold_start_model, true)?;
-        Ok(Pipeline {
-            limits: config.limits(),
+        let pipeline = Pipeline {
+            limits: ranking.limits(),
+            filter: model_ref("filter_model", &ranking.filter_model)?,
+            ranker: model_ref("ranker_model", &ranking.ranker_model)?,
+            cold_start: model_ref("cold_start_model", &ranking.cold_start_model)?,
             catalog,
             index,
-            config: config.clone(),
-            filter,
-            ranker,
-            cold_start,
-            cache: config
+            config: ranking.clone(),
+            monitoring: config.monitoring.clone(),
+            repository: registry.root().to_path_buf(),
+            prepared: RwLock::new(HashMap::new()),
+            batchers: RwLock::new(HashMap::new()),
+            pool: pool.clone(),
+            experiments: RwLock::new(Arc::new(ExperimentsConfig::default())),
+            shadow: ShadowRunner::start(&ShadowConfig {
+                shadows: Vec::new(),
+                ..config.shadow.clone()
+            })?,
+            cache: ranking
                 .cache
                 .enabled
-                .then(|| ResponseCache::new(&config.cache)),
-        })
+                .then(|| ResponseCache::new(&ranking.cache)),
+        };
+        for (key, r) in [
+            ("ranking.filter_model", &pipeline.filter),
+            ("ranking.ranker_model", &pipeline.ranker),
+            ("ranking.cold_start_model", &pipeline.cold_start),
+        ] {
+            if let Some(r) = r {
+                pipeline
+                    .check_model(registry, r)
+                    .map_err(|e| format!("{key}: {e}"))?;
+            }
+        }
+        pipeline.set_experiments(registry, config.experiments.clone(), "experiments")?;
+        pipeline.set_shadows(registry, config.shadow.shadows.clone(), "shadow.shadows")?;
+        Ok(pipeline)
     }
 
     pub fn index_name(&self) -> &'static str {
         self.index.name()
+    }
+
+    /// The prepared form of `model` (compiled on first use).
+    fn prepared(&self, model: Arc<LoadedModel>) -> Result<Arc<StageModel>, String> {
+        let key = (model.name.clone(), model.version);
+        if let Some(p) = self
+            .prepared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let profile = std::fs::read_to_string(
+            self.repository
+                .join(&model.name)
+                .join(model.version.to_string())
+                .join("profile.json"),
+        )
+        .ok();
+        let prepared = Arc::new(StageModel::prepare(
+            model,
+            &self.catalog,
+            profile.as_deref(),
+            &self.monitoring,
+        )?);
+        Ok(self
+            .prepared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(prepared)
+            .clone())
+    }
+
+    /// The version `r` names (or the serving one), prepared for a stage.
+    fn resolve(&self, registry: &Registry, r: &ModelRef) -> Result<Arc<StageModel>, String> {
+        let version = r.version.map(|v| v.to_string());
+        let loaded = registry
+            .get(&r.name, version.as_deref())
+            .map_err(|e| e.to_string())?;
+        self.prepared(loaded)
+    }
+
+    /// Whether `r` can serve a stage now.
+    pub fn check_model(&self, registry: &Registry, r: &ModelRef) -> Result<(), String> {
+        self.resolve(registry, r).map(|_| ())
+    }
+
+    /// Prepares every ready version of every model the pipeline may use, so
+    /// that requests after a reload do not pay for it.
+    pub fn prepare_versions(&self, registry: &Registry, name: &str) {
+        let Ok(entry) = registry.entry(name) else {
+            return;
+        };
+        for state in entry.versions.values() {
+            if let crate::model::repository::VersionState::Ready(m) = state {
+                if m.spec.input.is_some() {
+                    let _ = self.prepared(m.clone());
+                }
+            }
+        }
+    }
+
+    pub fn experiments(&self) -> Arc<ExperimentsConfig> {
+        self.experiments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Validates and installs an experiment; `prefix` names where it came from.
+    pub fn set_experiments(
+        &self,
+        registry: &Registry,
+        experiments: ExperimentsConfig,
+        prefix: &str,
+    ) -> Result<(), String> {
+        experiments.validate(prefix, &|r| self.check_model(registry, r))?;
+        for arm in &experiments.arms {
+            for reason in ["cold_start", "deadline", "model_error", "overload"] {
+                metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason, "variant" => arm.name.clone())
+                    .increment(0);
+            }
+        }
+        tracing::info!(arms = ?experiments.arms.iter().map(|a| (&a.name, a.share)).collect::<Vec<_>>(), "experiment set");
+        *self.experiments.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(experiments);
+        Ok(())
+    }
+
+    /// Validates and installs the shadow list.
+    pub fn set_shadows(
+        &self,
+        registry: &Registry,
+        shadows: Vec<ShadowSpec>,
+        prefix: &str,
+    ) -> Result<(), String> {
+        shadow::validate_shadows(&shadows, prefix, &|r| self.check_model(registry, r))?;
+        self.shadow.set(shadows);
+        Ok(())
+    }
+
+    /// The arm a request falls in: forced by name, or the stable hash of
+    /// its user id (its request id when it has none).
+    pub fn arm_of(&self, req: &ValidRequest) -> Option<experiments::ArmConfig> {
+        let experiments = self.experiments();
+        if let Some(name) = &req.variant {
+            return experiments.arm(name).cloned();
+        }
+        if experiments.arms.is_empty() {
+            return None;
+        }
+        let unit = req.user_id.as_deref().unwrap_or(&req.request_id);
+        experiments.assign(unit).cloned()
+    }
+
+    fn plan(&self, registry: &Registry, req: &ValidRequest, subject: &Subject) -> Plan {
+        let arm = self.arm_of(req);
+        let pick = |over: Option<&String>,
+                    default: &Option<ModelRef>|
+         -> Option<Result<Arc<StageModel>, String>> {
+            let r = match over {
+                Some(o) => Some(ModelRef::parse(o)),
+                None => default.clone().map(Ok),
+            }?;
+            Some(r.and_then(|r| self.resolve(registry, &r)))
+        };
+        let arm_ref = arm.as_ref();
+        let (filter, rerank) = if subject.user.is_some() {
+            (
+                pick(arm_ref.and_then(|a| a.filter_model.as_ref()), &self.filter),
+                pick(arm_ref.and_then(|a| a.ranker_model.as_ref()), &self.ranker),
+            )
+        } else {
+            (
+                None,
+                pick(
+                    arm_ref.and_then(|a| a.cold_start_model.as_ref()),
+                    &self.cold_start,
+                ),
+            )
+        };
+        let shadows = |stage| -> Vec<Shadowing> {
+            self.shadow
+                .sampled(stage, &req.request_id)
+                .into_iter()
+                .map(|spec| {
+                    let model =
+                        ModelRef::parse(&spec.model).and_then(|r| self.resolve(registry, &r));
+                    (spec, model)
+                })
+                .collect()
+        };
+        Plan {
+            filter_shadows: shadows(ShadowStage::Filter),
+            rerank_shadows: shadows(ShadowStage::Rerank),
+            variant: arm_ref.map_or(CONTROL, |a| a.name.as_str()).into(),
+            filter,
+            rerank,
+            retrieve_n: arm_ref
+                .and_then(|a| a.retrieve_n)
+                .unwrap_or(self.config.retrieve_n),
+            filter_keep: arm_ref
+                .and_then(|a| a.filter_keep)
+                .unwrap_or(self.config.filter_keep),
+        }
+    }
+
+    /// The re-ranker batcher of `model`, started on first use.
+    fn batcher(&self, model: &StageModel) -> Option<Batcher> {
+        if !self.config.batching {
+            return None;
+        }
+        let name = model.name();
+        if let Some(b) = self
+            .batchers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Some(b.clone());
+        }
+        let spec = &model.model().spec;
+        let output = spec.output.as_ref().map_or("score", |o| o.name.as_str());
+        let policy = BatchPolicy {
+            max_batch_rows: spec.batching.max_batch_rows,
+            max_wait: Duration::from_micros(spec.batching.max_wait_us),
+            queue_capacity: self.config.batch_queue_capacity,
+            workers: self.config.batch_workers,
+        };
+        let mut batchers = self.batchers.write().unwrap_or_else(|e| e.into_inner());
+        Some(
+            batchers
+                .entry(name.to_string())
+                .or_insert_with(|| Batcher::spawn(name, output, policy, self.pool.clone()))
+                .clone(),
+        )
     }
 
     /// Who the request is for: a known user's row, or the cold-start
@@ -194,63 +425,66 @@ impl Pipeline {
     pub async fn rank_cached(
         &self,
         registry: &Registry,
-        pool: &InferencePool,
+        _pool: &InferencePool,
         req: ValidRequest,
     ) -> Result<RankResponse, RankError> {
+        let started = Instant::now();
         let subject = self.subject(&req);
-        let Some(cache) = self.cache.as_ref().filter(|_| !req.debug) else {
-            return self.rank_for(subject, registry, pool, req).await;
+        let plan = self.plan(registry, &req, &subject);
+        let variant = plan.variant.clone();
+        let result = match self.cache.as_ref().filter(|_| !req.debug) {
+            None => self.rank_for(subject, plan, req).await,
+            Some(cache) => {
+                let key = CacheKey::new(&plan.variant, plan.versions(), &req, &subject);
+                let request_id = req.request_id.clone();
+                match cache
+                    .get_or_compute(key, self.rank_for(subject, plan, req))
+                    .await
+                {
+                    Ok((mut response, hit)) => {
+                        response.request_id = request_id;
+                        response.cached = hit;
+                        // Fallbacks count answers served: a cached cold-start answer is one.
+                        if hit && response.fallback == Some(Fallback::ColdStart) {
+                            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start", "variant" => variant.to_string())
+                                .increment(1);
+                        }
+                        Ok(response)
+                    }
+                    Err(uncached) => match &*uncached {
+                        Uncached::Degraded(r) => Ok(r.clone()),
+                        Uncached::Failed(e) => Err(e.clone()),
+                    },
+                }
+            }
         };
-        let key = CacheKey::new("control", self.serving_versions(registry), &req, &subject);
-        let request_id = req.request_id.clone();
-        let (mut response, hit) = match cache
-            .get_or_compute(key, self.rank_for(subject, registry, pool, req))
-            .await
-        {
-            Ok(answer) => answer,
-            Err(uncached) => match &*uncached {
-                Uncached::Degraded(r) => (r.clone(), false),
-                Uncached::Failed(e) => return Err(e.clone()),
-            },
+        let outcome = match &result {
+            Ok(r) => r.fallback.map_or("ok", fallback_label),
+            Err(_) => "error",
         };
-        response.request_id = request_id;
-        response.cached = hit;
-        // Fallbacks count answers served: a cached cold-start answer is one.
-        if hit && response.fallback == Some(Fallback::ColdStart) {
-            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start").increment(1);
-        }
-        Ok(response)
-    }
-
-    /// `name@version` of every stage model's serving version.
-    fn serving_versions(&self, registry: &Registry) -> String {
-        [&self.filter, &self.ranker, &self.cold_start]
-            .into_iter()
-            .flatten()
-            .map(|m| match registry.get(m.name(), None) {
-                Ok(loaded) => format!("{}@{}", loaded.name, loaded.version),
-                Err(_) => format!("{}@?", m.name()),
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        metrics::counter!(m::RANK_REQUESTS_TOTAL, "variant" => variant.to_string(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(m::RANK_DURATION_SECONDS, "variant" => variant.to_string())
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Ranks without the cache.
     pub async fn rank(
         &self,
         registry: &Registry,
-        pool: &InferencePool,
+        _pool: &InferencePool,
         req: ValidRequest,
     ) -> Result<RankResponse, RankError> {
         let subject = self.subject(&req);
-        self.rank_for(subject, registry, pool, req).await
+        let plan = self.plan(registry, &req, &subject);
+        self.rank_for(subject, plan, req).await
     }
 
     async fn rank_for(
         &self,
         subject: Subject,
-        registry: &Registry,
-        pool: &InferencePool,
+        plan: Plan,
         req: ValidRequest,
     ) -> Result<RankResponse, RankError> {
         let started = Instant::now();
@@ -263,6 +497,7 @@ impl Pipeline {
             );
         let mut reports = Vec::new();
         let mut models = Map::new();
+        let variant = plan.variant.clone();
         let mut fallback = if subject.user.is_none() {
             Some(Fallback::ColdStart)
         } else {
@@ -284,82 +519,166 @@ impl Pipeline {
                 &subject,
                 &req.recent_items,
                 &excluded,
-                self.config.retrieve_n,
+                plan.retrieve_n,
                 self.config.exclude_seen,
             ),
         };
-        let asked = req
-            .candidates
-            .as_ref()
-            .map_or(self.config.retrieve_n, Vec::len);
-        report(&mut reports, "retrieve", asked, current.len(), t);
+        let asked = req.candidates.as_ref().map_or(plan.retrieve_n, Vec::len);
+        report(&mut reports, &variant, "retrieve", asked, current.len(), t);
         if current.is_empty() {
-            return Ok(self.respond(req, current, models, fallback, reports));
+            return Ok(self.respond(req, &variant, current, models, fallback, reports));
         }
 
         // 2. filter (known users only), 3. rerank
-        let (filter, rerank) = if subject.user.is_some() {
-            (self.filter.as_ref(), self.ranker.as_ref())
-        } else {
-            (None, self.cold_start.as_ref())
-        };
         let stage_plan = [
-            ("filter", filter, self.config.filter_keep),
-            ("rerank", rerank, usize::MAX),
+            ("filter", plan.filter, plan.filter_keep, plan.filter_shadows),
+            ("rerank", plan.rerank, usize::MAX, plan.rerank_shadows),
         ];
-        for (stage, model, keep) in stage_plan {
+        for (stage, model, keep, shadows) in stage_plan {
             let Some(model) = model else { continue };
             let t = Instant::now();
             let rows: Vec<u32> = current.iter().map(|(r, _)| *r).collect();
-            match model
-                .score(&self.catalog, registry, pool, &subject, &rows, deadline)
-                .await
-            {
-                Ok((scores, version)) => {
+            let scored = match &model {
+                Err(e) => Err(StageError::Model(e.clone())),
+                Ok(model) => {
+                    let batcher = if stage == "rerank" {
+                        self.batcher(model)
+                    } else {
+                        None
+                    };
+                    model
+                        .score(
+                            &self.catalog,
+                            batcher.as_ref(),
+                            &self.pool,
+                            &subject,
+                            &rows,
+                            deadline,
+                            !shadows.is_empty(),
+                        )
+                        .await
+                }
+            };
+            match scored {
+                Ok(out) => {
+                    let model = model.as_ref().expect("it scored, so it resolved");
                     let n_in = current.len();
-                    current = rows.into_iter().zip(scores).collect();
+                    if let Some(matrix) = out.matrix {
+                        let k = if stage == "filter" { keep } else { req.k };
+                        self.offer_shadows(
+                            shadows,
+                            model,
+                            &subject,
+                            &rows,
+                            matrix,
+                            &out.scores,
+                            k,
+                            &variant,
+                            &req.request_id,
+                        );
+                    }
+                    current = rows.into_iter().zip(out.scores).collect();
                     stages::sort_scored(&mut current);
                     current.truncate(keep);
                     models.insert(
                         stage_key(stage, subject.user.is_some()).into(),
-                        version.into(),
+                        model.label().into(),
                     );
-                    report(&mut reports, stage, n_in, current.len(), t);
+                    report(&mut reports, &variant, stage, n_in, current.len(), t);
                 }
                 Err(e) => {
                     let reason = match e {
                         StageError::Deadline => Fallback::Deadline,
                         StageError::Overload if self.config.on_overload == OnOverload::Reject => {
-                            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "overload")
+                            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "overload", "variant" => variant.to_string())
                                 .increment(1);
                             return Err(RankError::Overloaded);
                         }
                         StageError::Overload => Fallback::Overload,
                         StageError::Model(msg) => {
-                            tracing::warn!(stage, model = model.name(), error = %msg, "stage failed; answering from the previous stage");
+                            tracing::warn!(stage, error = %msg, "stage failed; answering from the previous stage");
                             Fallback::ModelError
                         }
                     };
-                    metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => fallback_label(reason))
+                    metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => fallback_label(reason), "variant" => variant.to_string())
                         .increment(1);
                     // A cold-start answer stays marked cold_start.
                     if fallback.is_none() {
                         fallback = Some(reason);
                     }
-                    report(&mut reports, stage, current.len(), current.len(), t);
+                    report(
+                        &mut reports,
+                        &variant,
+                        stage,
+                        current.len(),
+                        current.len(),
+                        t,
+                    );
                     break;
                 }
             }
         }
         if fallback == Some(Fallback::ColdStart) {
-            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start").increment(1);
+            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start", "variant" => variant.to_string())
+                .increment(1);
         }
-        Ok(self.respond(req, current, models, fallback, reports))
+        Ok(self.respond(req, &variant, current, models, fallback, reports))
+    }
+
+    /// Hands the live stage's inputs and scores to each sampled shadow.
+    /// Never waits: a full shadow queue drops the work.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_shadows(
+        &self,
+        shadows: Vec<Shadowing>,
+        live: &StageModel,
+        subject: &Subject,
+        rows: &[u32],
+        matrix: Vec<f32>,
+        scores: &[f32],
+        k: usize,
+        variant: &Arc<str>,
+        request_id: &str,
+    ) {
+        for (spec, model) in shadows {
+            let model = match model {
+                Ok(m) => m,
+                Err(e) => {
+                    self.shadow.error(&spec.name, &e);
+                    continue;
+                }
+            };
+            // The exact matrix the live model saw when the features agree;
+            // else the same rows assembled in the shadow's feature order.
+            let matrix = if model.features().names == live.features().names {
+                matrix.clone()
+            } else {
+                let mut own = Vec::new();
+                let mut missing = vec![0u32; model.features().width()];
+                model
+                    .features()
+                    .assemble(&self.catalog, subject, rows, &mut own, &mut missing);
+                own
+            };
+            self.shadow.offer(ShadowJob {
+                shadow: spec.name.as_str().into(),
+                stage: spec.stage,
+                model,
+                live_model: live.label().to_string(),
+                matrix,
+                live_scores: scores.to_vec(),
+                k,
+                variant: variant.clone(),
+                request_id: request_id.to_string(),
+                enqueued: Instant::now(),
+            });
+        }
     }
 
     fn respond(
         &self,
         req: ValidRequest,
+        variant: &str,
         mut current: Scored,
         models: Map<String, Value>,
         fallback: Option<Fallback>,
@@ -369,7 +688,7 @@ impl Pipeline {
         let n_in = current.len();
         stages::sort_scored(&mut current);
         current.truncate(req.k);
-        report(&mut reports, "select", n_in, current.len(), t);
+        report(&mut reports, variant, "select", n_in, current.len(), t);
         RankResponse {
             request_id: req.request_id,
             items: current
@@ -379,7 +698,7 @@ impl Pipeline {
                     score,
                 })
                 .collect(),
-            variant: "control".into(),
+            variant: variant.to_string(),
             models,
             fallback,
             cached: false,
@@ -387,15 +706,16 @@ impl Pipeline {
         }
     }
 
-    /// The filter's and ranker's serving versions' features, for tests and tools.
-    pub fn feature_set(&self, role: &str) -> Option<&FeatureSet> {
-        match role {
+    /// The default stage model of `role` (`filter`, `ranker`, `cold_start`)
+    /// at its serving version, for tests and tools.
+    pub fn stage_model(&self, registry: &Registry, role: &str) -> Option<Arc<StageModel>> {
+        let r = match role {
             "filter" => self.filter.as_ref(),
             "ranker" => self.ranker.as_ref(),
             "cold_start" => self.cold_start.as_ref(),
             _ => None,
-        }
-        .map(ScoringModel::features)
+        }?;
+        self.resolve(registry, r).ok()
     }
 }
 
@@ -418,14 +738,17 @@ fn fallback_label(f: Fallback) -> &'static str {
 
 fn report(
     reports: &mut Vec<StageReport>,
+    variant: &str,
     name: &'static str,
     n_in: usize,
     n_out: usize,
     t: Instant,
 ) {
     let took = t.elapsed();
-    metrics::histogram!(m::STAGE_DURATION_SECONDS, "stage" => name).record(took.as_secs_f64());
-    metrics::histogram!(m::STAGE_CANDIDATES_OUT, "stage" => name).record(n_out as f64);
+    metrics::histogram!(m::STAGE_DURATION_SECONDS, "stage" => name, "variant" => variant.to_string())
+        .record(took.as_secs_f64());
+    metrics::histogram!(m::STAGE_CANDIDATES_OUT, "stage" => name, "variant" => variant.to_string())
+        .record(n_out as f64);
     reports.push(StageReport {
         name,
         candidates_in: n_in,

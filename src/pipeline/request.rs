@@ -56,6 +56,8 @@ pub struct ValidRequest {
     pub k: usize,
     pub deadline_ms: u64,
     pub debug: bool,
+    /// An experiment arm forced by the `X-Cascade-Variant` header.
+    pub variant: Option<String>,
 }
 
 fn int_in(field: &str, v: &Value, lo: i64, hi: i64) -> Result<i64, String> {
@@ -167,6 +169,7 @@ impl RankRequest {
             k,
             deadline_ms,
             debug: self.debug,
+            variant: None,
         })
     }
 }

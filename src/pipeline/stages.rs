@@ -2,14 +2,15 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::features::{FeatureSet, Subject};
 use crate::catalog::{index, Catalog, VectorIndex};
 use crate::model::batcher::{BatchError, Batcher};
 use crate::model::executor::InferencePool;
-use crate::model::{Registry, Tensor, TensorData};
-use crate::telemetry::drift::DriftMonitor;
+use crate::model::{LoadedModel, Tensor, TensorData};
+use crate::telemetry::drift::{DriftMonitor, MonitoringConfig};
 use crate::telemetry::metrics as m;
 
 /// Sort by score descending, ties by item row ascending (deterministic).
@@ -119,53 +120,91 @@ pub enum StageError {
     Model(String),
 }
 
-/// A model used as a pipeline stage: its features and a running estimate
-/// of what a call costs, to skip calls that cannot fit the deadline.
-pub struct ScoringModel {
-    name: String,
+/// One model version prepared for a pipeline stage: its features compiled
+/// against the catalog, its drift monitor, and a running estimate of what a
+/// call costs, to skip calls that cannot fit the deadline. Prepared once
+/// per version, so a reload that changes the features gets its own.
+pub struct StageModel {
+    model: Arc<LoadedModel>,
+    label: String,
     features: FeatureSet,
-    /// When set, rows go through the model's dynamic batcher.
-    batcher: Option<Batcher>,
-    /// Feature and score distributions against the shipped profile.
+    /// Feature and score distributions against the version's profile.
     drift: Option<DriftMonitor>,
     /// Exponentially weighted mean of recent call durations, µs.
     cost_us: AtomicU64,
 }
 
-impl ScoringModel {
-    pub fn new(
-        name: &str,
-        features: FeatureSet,
-        batcher: Option<Batcher>,
-        drift: Option<DriftMonitor>,
-    ) -> ScoringModel {
-        ScoringModel {
-            name: name.to_string(),
+/// What a scoring call produced.
+pub struct StageScores {
+    pub scores: Vec<f32>,
+    /// The feature matrix the model saw, when the caller asked to keep it.
+    pub matrix: Option<Vec<f32>>,
+}
+
+impl StageModel {
+    /// Compiles `model`'s declared features against `catalog`; reads its
+    /// drift profile (`<version>/profile.json`) when there is one.
+    pub fn prepare(
+        model: Arc<LoadedModel>,
+        catalog: &Catalog,
+        profile: Option<&str>,
+        monitoring: &MonitoringConfig,
+    ) -> Result<StageModel, String> {
+        let input = model
+            .spec
+            .input
+            .as_ref()
+            .ok_or_else(|| format!("model \"{}\" declares no [input] features", model.name))?;
+        if model.spec.output.is_none() {
+            return Err(format!(
+                "model \"{}\" declares no [output] score",
+                model.name
+            ));
+        }
+        let features = FeatureSet::compile(&input.features, catalog)?;
+        let drift = profile.and_then(|text| {
+            DriftMonitor::new(&model.name, &input.features, text, monitoring)
+                .map_err(|e| tracing::warn!(model = %model.name, version = model.version, error = %e, "profile.json unreadable; drift not monitored"))
+                .ok()
+        });
+        Ok(StageModel {
+            label: format!("{}@{}", model.name, model.version),
+            model,
             features,
-            batcher,
             drift,
             cost_us: AtomicU64::new(0),
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.model.name
+    }
+
+    /// `name@version`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn model(&self) -> &Arc<LoadedModel> {
+        &self.model
     }
 
     pub fn features(&self) -> &FeatureSet {
         &self.features
     }
 
-    /// Scores `rows` for `subject`; returns the scores and `name@version`.
+    /// Scores `rows` for `subject`, through `batcher` when given.
+    #[allow(clippy::too_many_arguments)]
     pub async fn score(
         &self,
         catalog: &Catalog,
-        registry: &Registry,
+        batcher: Option<&Batcher>,
         pool: &InferencePool,
         subject: &Subject,
         rows: &[u32],
         deadline: Instant,
-    ) -> Result<(Vec<f32>, String), StageError> {
+        keep_matrix: bool,
+    ) -> Result<StageScores, StageError> {
         let now = Instant::now();
         let remaining = deadline.saturating_duration_since(now);
         if remaining.is_zero()
@@ -173,9 +212,7 @@ impl ScoringModel {
         {
             return Err(StageError::Deadline);
         }
-        let model = registry
-            .get(&self.name, None)
-            .map_err(|e| StageError::Model(e.to_string()))?;
+        let model = &self.model;
         let (Some(input), Some(output)) = (&model.spec.input, &model.spec.output) else {
             return Err(StageError::Model(
                 "model has no feature input / score output".into(),
@@ -190,21 +227,18 @@ impl ScoringModel {
             if n > 0 {
                 metrics::counter!(
                     m::FEATURE_DEFAULTED_TOTAL,
-                    "model" => self.name.clone(), "feature" => self.features.names[j].clone()
+                    "model" => model.name.clone(), "feature" => self.features.names[j].clone()
                 )
                 .increment(n as u64);
             }
         }
-        metrics::counter!(m::FEATURE_ROWS_TOTAL, "model" => self.name.clone())
+        metrics::counter!(m::FEATURE_ROWS_TOTAL, "model" => model.name.clone())
             .increment(rows.len() as u64);
-        let version = format!("{}@{}", model.name, model.version);
-        // A sampled request keeps a copy of its rows for drift monitoring.
-        let observed = self
-            .drift
-            .as_ref()
-            .filter(|d| d.sample())
-            .map(|d| (d, matrix.clone()));
-        let scores = match &self.batcher {
+        // A sampled request keeps a copy of its rows for drift monitoring,
+        // and one for the shadows when asked.
+        let observe = self.drift.as_ref().filter(|d| d.sample());
+        let kept = (keep_matrix || observe.is_some()).then(|| matrix.clone());
+        let scores = match batcher {
             Some(batcher) => {
                 let run = batcher.score(
                     model.clone(),
@@ -231,19 +265,7 @@ impl ScoringModel {
                     Ok(Err(e)) => return Err(StageError::Model(e.to_string())),
                     Ok(Ok(o)) => o,
                 };
-                match outputs
-                    .into_iter()
-                    .find(|t| t.name == output.name)
-                    .map(|t| t.data)
-                {
-                    Some(TensorData::F32(scores)) if scores.len() == rows.len() => scores,
-                    _ => {
-                        return Err(StageError::Model(format!(
-                            "output \"{}\" missing or not one FP32 score per row",
-                            output.name
-                        )))
-                    }
-                }
+                scores_from(outputs, &output.name, rows.len()).map_err(StageError::Model)?
             }
         };
         let took = now.elapsed().as_micros() as u64;
@@ -255,9 +277,26 @@ impl ScoringModel {
                 "model produced a non-finite score".into(),
             ));
         }
-        if let Some((drift, rows)) = observed {
-            drift.observe(&rows, &scores);
+        if let (Some(drift), Some(m)) = (observe, &kept) {
+            drift.observe(m, &scores);
         }
-        Ok((scores, version))
+        Ok(StageScores {
+            scores,
+            matrix: if keep_matrix { kept } else { None },
+        })
+    }
+}
+
+/// The `output` tensor of a scoring model's answer as one score per row.
+pub fn scores_from(outputs: Vec<Tensor>, output: &str, rows: usize) -> Result<Vec<f32>, String> {
+    match outputs
+        .into_iter()
+        .find(|t| t.name == output)
+        .map(|t| t.data)
+    {
+        Some(TensorData::F32(scores)) if scores.len() == rows => Ok(scores),
+        _ => Err(format!(
+            "output \"{output}\" missing or not one FP32 score per row"
+        )),
     }
 }

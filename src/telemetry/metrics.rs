@@ -59,6 +59,28 @@ pub const SCORE_PSI: &str = "cascade_score_psi";
 /// 1 when the server is ready (models loaded, warmed up, vetted), 0 while
 /// starting or draining.
 pub const READY: &str = "cascade_ready";
+/// Ranking answers by experiment arm and outcome (`ok`, a fallback
+/// reason, or `error`), cache hits included.
+pub const RANK_REQUESTS_TOTAL: &str = "cascade_rank_requests_total";
+/// Ranking latency by experiment arm, cache hits included.
+pub const RANK_DURATION_SECONDS: &str = "cascade_rank_duration_seconds";
+/// Shadow work by shadow and outcome: `compared`, `dropped` (queue full,
+/// shed before any live work), `error`.
+pub const SHADOW_REQUESTS_TOTAL: &str = "cascade_shadow_requests_total";
+/// Per shadowed request: share of the live top-k the shadow also ranks top-k.
+pub const SHADOW_OVERLAP: &str = "cascade_shadow_overlap_ratio";
+/// Per shadowed request: Kendall's τ-b between live and shadow orders.
+pub const SHADOW_RANK_CORRELATION: &str = "cascade_shadow_rank_correlation";
+/// Per shadowed row: shadow score − live score.
+pub const SHADOW_SCORE_DELTA: &str = "cascade_shadow_score_delta";
+/// Shadow inference time, and time from offer to start.
+pub const SHADOW_DURATION_SECONDS: &str = "cascade_shadow_duration_seconds";
+pub const SHADOW_LAG_SECONDS: &str = "cascade_shadow_lag_seconds";
+/// Shadow jobs waiting or running.
+pub const SHADOW_QUEUE_DEPTH: &str = "cascade_shadow_queue_depth";
+/// Reloads and rollbacks by model and outcome (`swapped`, `unchanged`,
+/// `refused`, `rolled_back`).
+pub const MODEL_RELOADS_TOTAL: &str = "cascade_model_reloads_total";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 
@@ -71,6 +93,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 const SCORE_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85,
     0.9, 0.95, 1.0,
+];
+/// Ratios and correlations: steps of 0.1 over [-1, 1].
+const UNIT_BUCKETS: &[f64] = &[
+    -0.9, -0.8, -0.7, -0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+    0.8, 0.9, 1.0,
+];
+/// Score differences: symmetric, fine near zero.
+const DELTA_BUCKETS: &[f64] = &[
+    -0.5, -0.2, -0.1, -0.05, -0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 ];
 /// Rows per batch: powers of two up to 4096.
 const ROW_BUCKETS: &[f64] = &[
@@ -88,6 +119,18 @@ pub fn install() -> &'static PrometheusHandle {
             .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), ROW_BUCKETS))
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(MODEL_SCORE.into()), SCORE_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(SHADOW_OVERLAP.into()), UNIT_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(SHADOW_RANK_CORRELATION.into()),
+                    UNIT_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(SHADOW_SCORE_DELTA.into()), DELTA_BUCKETS)
             })
             .expect("bucket lists are non-empty")
             .install_recorder()

@@ -272,12 +272,18 @@ fn metric_counts_match_the_requests_sent() {
     );
     // Three cold-start answers served (one computed, two from the cache).
     assert_eq!(
-        value("cascade_rank_fallbacks_total{reason=\"cold_start\"}"),
+        value("cascade_rank_fallbacks_total{reason=\"cold_start\",variant=\"control\"}"),
         3.0
     );
     assert_eq!(
-        value("cascade_rank_fallbacks_total{reason=\"deadline\"}"),
+        value("cascade_rank_fallbacks_total{reason=\"deadline\",variant=\"control\"}"),
         0.0
+    );
+    // Every answer counted by arm and outcome, cache hits included.
+    assert_eq!(
+        value("cascade_rank_requests_total{variant=\"control\",outcome=\"ok\"}")
+            + value("cascade_rank_requests_total{variant=\"control\",outcome=\"cold_start\"}"),
+        10.0
     );
     assert_eq!(
         value("cascade_http_request_duration_seconds_count{route=\"/v1/rank\"}"),

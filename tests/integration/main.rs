@@ -6,6 +6,7 @@ mod backends;
 mod common;
 mod deploy;
 mod errors;
+mod experiments;
 mod lifecycle;
 mod metrics;
 mod oip;

@@ -279,7 +279,8 @@ async fn served_features_match_the_training_scripts_golden_inputs() {
     let pipeline = s.state.pipeline.as_ref().unwrap();
     for role in ["filter", "ranker", "cold_start"] {
         let g = golden(role);
-        let set = pipeline.feature_set(role).unwrap();
+        let model = pipeline.stage_model(&s.state.registry, role).unwrap();
+        let set = model.features();
         assert_eq!(set.names, g.features, "{role}: feature order");
         assert!(
             !g.rows.is_empty(),
