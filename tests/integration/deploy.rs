@@ -46,7 +46,26 @@ async fn dashboard_and_alerts_reference_only_exported_metrics() {
     let mut config = crate::common::config_for(&crate::common::shipped_models());
     config.monitoring.sample_rate = 1.0;
     config.monitoring.window_rows = 200;
+    config.ranking.cache.enabled = true;
     let s = TestServer::start(config).await;
+    // A shadow and a reload, so their series exist.
+    let shadow = serde_json::to_vec(&json!({"shadows": [
+        {"name": "twin", "stage": "rerank", "model": "ranker", "sample_rate": 1.0}
+    ]}))
+    .unwrap();
+    let json_header = [("Content-Type", "application/json")];
+    assert_eq!(
+        send(s.admin, "PUT", "/admin/shadow", &json_header, &shadow)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(s.admin, "POST", "/admin/models/ranker/reload", &[], b"")
+            .await
+            .status,
+        200
+    );
     // Traffic of every kind the panels look at.
     let known: Vec<String> = s.state.pipeline.as_ref().unwrap().catalog.users.ids[..4].to_vec();
     for u in &known {
@@ -67,6 +86,12 @@ async fn dashboard_and_alerts_reference_only_exported_metrics() {
         200
     );
 
+    for _ in 0..100 {
+        if s.state.pipeline.as_ref().unwrap().shadow.pending() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let exported =
         String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
     let exported_names: BTreeSet<String> = exported

@@ -30,16 +30,18 @@ async fn served_ranker(s: &TestServer) -> String {
     r.json()["models"]["ranker"].as_str().unwrap().to_string()
 }
 
+/// Publishes a copy of version `from` as `to` the way operators should:
+/// written under a name that is not a version, then renamed in one step,
+/// so a rescan never sees half a version.
 fn copy_version(model_dir: &Path, from: u64, to: u64) {
-    let (src, dst) = (
-        model_dir.join(from.to_string()),
-        model_dir.join(to.to_string()),
-    );
-    std::fs::create_dir_all(&dst).unwrap();
+    let src = model_dir.join(from.to_string());
+    let staging = model_dir.join(format!(".staging-{to}"));
+    std::fs::create_dir_all(&staging).unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        std::fs::copy(entry.path(), staging.join(entry.file_name())).unwrap();
     }
+    std::fs::rename(staging, model_dir.join(to.to_string())).unwrap();
 }
 
 /// A new model in the repository with the ranker's config and `onnx`
@@ -563,4 +565,23 @@ async fn a_failing_or_slow_shadow_changes_nothing_live() {
     let metrics = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
     assert!(metrics.contains("cascade_shadow_requests_total{shadow=\"broken\",outcome=\"error\"}"));
     assert!(metrics.contains("cascade_shadow_requests_total{shadow=\"slow\",outcome=\"dropped\"}"));
+}
+
+/// With `models.poll_interval_s`, new versions are found without a call.
+#[tokio::test]
+async fn the_repository_is_rescanned_when_polling_is_on() {
+    let repo = temp_repo();
+    let mut config = config_for(repo.path());
+    config.models.poll_interval_s = 1;
+    config.ranking.cache.enabled = false;
+    let s = TestServer::start(config).await;
+    assert_eq!(served_ranker(&s).await, "ranker@1");
+    copy_version(&repo.path().join("ranker"), 1, 2);
+    for _ in 0..100 {
+        if served_ranker(&s).await == "ranker@2" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("version 2 never served");
 }
