@@ -130,8 +130,40 @@ pub struct StageModel {
     features: FeatureSet,
     /// Feature and score distributions against the version's profile.
     drift: Option<DriftMonitor>,
-    /// Exponentially weighted mean of recent call durations, µs.
-    cost_us: AtomicU64,
+    cost: CostEstimate,
+}
+
+/// What a model call costs: an exponentially weighted mean of recent call
+/// durations (µs), to skip calls that cannot fit what is left of a deadline.
+#[derive(Default)]
+pub struct CostEstimate(AtomicU64);
+
+impl CostEstimate {
+    /// Whether a call is expected to finish within `remaining_us`. Skipped
+    /// calls never measure, so a skip also shrinks the estimate by 1/16:
+    /// else one burst of slow calls (an overload) would keep the stage
+    /// skipped long after it is fast again. A probe soon goes through.
+    pub fn fits(&self, remaining_us: u64) -> bool {
+        let estimate = self.0.load(Ordering::Relaxed);
+        if remaining_us > estimate {
+            return true;
+        }
+        self.0.store(
+            estimate.saturating_sub(estimate / 16 + 1),
+            Ordering::Relaxed,
+        );
+        false
+    }
+
+    pub fn record(&self, took_us: u64) {
+        let old = self.0.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            took_us
+        } else {
+            (old * 7 + took_us) / 8
+        };
+        self.0.store(new, Ordering::Relaxed);
+    }
 }
 
 /// What a scoring call produced.
@@ -172,7 +204,7 @@ impl StageModel {
             model,
             features,
             drift,
-            cost_us: AtomicU64::new(0),
+            cost: CostEstimate::default(),
         })
     }
 
@@ -207,9 +239,10 @@ impl StageModel {
     ) -> Result<StageScores, StageError> {
         let now = Instant::now();
         let remaining = deadline.saturating_duration_since(now);
-        if remaining.is_zero()
-            || remaining.as_micros() as u64 <= self.cost_us.load(Ordering::Relaxed)
-        {
+        if remaining.is_zero() {
+            return Err(StageError::Deadline);
+        }
+        if !self.cost.fits(remaining.as_micros() as u64) {
             return Err(StageError::Deadline);
         }
         let model = &self.model;
@@ -268,10 +301,7 @@ impl StageModel {
                 scores_from(outputs, &output.name, rows.len()).map_err(StageError::Model)?
             }
         };
-        let took = now.elapsed().as_micros() as u64;
-        let old = self.cost_us.load(Ordering::Relaxed);
-        let new = if old == 0 { took } else { (old * 7 + took) / 8 };
-        self.cost_us.store(new, Ordering::Relaxed);
+        self.cost.record(now.elapsed().as_micros() as u64);
         if scores.iter().any(|s| !s.is_finite()) {
             return Err(StageError::Model(
                 "model produced a non-finite score".into(),
@@ -298,5 +328,25 @@ pub fn scores_from(outputs: Vec<Tensor>, output: &str, rows: usize) -> Result<Ve
         _ => Err(format!(
             "output \"{output}\" missing or not one FP32 score per row"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CostEstimate;
+
+    #[test]
+    fn a_slow_burst_does_not_skip_a_stage_forever() {
+        let cost = CostEstimate::default();
+        assert!(cost.fits(1), "no estimate yet: try");
+        cost.record(80_000); // one call slowed by an overload: 80 ms
+        assert!(!cost.fits(49_000));
+        // The stage is fast again, but skipped calls do not measure: the
+        // estimate still has to come down by itself.
+        let skips = (0..100).take_while(|_| !cost.fits(49_000)).count();
+        assert!(skips < 20, "{skips} skips before a probe");
+        cost.record(300);
+        assert!(cost.fits(49_000));
+        assert!(!CostEstimate::default().fits(0), "no time left: skip");
     }
 }
