@@ -293,3 +293,86 @@ fn metric_counts_match_the_requests_sent() {
     let exit = sigterm(&mut child);
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// `logging.format = "json"`: every line is a JSON object, and every line
+/// logged while serving a request carries that request's id.
+#[test]
+fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CASCADE_LOGGING__FORMAT", "json")
+        // Debug shows the per-request lines that info leaves out.
+        .env("RUST_LOG", "cascade=debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let (public, admin) = loop {
+        let line = lines.next().expect("server logged its addresses").unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["fields"]["message"] == "cascade listening" {
+            let addr =
+                |k: &str| -> SocketAddr { v["fields"][k].as_str().unwrap().parse().unwrap() };
+            break (addr("public"), addr("admin"));
+        }
+        seen.push(v);
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let body = br#"{"user_id": "1", "k": 3}"#;
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-Request-Id", "log-test-7"),
+        ];
+        let r = send(public, "POST", "/v1/rank", &headers, body).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-request-id"), Some("log-test-7"));
+        // A bad one too: its lines must carry its own id.
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-Request-Id", "log-test-8"),
+        ];
+        assert_eq!(
+            send(public, "POST", "/v1/rank", &headers, b"{\"k\": 0}")
+                .await
+                .status,
+            400
+        );
+        let _ = send(admin, "GET", "/readyz", &[], b"").await;
+    });
+    let exit = sigterm(&mut child);
+    assert!(exit.success(), "exit status {exit:?}");
+    for line in lines {
+        let line = line.unwrap();
+        seen.push(
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")),
+        );
+    }
+    let in_request = |id: &str| -> Vec<&serde_json::Value> {
+        seen.iter()
+            .filter(|v| v["span"]["request_id"] == id)
+            .collect()
+    };
+    for id in ["log-test-7", "log-test-8"] {
+        let lines = in_request(id);
+        assert!(!lines.is_empty(), "no line logged for {id}");
+        assert!(lines
+            .iter()
+            .all(|v| v["timestamp"].is_string() && v["level"].is_string()));
+    }
+    // The debug line that closes each request names its status.
+    assert!(in_request("log-test-8")
+        .iter()
+        .any(|v| v["fields"]["status"] == 400));
+    // Lines outside a request have no request span.
+    assert!(seen.iter().any(|v| v["span"].is_null()));
+}
