@@ -16,6 +16,7 @@ use crate::model::BackendKind;
 use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::experiments::ExperimentsConfig;
 use crate::pipeline::request::Limits;
+use crate::pipeline::score_cache::ScoreCacheConfig;
 use crate::pipeline::shadow::ShadowConfig;
 use crate::telemetry::drift::MonitoringConfig;
 
@@ -233,6 +234,8 @@ pub struct RankingConfig {
     pub on_overload: OnOverload,
     /// The response cache (`[ranking.cache]`).
     pub cache: CacheConfig,
+    /// Re-rank scores of known users (`[ranking.score_cache]`).
+    pub score_cache: ScoreCacheConfig,
     /// `auto` (exact below `exact_below` items, else HNSW), `exact`, `hnsw`.
     pub index: IndexKind,
     pub exact_below: usize,
@@ -262,6 +265,7 @@ impl Default for RankingConfig {
             batch_workers: 2,
             on_overload: OnOverload::Degrade,
             cache: CacheConfig::default(),
+            score_cache: ScoreCacheConfig::default(),
             index: IndexKind::Auto,
             exact_below: 50_000,
             hnsw: HnswParams::default(),
@@ -299,6 +303,10 @@ impl RankingConfig {
             ("ranking.batch_queue_capacity", self.batch_queue_capacity),
             ("ranking.batch_workers", self.batch_workers),
             ("ranking.cache.ttl_ms", self.cache.ttl_ms as usize),
+            (
+                "ranking.score_cache.ttl_ms",
+                self.score_cache.ttl_ms as usize,
+            ),
             ("ranking.hnsw.max_connections", self.hnsw.max_connections),
             ("ranking.hnsw.ef_search", self.hnsw.ef_search),
         ];

@@ -24,6 +24,7 @@ pub mod cache;
 pub mod experiments;
 pub mod features;
 pub mod request;
+pub mod score_cache;
 pub mod shadow;
 pub mod stages;
 
@@ -45,6 +46,7 @@ use cache::{CacheKey, ResponseCache, Uncached};
 use experiments::{ExperimentsConfig, ModelRef};
 use features::Subject;
 use request::{Fallback, Limits, RankResponse, ScoredItem, StageReport, ValidRequest};
+use score_cache::{ScoreCache, ScoreKey};
 use shadow::{ShadowConfig, ShadowJob, ShadowRunner, ShadowSpec, ShadowStage};
 use stages::{StageError, StageModel};
 
@@ -81,6 +83,7 @@ pub struct Pipeline {
     experiments: RwLock<Arc<ExperimentsConfig>>,
     pub shadow: ShadowRunner,
     cache: Option<ResponseCache>,
+    score_cache: Option<ScoreCache>,
 }
 
 /// Candidates with the score of the stage that ordered them last.
@@ -177,6 +180,10 @@ impl Pipeline {
                 .cache
                 .enabled
                 .then(|| ResponseCache::new(&ranking.cache)),
+            score_cache: ranking
+                .score_cache
+                .enabled
+                .then(|| ScoreCache::new(&ranking.score_cache)),
         };
         for (key, r) in [
             ("ranking.filter_model", &pipeline.filter),
@@ -192,6 +199,11 @@ impl Pipeline {
         pipeline.set_experiments(registry, config.experiments.clone(), "experiments")?;
         pipeline.set_shadows(registry, config.shadow.shadows.clone(), "shadow.shadows")?;
         Ok(pipeline)
+    }
+
+    /// Re-rank score cache rows found and not found (None when it is off).
+    pub fn score_cache_stats(&self) -> Option<(u64, u64)> {
+        self.score_cache.as_ref().map(ScoreCache::stats)
     }
 
     pub fn index_name(&self) -> &'static str {
@@ -540,16 +552,68 @@ impl Pipeline {
             let rows: Vec<u32> = current.iter().map(|(r, _)| *r).collect();
             let scored = match &model {
                 Err(e) => Err(StageError::Model(e.clone())),
+                Ok(model) if stage == "rerank" => {
+                    // Known users' re-rank scores are cached per model
+                    // version, user, hour, weekday and item; shadowed
+                    // requests score every row (the shadow needs them all).
+                    let cache = self.score_cache.as_ref().filter(|_| shadows.is_empty());
+                    let key = subject.user.map(|user| ScoreKey {
+                        model: model.id(),
+                        user,
+                        hour: subject.hour as u8,
+                        weekday: subject.weekday as u8,
+                        item: 0,
+                    });
+                    let batcher = self.batcher(model);
+                    match cache.zip(key) {
+                        Some((cache, key)) => {
+                            let (known, missing) = cache.lookup(key, &rows);
+                            let fresh = if missing.is_empty() {
+                                Ok(stages::StageScores {
+                                    scores: Vec::new(),
+                                    matrix: None,
+                                })
+                            } else {
+                                model
+                                    .score(
+                                        &self.catalog,
+                                        batcher.as_ref(),
+                                        &self.pool,
+                                        &subject,
+                                        &missing,
+                                        deadline,
+                                        false,
+                                    )
+                                    .await
+                            };
+                            fresh.map(|f| {
+                                cache.insert(key, &missing, &f.scores);
+                                stages::StageScores {
+                                    scores: score_cache::merge(known, &f.scores),
+                                    matrix: None,
+                                }
+                            })
+                        }
+                        None => {
+                            model
+                                .score(
+                                    &self.catalog,
+                                    batcher.as_ref(),
+                                    &self.pool,
+                                    &subject,
+                                    &rows,
+                                    deadline,
+                                    !shadows.is_empty(),
+                                )
+                                .await
+                        }
+                    }
+                }
                 Ok(model) => {
-                    let batcher = if stage == "rerank" {
-                        self.batcher(model)
-                    } else {
-                        None
-                    };
                     model
                         .score(
                             &self.catalog,
-                            batcher.as_ref(),
+                            None,
                             &self.pool,
                             &subject,
                             &rows,

@@ -125,6 +125,8 @@ pub enum StageError {
 /// call costs, to skip calls that cannot fit the deadline. Prepared once
 /// per version, so a reload that changes the features gets its own.
 pub struct StageModel {
+    /// Unique per prepared version in this process (score cache keys).
+    id: u32,
     model: Arc<LoadedModel>,
     label: String,
     features: FeatureSet,
@@ -199,7 +201,9 @@ impl StageModel {
                 .map_err(|e| tracing::warn!(model = %model.name, version = model.version, error = %e, "profile.json unreadable; drift not monitored"))
                 .ok()
         });
+        static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         Ok(StageModel {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             label: format!("{}@{}", model.name, model.version),
             model,
             features,
@@ -210,6 +214,10 @@ impl StageModel {
 
     pub fn name(&self) -> &str {
         &self.model.name
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// `name@version`.

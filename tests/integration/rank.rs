@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use cascade::pipeline::request::RankRequest;
 use serde_json::{json, Value};
 
-use crate::common::{golden, TestServer};
+use crate::common::{golden, send, TestServer};
 
 fn items(v: &Value) -> Vec<(String, f64)> {
     v["items"]
@@ -481,4 +481,49 @@ async fn request_ids_flow_from_the_header() {
     assert_eq!(r.json()["request_id"], "abc-123");
     let r = s.get("/healthz").await;
     assert!(r.header("x-request-id").is_some_and(|id| !id.is_empty()));
+}
+
+/// Paging: the second page's re-rank scores come from the score cache,
+/// equal to freshly computed ones; a new model version scores afresh.
+#[tokio::test]
+async fn paging_reuses_rerank_scores_of_the_same_model_version() {
+    let repo = crate::common::temp_repo();
+    let mut config = crate::common::config_for(repo.path());
+    config.ranking.cache.enabled = false;
+    let s = TestServer::start(config.clone()).await;
+    let mut fresh_config = config;
+    fresh_config.ranking.score_cache.enabled = false;
+    let fresh = TestServer::start(fresh_config).await;
+    let stats = |s: &TestServer| s.state.pipeline.as_ref().unwrap().score_cache_stats();
+    assert_eq!(stats(&fresh), None);
+
+    let page = |k: u64| json!({"user_id": "1", "k": k, "context": {"hour": 9, "weekday": 3}});
+    let first = s.post_json("/v1/rank", &page(10)).await.json();
+    let (hits, misses) = stats(&s).unwrap();
+    assert_eq!(hits, 0);
+    let rows = misses;
+    assert!(rows >= 10, "the re-ranker scored {rows} rows");
+    // The next page: same candidates, nothing re-scored.
+    let second = s.post_json("/v1/rank", &page(20)).await.json();
+    assert_eq!(stats(&s).unwrap(), (rows, rows));
+    assert_eq!(items(&second)[..10], items(&first)[..]);
+    // Cached scores are the scores the model computes.
+    let recomputed = fresh.post_json("/v1/rank", &page(20)).await.json();
+    assert_eq!(items(&second), items(&recomputed));
+    // Another hour is another key.
+    let other = json!({"user_id": "1", "k": 10, "context": {"hour": 10, "weekday": 3}});
+    s.post_json("/v1/rank", &other).await;
+    assert_eq!(stats(&s).unwrap().1, 2 * rows);
+
+    // A new version of the ranker never reuses the old version's scores.
+    let ranker = repo.path().join("ranker");
+    std::fs::create_dir(ranker.join("2")).unwrap();
+    for f in ["model.onnx", "golden.json", "profile.json"] {
+        std::fs::copy(ranker.join("1").join(f), ranker.join("2").join(f)).unwrap();
+    }
+    let r = send(s.admin, "POST", "/admin/models/ranker/reload", &[], b"").await;
+    assert_eq!(r.json()["serving"], "2");
+    let after = s.post_json("/v1/rank", &page(10)).await.json();
+    assert_eq!(after["models"]["ranker"], "ranker@2");
+    assert_eq!(stats(&s).unwrap(), (rows, 3 * rows));
 }
