@@ -27,6 +27,33 @@ enum Command {
     /// Replay held-out interactions through the serving pipeline (offline)
     /// and print recall@k and NDCG@10 per segment.
     Eval(EvalArgs),
+    /// Write a synthetic catalog of any size (benches and load tests).
+    Catalog(CatalogArgs),
+}
+
+#[derive(clap::Args)]
+struct CatalogArgs {
+    /// Where the catalog files go (a directory, created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1_000_000)]
+    items: usize,
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Embedding dimension.
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    #[arg(long, default_value_t = 1000)]
+    clusters: usize,
+    /// Spread of items around their cluster centre (unit-norm offsets × this).
+    #[arg(long, default_value_t = 0.5)]
+    spread: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The catalog whose vocabulary (genres, occupations) and per-row
+    /// attributes are resampled.
+    #[arg(long, default_value = "models/catalog")]
+    template: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -59,6 +86,7 @@ fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Eval(args)) => return eval(args),
+        Some(Command::Catalog(args)) => return synth_catalog(args),
         None => ServeArgs {
             config: PathBuf::from("config/default.toml"),
             ..ServeArgs::default()
@@ -104,6 +132,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn synth_catalog(args: CatalogArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let template = cascade::catalog::Catalog::load(&args.template)?;
+    let spec = cascade::catalog::generate::Spec {
+        items: args.items,
+        users: args.users,
+        dim: args.dim,
+        clusters: args.clusters,
+        spread: args.spread,
+        seed: args.seed,
+    };
+    cascade::catalog::generate::write(&template, &spec, &args.out).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "wrote {} items and {} users ({} dims) to {} in {:.1} s",
+        args.items,
+        args.users,
+        args.dim,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {

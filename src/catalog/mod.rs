@@ -5,8 +5,13 @@
 //!
 //! - [`tables`]: struct-of-arrays item and user tables.
 //! - [`index`]: top-k by inner product — exact scan or HNSW (hnsw_rs).
+//! - [`synth`], [`generate`]: seeded synthetic vectors and whole catalogs
+//!   at any scale, for benches and load tests; [`npy`] to share them.
 
+pub mod generate;
 pub mod index;
+pub mod npy;
+pub mod synth;
 pub mod tables;
 
 use std::path::Path;
