@@ -144,7 +144,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 /// The real binary on the shipped config, on ephemeral ports, in its own
 /// process (so its metrics are its own). Returns the child and its public
 /// and admin addresses, read from its start-up log line.
-pub fn spawn_binary() -> (std::process::Child, SocketAddr, SocketAddr) {
+pub fn spawn_binary() -> (Reaped, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cascade"))
         .args([
             "serve",
@@ -160,6 +160,7 @@ pub fn spawn_binary() -> (std::process::Child, SocketAddr, SocketAddr) {
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
+        .map(Reaped)
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let field = |line: &str, key: &str| -> SocketAddr {
@@ -184,6 +185,32 @@ pub fn spawn_binary() -> (std::process::Child, SocketAddr, SocketAddr) {
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, public, admin)
+}
+
+/// A child process that is killed if the test fails before it exits, so a
+/// failing test never leaves a server running (or a pipe open).
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
@@ -312,6 +339,7 @@ fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
         .env("RUST_LOG", "cascade=debug")
         .stderr(Stdio::piped())
         .spawn()
+        .map(Reaped)
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen: Vec<serde_json::Value> = Vec::new();
