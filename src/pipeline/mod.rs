@@ -78,18 +78,19 @@ impl Pipeline {
     ) -> Result<Pipeline, String> {
         let catalog = Catalog::load(&config.catalog).map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let index = catalog::index::build(
+        // Builds the index, or loads `ranking.hnsw.index_file` when set.
+        let index = catalog::index::open(
             config.index,
             config.exact_below,
             &catalog.items.embedding,
             catalog.items.dim,
             &config.hnsw,
-        );
+        )?;
         tracing::info!(
             index = index.name(),
             items = index.len(),
             millis = started.elapsed().as_millis() as u64,
-            "retrieval index built"
+            "retrieval index ready"
         );
         let model = |key: &str,
                      name: &Option<String>,
