@@ -36,6 +36,7 @@ struct Args {
     dir: PathBuf,
     levers: bool,
     crossover: bool,
+    reuse_dump: bool,
     reload: Option<(String, PathBuf)>,
 }
 
@@ -46,6 +47,7 @@ fn args() -> Args {
         dir: PathBuf::from(".cache/retrieval"),
         levers: false,
         crossover: false,
+        reuse_dump: false,
         reload: None,
     };
     let mut it = std::env::args().skip(1);
@@ -64,6 +66,7 @@ fn args() -> Args {
             "--dir" => a.dir = PathBuf::from(it.next().expect("--dir PATH")),
             "--levers" => a.levers = true,
             "--crossover" => a.crossover = true,
+            "--reuse-dump" => a.reuse_dump = true,
             "--reload" => {
                 let kind = it.next().expect("--reload ours|hnsw_rs PATH");
                 a.reload = Some((kind, PathBuf::from(it.next().expect("PATH"))));
@@ -311,13 +314,35 @@ fn bench_size(args: &Args, n: usize) {
         max_connections: 16,
         ef_construction: 200,
     };
-    let (hnsw, build_s, build_rss) = build_hnsw_rs(&base, params, InnerProductDistance::default());
+    // --reuse-dump: search the graph an earlier run of this bench dumped
+    // (its build figures kept beside it) instead of building for minutes;
+    // hnsw_rs's own rows are then left out.
+    let ours = dir.join("index.cascade");
+    let build_json = dir.join("build.json");
+    let reused: Option<Value> = args
+        .reuse_dump
+        .then(|| std::fs::read(&build_json).ok())
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|_| ours.exists());
+    let (hnsw, build_s, build_rss) = match &reused {
+        Some(b) => (
+            None,
+            b["build_s"].as_f64().unwrap_or(0.0),
+            b["build_rss"].as_u64().unwrap_or(0),
+        ),
+        None => {
+            let (h, s, r) = build_hnsw_rs(&base, params, InnerProductDistance::default());
+            (Some(h), s, r)
+        }
+    };
     eprintln!(
         "hnsw_rs build {build_s:.1} s, RSS +{:.0} MiB",
         mib(build_rss)
     );
 
     for ef in [100, 128, 256] {
+        let Some(hnsw) = &hnsw else { break };
         let m = measure(
             &queries,
             &gt,
@@ -339,8 +364,18 @@ fn bench_size(args: &Args, n: usize) {
     }
 
     let t = Instant::now();
-    let mut g = Graph::from_hnsw_rs(&hnsw, base.clone(), DIM, params);
-    let freeze_s = t.elapsed().as_secs_f64();
+    let mut g = match &hnsw {
+        Some(hnsw) => Graph::from_hnsw_rs(hnsw, base.clone(), DIM, params),
+        None => persist::load(&ours).expect("reuse the dump"),
+    };
+    let freeze_s = match &reused {
+        Some(b) => b["freeze_s"].as_f64().unwrap_or(0.0),
+        None => t.elapsed().as_secs_f64(),
+    };
+    if reused.is_none() {
+        let b = json!({"build_s": build_s, "freeze_s": freeze_s, "build_rss": build_rss});
+        std::fs::write(&build_json, b.to_string()).expect("build.json");
+    }
     let total_build = build_s + freeze_s;
     eprintln!(
         "freeze {freeze_s:.2} s, graph {:.0} MiB",
@@ -396,8 +431,9 @@ fn bench_size(args: &Args, n: usize) {
             v
         })
         .collect();
-    let filtered: [(&str, Method); 3] = [
-        (
+    let mut filtered: Vec<(&str, Method)> = Vec::new();
+    if let Some(hnsw) = &hnsw {
+        filtered.push((
             "hnsw_rs search_filter, ef 128",
             Box::new(|q: &[f32]| {
                 hnsw.search_filter(q, 10, 128, Some(&Skip1Pct))
@@ -405,8 +441,8 @@ fn bench_size(args: &Args, n: usize) {
                     .map(|x| x.d_id as u32)
                     .collect()
             }),
-        ),
-        (
+        ));
+        filtered.push((
             "hnsw_rs search k 20 + post-filter, ef 128",
             Box::new(|q: &[f32]| {
                 hnsw.search(q, 20, 128)
@@ -416,17 +452,17 @@ fn bench_size(args: &Args, n: usize) {
                     .take(10)
                     .collect()
             }),
-        ),
-        (
-            "cascade in-beam skip, ef 128",
-            Box::new(|q: &[f32]| {
-                g.search(q, 10, 128, &|r| r % 100 == 0)
-                    .into_iter()
-                    .map(|x| x.0)
-                    .collect()
-            }),
-        ),
-    ];
+        ));
+    }
+    filtered.push((
+        "cascade in-beam skip, ef 128",
+        Box::new(|q: &[f32]| {
+            g.search(q, 10, 128, &|r| r % 100 == 0)
+                .into_iter()
+                .map(|x| x.0)
+                .collect()
+        }),
+    ));
     let mut exclusion = Vec::new();
     for (name, f) in &filtered {
         let m = measure(&queries, &filtered_gt, f.as_ref(), args.queries);
@@ -443,18 +479,23 @@ fn bench_size(args: &Args, n: usize) {
     // Persistence: our dump vs hnsw_rs's file_dump, each reloaded in a
     // fresh process so that its RSS is its own.
     println!();
-    let ours = dir.join("index.cascade");
     let t = Instant::now();
     persist::save(&g, &ours).expect("save");
     let save_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    hnsw_rs::api::AnnT::file_dump(&hnsw, &dir, "hnswrs").expect("hnsw_rs dump");
+    if let Some(hnsw) = &hnsw {
+        hnsw_rs::api::AnnT::file_dump(hnsw, &dir, "hnswrs").expect("hnsw_rs dump");
+    }
     let dump_rs_s = t.elapsed().as_secs_f64();
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let rs_size = size(&dir.join("hnswrs.hnsw.graph")) + size(&dir.join("hnswrs.hnsw.data"));
+    let had_hnsw = hnsw.is_some();
     drop(hnsw);
     let reload = |kind: &str, path: &Path| -> Value {
-        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+        // argv[0], not current_exe(): a rebuild during a long run replaces
+        // the file, and /proc/self/exe then names a deleted one.
+        let exe = std::env::args().next().expect("argv[0]");
+        let out = std::process::Command::new(exe)
             .args(["--reload", kind])
             .arg(path)
             .output()
@@ -463,7 +504,10 @@ fn bench_size(args: &Args, n: usize) {
             .unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&out.stderr)}))
     };
     let r_ours = reload("ours", &ours);
-    let r_rs = reload("hnsw_rs", &dir.join("hnswrs"));
+    let r_rs = match had_hnsw {
+        true => reload("hnsw_rs", &dir.join("hnswrs")),
+        false => json!("not measured (--reuse-dump)"),
+    };
     println!(
         "| dump | write s | file MiB | reload s | RSS after reload MiB | build s (for scale) |"
     );
