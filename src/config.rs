@@ -201,7 +201,7 @@ impl Default for RankingConfig {
             on_overload: OnOverload::Degrade,
             cache: CacheConfig::default(),
             index: IndexKind::Auto,
-            exact_below: 50_000,
+            exact_below: 20_000,
             hnsw: HnswParams::default(),
         }
     }

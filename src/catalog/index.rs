@@ -54,7 +54,7 @@ impl Default for HnswParams {
         HnswParams {
             max_connections: 16,
             ef_construction: 200,
-            ef_search: 128,
+            ef_search: 160,
             quantised: false,
             index_file: None,
         }
