@@ -267,7 +267,7 @@ impl Default for RankingConfig {
             cache: CacheConfig::default(),
             score_cache: ScoreCacheConfig::default(),
             index: IndexKind::Auto,
-            exact_below: 50_000,
+            exact_below: 20_000,
             hnsw: HnswParams::default(),
         }
     }

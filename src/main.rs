@@ -29,6 +29,9 @@ enum Command {
     Eval(EvalArgs),
     /// Write a synthetic catalog of any size (benches and load tests).
     Catalog(CatalogArgs),
+    /// Retrieval index tools.
+    #[command(subcommand)]
+    Index(IndexCommand),
 }
 
 #[derive(clap::Args)]
@@ -54,6 +57,31 @@ struct CatalogArgs {
     /// attributes are resampled.
     #[arg(long, default_value = "models/catalog")]
     template: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Build the HNSW index over item vectors and dump it to a file that the
+    /// server loads at start (`ranking.hnsw.index_file`).
+    Build(IndexBuildArgs),
+}
+
+#[derive(clap::Args)]
+struct IndexBuildArgs {
+    /// A `[items, dim]` float32 .npy file, or a catalog folder (its
+    /// items.safetensors embeddings, e.g. models/catalog).
+    #[arg(long)]
+    vectors: PathBuf,
+    /// Where to write the dump.
+    #[arg(long)]
+    out: PathBuf,
+    /// Links per node (M); must equal `ranking.hnsw.max_connections` of the
+    /// server that loads the dump.
+    #[arg(long, default_value_t = 16)]
+    max_connections: usize,
+    /// Build breadth; must equal `ranking.hnsw.ef_construction`.
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => args,
         Some(Command::Eval(args)) => return eval(args),
         Some(Command::Catalog(args)) => return synth_catalog(args),
+        Some(Command::Index(IndexCommand::Build(args))) => return index_build(args),
         None => ServeArgs {
             config: PathBuf::from("config/default.toml"),
             ..ServeArgs::default()
@@ -191,4 +220,65 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+fn index_build(args: IndexBuildArgs) -> anyhow::Result<()> {
+    use cascade::catalog::index::{HnswIndex, HnswParams};
+    use std::time::{Duration, Instant};
+
+    anyhow::ensure!(
+        (1..=255).contains(&args.max_connections),
+        "--max-connections must be between 1 and 255"
+    );
+    anyhow::ensure!(
+        args.ef_construction >= 1,
+        "--ef-construction must be at least 1"
+    );
+    let (vectors, dim) = if args.vectors.is_dir() {
+        let items = cascade::catalog::Items::load(&args.vectors)?;
+        (items.embedding, items.dim)
+    } else {
+        cascade::catalog::npy::read::<f32>(&args.vectors)
+            .map_err(|e| anyhow::anyhow!("--vectors {}: {e}", args.vectors.display()))?
+    };
+    anyhow::ensure!(
+        vectors.iter().all(|x| x.is_finite()),
+        "--vectors {}: has a non-finite value",
+        args.vectors.display()
+    );
+    let n = vectors.len() / dim;
+    eprintln!(
+        "building HNSW over {n} items × {dim} (M {}, ef_construction {})",
+        args.max_connections, args.ef_construction
+    );
+    let params = HnswParams {
+        max_connections: args.max_connections,
+        ef_construction: args.ef_construction,
+        ..HnswParams::default()
+    };
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let index = HnswIndex::build_with_progress(&vectors, dim, &params, &mut |done, total| {
+        if last.elapsed() >= Duration::from_secs(2) || done == total {
+            eprintln!(
+                "  {:5.1}% inserted ({done}/{total}), {:.0} s",
+                100.0 * done as f64 / total.max(1) as f64,
+                started.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
+    });
+    let built = started.elapsed();
+    let t = Instant::now();
+    cascade::catalog::persist::save(index.graph(), &args.out)
+        .with_context(|| format!("--out {}: cannot write", args.out.display()))?;
+    let size = std::fs::metadata(&args.out).map_or(0, |m| m.len());
+    eprintln!(
+        "built in {:.1} s, wrote {} ({:.1} MiB) in {:.1} s",
+        built.as_secs_f64(),
+        args.out.display(),
+        size as f64 / (1024.0 * 1024.0),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

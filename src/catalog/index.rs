@@ -1,16 +1,24 @@
 //! Top-k by inner product over unit-norm item embeddings.
 //!
-//! Two implementations behind one trait: an exact scan (what small catalogs
-//! want: 1,682 × 32 is a few µs) and HNSW from `hnsw_rs` with our own
-//! distance (`1 − dot`, clamped at 0), which never asserts on slightly
-//! non-unit vectors the way `DistDot` does. Queries are checked and
-//! normalised once in [`search`] before any index sees them.
+//! Two implementations behind one trait: an exact SIMD scan (what small
+//! catalogs want: 1,682 × 32 is a few µs, and it beats HNSW up to the size
+//! measured in benches/RESULTS.md) and HNSW: the graph is built by hnsw_rs,
+//! then frozen into flat arrays and searched by our own code ([`graph`]),
+//! optionally dumped to a file and loaded at start ([`persist`]). Item
+//! vectors are normalised once when the index is made; queries are checked
+//! and normalised once in [`search`] before any index sees them.
+//!
+//! [`graph`]: super::graph
+//! [`persist`]: super::persist
 
-use hnsw_rs::anndists::dist::Distance;
-use hnsw_rs::prelude::{FilterT, Hnsw};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
-use super::CatalogError;
+use super::graph::{self, BuildParams, Graph, InnerProductDistance};
+use super::{persist, simd, CatalogError};
 
 /// How retrieval finds the nearest items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -23,15 +31,22 @@ pub enum IndexKind {
     Hnsw,
 }
 
-/// HNSW build and search parameters.
+/// HNSW build and search parameters (`[ranking.hnsw]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HnswParams {
-    /// Links per node (M).
+    /// Links per node (M); layer 0 keeps 2M.
     pub max_connections: usize,
     pub ef_construction: usize,
     /// Search breadth; raised to k when k is larger.
     pub ef_search: usize,
+    /// Walk the graph with an int8 copy of the vectors, re-scoring the
+    /// `ef_search` survivors exactly.
+    pub quantised: bool,
+    /// A dump made by `cascade index build`, loaded instead of building the
+    /// graph at start. It must have been built from this catalog's
+    /// embeddings with these `max_connections` and `ef_construction`.
+    pub index_file: Option<PathBuf>,
 }
 
 impl Default for HnswParams {
@@ -39,7 +54,18 @@ impl Default for HnswParams {
         HnswParams {
             max_connections: 16,
             ef_construction: 200,
-            ef_search: 128,
+            ef_search: 160,
+            quantised: false,
+            index_file: None,
+        }
+    }
+}
+
+impl HnswParams {
+    pub fn build_params(&self) -> BuildParams {
+        BuildParams {
+            max_connections: self.max_connections,
+            ef_construction: self.ef_construction,
         }
     }
 }
@@ -56,6 +82,9 @@ pub trait VectorIndex: Send + Sync {
     /// `query` is unit-norm and of the right dimension (see [`search`]).
     fn search_unit(&self, query: &[f32], k: usize, skip: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)>;
 }
+
+/// Queries up to this dimension are normalised on the stack.
+const STACK_DIM: usize = 256;
 
 /// Checks and normalises `query`, then searches: a wrong dimension, a
 /// non-finite value or a zero vector is an error, never a panic.
@@ -75,37 +104,112 @@ pub fn search(
     if query.iter().any(|x| !x.is_finite()) {
         return Err(CatalogError::Query("query has a non-finite value".into()));
     }
-    let norm = dot(query, query).sqrt();
+    // In f64: a finite f32 vector's squared norm can overflow f32.
+    let norm = query
+        .iter()
+        .map(|&x| x as f64 * x as f64)
+        .sum::<f64>()
+        .sqrt();
     if norm < 1e-12 {
         return Err(CatalogError::Query("query is a zero vector".into()));
     }
     if index.is_empty() || k == 0 {
         return Ok(Vec::new());
     }
-    let unit: Vec<f32> = query.iter().map(|x| x / norm).collect();
-    Ok(index.search_unit(&unit, k, skip))
+    let mut stack = [0f32; STACK_DIM];
+    let mut heap = Vec::new();
+    let unit: &mut [f32] = if query.len() <= STACK_DIM {
+        &mut stack[..query.len()]
+    } else {
+        heap.resize(query.len(), 0.0);
+        &mut heap
+    };
+    for (u, &x) in unit.iter_mut().zip(query) {
+        *u = (x as f64 / norm) as f32;
+    }
+    Ok(index.search_unit(unit, k, skip))
 }
 
-/// Inner product with eight independent accumulators, so the compiler
-/// vectorises it.
+/// Inner product with the fastest kernel this CPU has.
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+    simd::kernels().dot(a, b)
+}
+
+/// The rows of a `[len, dim]` matrix scaled to unit length (a zero or
+/// non-finite row becomes all zeros: it scores 0 against every query).
+pub fn unit_rows(vectors: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = vectors.to_vec();
+    for row in out.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        if norm.is_finite() && norm > 1e-12 {
+            row.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+        } else {
+            row.iter_mut().for_each(|x| *x = 0.0);
         }
     }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
+    out
 }
 
 fn by_score_then_row(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// Brute force over a contiguous `[len, dim]` matrix.
+/// Orders by score, and on equal scores the lower row as the better.
+#[derive(PartialEq)]
+struct Ranked(f32, u32);
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
+    }
+}
+
+/// Exact top-k over a `[len, dim]` matrix with a k-sized heap (no per-item
+/// allocation).
+pub fn exact_top_k(
+    vectors: &[f32],
+    dim: usize,
+    query: &[f32],
+    k: usize,
+    skip: &dyn Fn(u32) -> bool,
+) -> Vec<(u32, f32)> {
+    let kern = simd::kernels();
+    let mut best: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(k + 1);
+    if k == 0 {
+        return Vec::new();
+    }
+    for (row, v) in vectors.chunks_exact(dim).enumerate() {
+        let s = kern.dot(query, v);
+        // Rows come in ascending order: an equal score never displaces.
+        if best.len() == k && best.peek().is_some_and(|w| s <= w.0 .0) {
+            continue;
+        }
+        if skip(row as u32) {
+            continue;
+        }
+        best.push(Reverse(Ranked(s, row as u32)));
+        if best.len() > k {
+            best.pop();
+        }
+    }
+    let mut out: Vec<(u32, f32)> = best
+        .into_iter()
+        .map(|Reverse(Ranked(s, r))| (r, s))
+        .collect();
+    out.sort_unstable_by(by_score_then_row);
+    out
+}
+
+/// Brute force over a contiguous `[len, dim]` matrix of unit vectors.
 pub struct ExactIndex {
     vectors: Vec<f32>,
     dim: usize,
@@ -132,71 +236,87 @@ impl VectorIndex for ExactIndex {
     }
 
     fn search_unit(&self, query: &[f32], k: usize, skip: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
-        let mut scored: Vec<(u32, f32)> = self
-            .vectors
-            .chunks_exact(self.dim)
-            .enumerate()
-            .filter(|(row, _)| !skip(*row as u32))
-            .map(|(row, v)| (row as u32, dot(query, v)))
-            .collect();
-        if scored.len() > k {
-            scored.select_nth_unstable_by(k - 1, by_score_then_row);
-            scored.truncate(k);
-        }
-        scored.sort_unstable_by(by_score_then_row);
-        scored
+        exact_top_k(&self.vectors, self.dim, query, k, skip)
     }
 }
 
-/// `1 − a·b` for unit vectors, clamped at 0 so rounding never yields a
-/// negative distance (and nothing asserts).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct InnerProductDistance;
-
-impl Distance<f32> for InnerProductDistance {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
-
-struct Skip<'a>(&'a dyn Fn(u32) -> bool);
-
-impl FilterT for Skip<'_> {
-    fn hnsw_filter(&self, id: &usize) -> bool {
-        !(self.0)(*id as u32)
-    }
-}
-
-/// HNSW graph over the item embeddings (hnsw_rs).
+/// HNSW over the item embeddings: hnsw_rs's graph, frozen and searched by
+/// [`Graph`].
 pub struct HnswIndex {
-    graph: Hnsw<'static, f32, InnerProductDistance>,
-    len: usize,
-    dim: usize,
+    graph: Graph,
     ef_search: usize,
 }
 
 impl HnswIndex {
-    /// Builds the graph (in parallel) from a `[len, dim]` matrix of unit vectors.
+    /// Builds the graph (on the rayon pool) from a `[len, dim]` matrix,
+    /// normalising the rows first; `progress(done, total)` between slices.
+    pub fn build_with_progress(
+        vectors: &[f32],
+        dim: usize,
+        params: &HnswParams,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> HnswIndex {
+        let unit = unit_rows(vectors, dim);
+        let build = params.build_params();
+        let hnsw =
+            graph::build_hnsw_rs(&unit, dim, build, InnerProductDistance::default(), progress);
+        let graph = Graph::from_hnsw_rs(&hnsw, unit, dim, build);
+        HnswIndex::from_graph(graph, params)
+    }
+
     pub fn build(vectors: &[f32], dim: usize, params: &HnswParams) -> HnswIndex {
-        let len = vectors.len() / dim;
-        let layers = 16;
-        let graph = Hnsw::new(
-            params.max_connections,
-            len.max(1),
-            layers,
-            params.ef_construction,
-            InnerProductDistance,
-        );
-        let points: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..).collect();
-        graph.parallel_insert_slice(&points);
-        let mut graph = graph;
-        graph.set_searching_mode(true);
+        HnswIndex::build_with_progress(vectors, dim, params, &mut |_, _| {})
+    }
+
+    /// Wraps a built or loaded graph with the search settings of `params`.
+    pub fn from_graph(mut graph: Graph, params: &HnswParams) -> HnswIndex {
+        graph.set_quantised(params.quantised);
         HnswIndex {
             graph,
-            len,
-            dim,
             ef_search: params.ef_search,
         }
+    }
+
+    /// Loads a dump and checks that it is the graph of exactly these
+    /// vectors with these build parameters.
+    pub fn load(
+        path: &Path,
+        vectors: &[f32],
+        dim: usize,
+        params: &HnswParams,
+    ) -> Result<HnswIndex, String> {
+        let graph = persist::load(path)?;
+        let len = vectors.len() / dim;
+        if graph.dim() != dim || graph.len() != len {
+            return Err(format!(
+                "the dump holds {} items of dimension {}, the catalog {len} of dimension {dim}",
+                graph.len(),
+                graph.dim()
+            ));
+        }
+        let (got, want) = (graph.params(), params.build_params());
+        if got != want {
+            return Err(format!(
+                "the dump was built with max_connections {} and ef_construction {}, \
+                 [ranking.hnsw] says {} and {}",
+                got.max_connections,
+                got.ef_construction,
+                want.max_connections,
+                want.ef_construction
+            ));
+        }
+        if graph.vectors() != unit_rows(vectors, dim).as_slice() {
+            return Err("the dump was built from other item embeddings than the catalog's".into());
+        }
+        Ok(HnswIndex::from_graph(graph, params))
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn set_ef_search(&mut self, ef: usize) {
+        self.ef_search = ef;
     }
 }
 
@@ -206,24 +326,20 @@ impl VectorIndex for HnswIndex {
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.graph.len()
     }
 
     fn dim(&self) -> usize {
-        self.dim
+        self.graph.dim()
     }
 
     fn search_unit(&self, query: &[f32], k: usize, skip: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
-        let filter = Skip(skip);
-        let ef = self.ef_search.max(k);
-        let mut found: Vec<(u32, f32)> = self
-            .graph
-            .search_filter(query, k, ef, Some(&filter))
-            .into_iter()
-            .map(|n| (n.d_id as u32, 1.0 - n.distance))
-            .collect();
-        found.sort_unstable_by(by_score_then_row);
-        found.truncate(k);
+        let found = self.graph.search(query, k, self.ef_search, skip);
+        if found.len() < k && found.len() < self.len() {
+            // The skip list hid most of what the beam reached: scan, so that
+            // k items come back whenever k remain.
+            return exact_top_k(self.graph.vectors(), self.dim(), query, k, skip);
+        }
         found
     }
 }
@@ -236,16 +352,37 @@ pub fn build(
     dim: usize,
     params: &HnswParams,
 ) -> Box<dyn VectorIndex> {
-    let len = vectors.len() / dim;
-    let use_hnsw = match kind {
+    if uses_hnsw(kind, exact_below, vectors.len() / dim) {
+        Box::new(HnswIndex::build(vectors, dim, params))
+    } else {
+        Box::new(ExactIndex::new(unit_rows(vectors, dim), dim))
+    }
+}
+
+fn uses_hnsw(kind: IndexKind, exact_below: usize, len: usize) -> bool {
+    match kind {
         IndexKind::Exact => false,
         IndexKind::Hnsw => true,
         IndexKind::Auto => len >= exact_below,
-    };
-    if use_hnsw {
-        Box::new(HnswIndex::build(vectors, dim, params))
-    } else {
-        Box::new(ExactIndex::new(vectors.to_vec(), dim))
+    }
+}
+
+/// [`build`], or when `params.index_file` is set and the kind calls for
+/// HNSW, loads that dump; errors name the config key.
+pub fn open(
+    kind: IndexKind,
+    exact_below: usize,
+    vectors: &[f32],
+    dim: usize,
+    params: &HnswParams,
+) -> Result<Box<dyn VectorIndex>, String> {
+    match &params.index_file {
+        Some(path) if kind != IndexKind::Exact => {
+            let index = HnswIndex::load(path, vectors, dim, params)
+                .map_err(|e| format!("ranking.hnsw.index_file \"{}\": {e}", path.display()))?;
+            Ok(Box::new(index))
+        }
+        _ => Ok(build(kind, exact_below, vectors, dim, params)),
     }
 }
 
@@ -325,5 +462,97 @@ mod tests {
         }
         let recall = hit as f64 / total as f64;
         assert!(recall >= 0.9, "recall@20 {recall}");
+    }
+
+    fn small_params() -> HnswParams {
+        HnswParams {
+            max_connections: 8,
+            ef_construction: 64,
+            ef_search: 32,
+            ..HnswParams::default()
+        }
+    }
+
+    #[test]
+    fn hnsw_never_panics_on_bad_queries_or_empty_catalogs() {
+        let params = small_params();
+        let idx = HnswIndex::build(&vectors(300, 8, 5), 8, &params);
+        assert!(search(&idx, &[0.0; 8], 3, &|_| false).is_err());
+        assert!(search(&idx, &[f32::INFINITY; 8], 3, &|_| false).is_err());
+        assert!(search(&idx, &[1.0; 7], 3, &|_| false).is_err());
+        // Huge but finite components: normalised in f64, not overflowed.
+        let big = search(&idx, &[3e38; 8], 3, &|_| false).unwrap();
+        assert_eq!(big.len(), 3);
+        // k beyond the catalog: everything, once.
+        assert_eq!(
+            search(&idx, &[1.0; 8], 1000, &|_| false).unwrap().len(),
+            300
+        );
+        let empty = HnswIndex::build(&[], 8, &params);
+        assert!(empty.is_empty());
+        assert!(search(&empty, &[1.0; 8], 3, &|_| false).unwrap().is_empty());
+        // Zero and NaN rows in the catalog become zero vectors, not panics.
+        let mut odd = vectors(50, 4, 9);
+        odd[..4].fill(0.0);
+        odd[4] = f32::NAN;
+        for index in [
+            build(IndexKind::Hnsw, 0, &odd, 4, &params),
+            build(IndexKind::Exact, 0, &odd, 4, &params),
+        ] {
+            assert_eq!(
+                search(index.as_ref(), &[1.0, 0.0, 0.0, 0.0], 50, &|_| false)
+                    .unwrap()
+                    .len(),
+                50
+            );
+        }
+    }
+
+    #[test]
+    fn hnsw_returns_k_when_the_skip_list_hides_almost_everything() {
+        let idx = HnswIndex::build(&vectors(2000, 16, 2), 16, &small_params());
+        let q = vectors(1, 16, 77);
+        let got = search(&idx, &q, 10, &|r| r >= 6).unwrap();
+        let mut rows: Vec<u32> = got.iter().map(|x| x.0).collect();
+        rows.sort();
+        assert_eq!(rows, vec![0, 1, 2, 3, 4, 5]);
+        let got = search(&idx, &q, 10, &|r| r % 50 != 0).unwrap();
+        assert_eq!(got.len(), 10);
+        assert!(got.iter().all(|(r, _)| r % 50 == 0));
+    }
+
+    #[test]
+    fn a_dump_loads_only_for_its_own_catalog_and_params() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("items.hnsw");
+        let v = vectors(500, 8, 4);
+        let mut params = small_params();
+        let built = HnswIndex::build(&v, 8, &params);
+        persist::save(built.graph(), &file).unwrap();
+        params.index_file = Some(file.clone());
+
+        let loaded = open(IndexKind::Auto, 1_000_000, &v, 8, &params).unwrap();
+        assert_eq!(loaded.name(), "hnsw", "a configured dump wins over auto");
+        let q = &v[..8];
+        assert_eq!(
+            search(loaded.as_ref(), q, 10, &|_| false).unwrap(),
+            search(&built, q, 10, &|_| false).unwrap()
+        );
+        let exact = open(IndexKind::Exact, 0, &v, 8, &params).unwrap();
+        assert_eq!(exact.name(), "exact");
+
+        let err = |r: Result<Box<dyn VectorIndex>, String>| r.err().expect("must be refused");
+        let other = vectors(500, 8, 5);
+        assert!(err(open(IndexKind::Hnsw, 0, &other, 8, &params)).contains("other item embeddings"));
+        let fewer = &v[..8 * 499];
+        assert!(err(open(IndexKind::Hnsw, 0, fewer, 8, &params)).contains("499"));
+        let as_4d = err(open(IndexKind::Hnsw, 0, &v, 4, &params));
+        assert!(as_4d.starts_with("ranking.hnsw.index_file"), "{as_4d}");
+        let mut wider = params.clone();
+        wider.max_connections = 16;
+        assert!(err(open(IndexKind::Hnsw, 0, &v, 8, &wider)).contains("max_connections"));
+        let mut missing = params.clone();
+        missing.index_file = Some(dir.path().join("nope"));
+        assert!(err(open(IndexKind::Hnsw, 0, &v, 8, &missing)).contains("ranking.hnsw.index_file"));
     }
 }

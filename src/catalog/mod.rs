@@ -4,13 +4,19 @@
 //! dense parts, JSON for ids), plus the vector index over item embeddings.
 //!
 //! - [`tables`]: struct-of-arrays item and user tables.
-//! - [`index`]: top-k by inner product — exact scan or HNSW (hnsw_rs).
-//! - [`synth`], [`generate`]: seeded synthetic vectors and whole catalogs
-//!   at any scale, for benches and load tests; [`npy`] to share them.
+//! - [`index`]: top-k by inner product — exact scan or HNSW, the one the
+//!   pipeline calls; below it [`graph`] (hnsw_rs's graph, frozen and searched
+//!   by us), [`persist`] (the index dump), [`simd`] (dot-product kernels).
+//! - [`synth`], [`npy`]: seeded synthetic embeddings and the `.npy` files
+//!   the retrieval benchmark shares with Python; [`generate`]: whole
+//!   synthetic catalogs at any scale, for benches and load tests.
 
 pub mod generate;
+pub mod graph;
 pub mod index;
 pub mod npy;
+pub mod persist;
+pub mod simd;
 pub mod synth;
 pub mod tables;
 

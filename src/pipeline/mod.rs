@@ -141,18 +141,19 @@ impl Pipeline {
     ) -> Result<Pipeline, String> {
         let ranking = &config.ranking;
         let started = Instant::now();
-        let index = catalog::index::build(
+        // Builds the index, or loads `ranking.hnsw.index_file` when set.
+        let index = catalog::index::open(
             ranking.index,
             ranking.exact_below,
             &catalog.items.embedding,
             catalog.items.dim,
             &ranking.hnsw,
-        );
+        )?;
         tracing::info!(
             index = index.name(),
             items = index.len(),
             millis = started.elapsed().as_millis() as u64,
-            "retrieval index built"
+            "retrieval index ready"
         );
         for reason in ["cold_start", "deadline", "model_error", "overload"] {
             metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason, "variant" => CONTROL)
