@@ -35,7 +35,7 @@ fn pipeline(c: &mut Criterion) {
         .iter()
         .step_by(16)
         .take(100)
-        .cloned()
+        .map(str::to_string)
         .collect();
     let cases = [
         (

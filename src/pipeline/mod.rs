@@ -759,7 +759,7 @@ impl Pipeline {
             items: current
                 .into_iter()
                 .map(|(row, score)| ScoredItem {
-                    item_id: self.catalog.items.ids[row as usize].clone(),
+                    item_id: self.catalog.items.ids.get(row).to_string(),
                     score,
                 })
                 .collect(),

@@ -54,7 +54,18 @@ async fn drift_and_score_distribution_are_exported() {
     config.monitoring.window_rows = 500;
     config.ranking.cache.enabled = false;
     let s = TestServer::start(config).await;
-    let known: Vec<String> = s.state.pipeline.as_ref().unwrap().catalog.users.ids[..8].to_vec();
+    let known: Vec<String> = s
+        .state
+        .pipeline
+        .as_ref()
+        .unwrap()
+        .catalog
+        .users
+        .ids
+        .iter()
+        .take(8)
+        .map(str::to_string)
+        .collect();
     for u in known {
         let r = s
             .post_json(
@@ -121,7 +132,7 @@ async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
         .iter()
         .step_by(30)
         .take(20)
-        .cloned()
+        .map(str::to_string)
         .collect();
     let send_all = |candidates: Option<Vec<String>>| {
         let s = &s;
@@ -161,7 +172,7 @@ async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
     rows.sort_by(|&a, &b| catalog.items.popularity[a].total_cmp(&catalog.items.popularity[b]));
     let unpopular: Vec<String> = rows[..300]
         .iter()
-        .map(|&r| catalog.items.ids[r].clone())
+        .map(|&r| catalog.items.ids.get(r as u32).to_string())
         .collect();
     send_all(Some(unpopular)).await;
     let text = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
