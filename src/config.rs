@@ -303,6 +303,11 @@ impl RankingConfig {
             ("ranking.batch_queue_capacity", self.batch_queue_capacity),
             ("ranking.batch_workers", self.batch_workers),
             ("ranking.cache.ttl_ms", self.cache.ttl_ms as usize),
+            ("ranking.cache.max_bytes", self.cache.max_bytes as usize),
+            (
+                "ranking.score_cache.max_scores",
+                self.score_cache.max_scores as usize,
+            ),
             (
                 "ranking.score_cache.ttl_ms",
                 self.score_cache.ttl_ms as usize,

@@ -25,8 +25,9 @@ use crate::telemetry::metrics as m;
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     pub enabled: bool,
-    /// Most answers kept; the least useful go first (TinyLFU).
-    pub max_entries: u64,
+    /// Bytes of answers kept (estimated: ids, scores and bookkeeping); the
+    /// least useful go first (TinyLFU).
+    pub max_bytes: u64,
     /// How long an answer may be reused.
     pub ttl_ms: u64,
 }
@@ -35,7 +36,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             enabled: true,
-            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
             ttl_ms: 30_000,
         }
     }
@@ -58,6 +59,17 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
+    /// Heap bytes the key holds, roughly.
+    fn approx_bytes(&self) -> usize {
+        let list = |l: &[String]| l.iter().map(|s| s.len() + 24).sum::<usize>();
+        128 + self.variant.len()
+            + self.versions.len()
+            + self.user.as_ref().map_or(0, String::len)
+            + self.candidates.as_deref().map_or(0, list)
+            + list(&self.recent_items)
+            + list(&self.exclude)
+    }
+
     /// `versions` names the serving version of every stage model, e.g.
     /// `filter@1,ranker@3,cold_start@1`.
     pub fn new(variant: &str, versions: String, req: &ValidRequest, subject: &Subject) -> CacheKey {
@@ -84,6 +96,18 @@ impl CacheKey {
     }
 }
 
+/// What an answer costs in the cache: its strings and scores, plus moka's
+/// and the allocator's bookkeeping (~300 bytes per entry).
+fn approx_bytes(r: &RankResponse) -> usize {
+    300 + r.request_id.len()
+        + r.variant.len()
+        + r.items.iter().map(|i| i.item_id.len() + 32).sum::<usize>()
+        + r.models
+            .iter()
+            .map(|(k, v)| k.len() + v.to_string().len() + 48)
+            .sum::<usize>()
+}
+
 /// Why an answer is not in the cache: it was degraded (it is still the
 /// answer for whoever asked), or nothing could rank.
 pub enum Uncached<E> {
@@ -98,7 +122,10 @@ pub struct ResponseCache {
 impl ResponseCache {
     pub fn new(config: &CacheConfig) -> ResponseCache {
         let cache = Cache::builder()
-            .max_capacity(config.max_entries)
+            .max_capacity(config.max_bytes)
+            .weigher(|k: &CacheKey, v: &Arc<RankResponse>| {
+                u32::try_from(k.approx_bytes() + approx_bytes(v)).unwrap_or(u32::MAX)
+            })
             .time_to_live(Duration::from_millis(config.ttl_ms))
             .eviction_listener(|_k, _v, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {

@@ -563,7 +563,6 @@ impl Pipeline {
                         user,
                         hour: subject.hour as u8,
                         weekday: subject.weekday as u8,
-                        item: 0,
                     });
                     let batcher = self.batcher(model);
                     match cache.zip(key) {
