@@ -236,7 +236,7 @@ fn index_build(args: IndexBuildArgs) -> anyhow::Result<()> {
     );
     let (vectors, dim) = if args.vectors.is_dir() {
         let items = cascade::catalog::Items::load(&args.vectors)?;
-        (items.embedding, items.dim)
+        (items.embedding.to_vec(), items.dim)
     } else {
         cascade::catalog::npy::read::<f32>(&args.vectors)
             .map_err(|e| anyhow::anyhow!("--vectors {}: {e}", args.vectors.display()))?

@@ -22,6 +22,7 @@
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::prelude::Hnsw;
@@ -159,8 +160,9 @@ pub struct Graph {
     pub(super) dim: usize,
     pub(super) len: usize,
     pub(super) params: BuildParams,
-    /// Unit vectors, `[len, dim]`.
-    pub(super) vectors: Vec<f32>,
+    /// Unit vectors, `[len, dim]`; shared with the catalog when its
+    /// embeddings are unit already (see `HnswIndex::load`).
+    pub(super) vectors: Arc<[f32]>,
     /// Links per node above layer 0 (`m`) and on layer 0 (`m0 = 2m`).
     pub(super) m: usize,
     pub(super) m0: usize,
@@ -243,7 +245,7 @@ impl Graph {
             dim,
             len,
             params,
-            vectors,
+            vectors: vectors.into(),
             m,
             m0,
             links0,

@@ -14,6 +14,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -279,9 +280,12 @@ impl HnswIndex {
 
     /// Loads a dump and checks that it is the graph of exactly these
     /// vectors with these build parameters.
+    /// Loads a dump of `vectors` (checked); `shared`, when given, is the
+    /// same matrix in an `Arc` the index may keep instead of its own copy.
     pub fn load(
         path: &Path,
         vectors: &[f32],
+        shared: Option<&Arc<[f32]>>,
         dim: usize,
         params: &HnswParams,
     ) -> Result<HnswIndex, String> {
@@ -305,8 +309,21 @@ impl HnswIndex {
                 want.ef_construction
             ));
         }
-        if graph.vectors() != unit_rows(vectors, dim).as_slice() {
+        let unit = unit_rows(vectors, dim);
+        if graph.vectors() != unit.as_slice() {
             return Err("the dump was built from other item embeddings than the catalog's".into());
+        }
+        // Catalog embeddings that are unit already (to float rounding) are
+        // the dump's vectors: keep one copy (256 MB at a million 64-dim
+        // items). Scores then differ from the dump's by rounding only.
+        let mut graph = graph;
+        let same = |v: &Arc<[f32]>| {
+            v.iter()
+                .zip(unit.iter())
+                .all(|(a, b)| (a - b).abs() <= 1e-6)
+        };
+        if let Some(shared) = shared.filter(|v| same(v)) {
+            graph.vectors = shared.clone();
         }
         Ok(HnswIndex::from_graph(graph, params))
     }
@@ -372,13 +389,13 @@ fn uses_hnsw(kind: IndexKind, exact_below: usize, len: usize) -> bool {
 pub fn open(
     kind: IndexKind,
     exact_below: usize,
-    vectors: &[f32],
+    vectors: &Arc<[f32]>,
     dim: usize,
     params: &HnswParams,
 ) -> Result<Box<dyn VectorIndex>, String> {
     match &params.index_file {
         Some(path) if kind != IndexKind::Exact => {
-            let index = HnswIndex::load(path, vectors, dim, params)
+            let index = HnswIndex::load(path, vectors, Some(vectors), dim, params)
                 .map_err(|e| format!("ranking.hnsw.index_file \"{}\": {e}", path.display()))?;
             Ok(Box::new(index))
         }

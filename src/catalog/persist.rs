@@ -205,7 +205,7 @@ pub fn load(path: &Path) -> Result<Graph, String> {
             max_connections: m,
             ef_construction,
         },
-        vectors,
+        vectors: vectors.into(),
         m,
         m0,
         links0,

@@ -3,6 +3,7 @@
 //! tensor: `models/FEATURES.md`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
@@ -188,8 +189,9 @@ struct UsersJson {
 pub struct Items {
     pub ids: Ids,
     pub dim: usize,
-    /// Unit-norm retrieval embeddings, `[len, dim]`.
-    pub embedding: Vec<f32>,
+    /// Unit-norm retrieval embeddings, `[len, dim]` (shared with the
+    /// retrieval index when that can keep the same vectors).
+    pub embedding: Arc<[f32]>,
     pub n_genres: usize,
     /// Genre names, in column order of `genres`.
     pub genre_names: Vec<String>,
@@ -226,7 +228,7 @@ impl Items {
         Ok(Items {
             genre_names: meta.genres,
             dim,
-            embedding,
+            embedding: embedding.into(),
             n_genres,
             genres,
             n_occupations,
