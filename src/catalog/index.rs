@@ -542,7 +542,7 @@ mod tests {
     fn a_dump_loads_only_for_its_own_catalog_and_params() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("items.hnsw");
-        let v = vectors(500, 8, 4);
+        let v: Arc<[f32]> = vectors(500, 8, 4).into();
         let mut params = small_params();
         let built = HnswIndex::build(&v, 8, &params);
         persist::save(built.graph(), &file).unwrap();
@@ -555,14 +555,17 @@ mod tests {
             search(loaded.as_ref(), q, 10, &|_| false).unwrap(),
             search(&built, q, 10, &|_| false).unwrap()
         );
+        // Unit catalog rows are kept once: the index uses the catalog's copy.
+        let shared = HnswIndex::load(&file, &v, Some(&v), 8, &params).unwrap();
+        assert!(std::ptr::eq(shared.graph().vectors().as_ptr(), v.as_ptr()));
         let exact = open(IndexKind::Exact, 0, &v, 8, &params).unwrap();
         assert_eq!(exact.name(), "exact");
 
         let err = |r: Result<Box<dyn VectorIndex>, String>| r.err().expect("must be refused");
-        let other = vectors(500, 8, 5);
+        let other: Arc<[f32]> = vectors(500, 8, 5).into();
         assert!(err(open(IndexKind::Hnsw, 0, &other, 8, &params)).contains("other item embeddings"));
-        let fewer = &v[..8 * 499];
-        assert!(err(open(IndexKind::Hnsw, 0, fewer, 8, &params)).contains("499"));
+        let fewer: Arc<[f32]> = v[..8 * 499].into();
+        assert!(err(open(IndexKind::Hnsw, 0, &fewer, 8, &params)).contains("499"));
         let as_4d = err(open(IndexKind::Hnsw, 0, &v, 4, &params));
         assert!(as_4d.starts_with("ranking.hnsw.index_file"), "{as_4d}");
         let mut wider = params.clone();
