@@ -6,13 +6,14 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 
+use crate::find_max::FindMax;
 use crate::scenario::rank::RankMix;
 use crate::target::Target;
 
 /// Longest run accepted, all stages and the warm-up together.
 const MAX_RUN: Duration = Duration::from_secs(3600);
 /// Highest offered rate accepted (req/s).
-const MAX_RATE: f64 = 100_000.0;
+pub const MAX_RATE: f64 = 100_000.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ScenarioName {
@@ -33,11 +34,12 @@ pub struct Args {
     pub target: String,
     #[arg(long, value_enum, default_value_t = ScenarioName::Rank)]
     pub scenario: ScenarioName,
-    /// Offered load, requests per second (ignored with --ramp).
+    /// Offered load, requests per second (ignored with --ramp; the first
+    /// step's rate with --find-max).
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
     /// Run consecutive stages at these rates, each --duration long, e.g. 100,200,400.
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "find_max")]
     pub ramp: Option<Vec<f64>>,
     /// Seconds per stage (recorded).
     #[arg(long, default_value_t = 10.0)]
@@ -61,6 +63,31 @@ pub struct Args {
     /// Model repository (catalog, golden rows); default ./models, else the workspace's.
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
+
+    /// Search for the highest rate held: steps from --rate up by
+    /// --step-factor until one misses, then bisects; each step is --warmup
+    /// plus --duration at one rate.
+    #[arg(long)]
+    pub find_max: bool,
+    /// [find-max] A step holds only if its p99 is at most this (ms).
+    #[arg(long, default_value_t = 20.0)]
+    pub p99_ms: f64,
+    /// [find-max] Rate multiplier between steps while they hold (> 1).
+    #[arg(long, default_value_t = 1.5)]
+    pub step_factor: f64,
+    /// [find-max] Bisection steps between the highest rate held and the lowest missed.
+    #[arg(long, default_value_t = 2)]
+    pub bisect: u32,
+    /// [find-max] Most steps in all.
+    #[arg(long, default_value_t = 12)]
+    pub max_steps: u32,
+    /// [find-max] A step holds only if achieved >= (1 - this) x offered.
+    #[arg(long, default_value_t = 0.05)]
+    pub hold_tolerance: f64,
+    /// [find-max] Seconds to pause after a step that did not hold, so the
+    /// server drains its backlog before the next one.
+    #[arg(long, default_value_t = 1.0)]
+    pub cooldown: f64,
 
     /// [infer] Model to call.
     #[arg(long, default_value = "ranker")]
@@ -116,6 +143,8 @@ pub struct Config {
     pub max_connections: usize,
     pub seed: u64,
     pub out: Option<PathBuf>,
+    /// `--find-max`: search for the highest rate held (`rates` is then the start rate).
+    pub find_max: Option<FindMax>,
 }
 
 impl Args {
@@ -154,6 +183,12 @@ impl Args {
                 self.timeout_ms
             );
         }
+        let timeout = Duration::from_millis(self.timeout_ms);
+        let find_max = if self.find_max {
+            Some(self.find_max_settings(duration + warmup + timeout)?)
+        } else {
+            None
+        };
         if self.max_connections == 0 || self.max_connections > 10_000 {
             bail!(
                 "--max-connections {}: must be between 1 and 10000",
@@ -175,10 +210,53 @@ impl Args {
             rates,
             duration,
             warmup,
-            timeout: Duration::from_millis(self.timeout_ms),
+            timeout,
             max_connections: self.max_connections,
             seed: self.seed,
             out: self.out,
+            find_max,
+        })
+    }
+
+    /// The `--find-max` settings; `step` is one step's run, warm-up and
+    /// timeout included (the whole search must fit in [`MAX_RUN`]).
+    fn find_max_settings(&self, step: Duration) -> anyhow::Result<FindMax> {
+        if !self.p99_ms.is_finite() || self.p99_ms <= 0.0 || self.p99_ms > 60_000.0 {
+            bail!("--p99-ms {}: must be > 0 and <= 60000", self.p99_ms);
+        }
+        if !self.step_factor.is_finite() || self.step_factor <= 1.0 || self.step_factor > 10.0 {
+            bail!("--step-factor {}: must be > 1 and <= 10", self.step_factor);
+        }
+        if self.bisect > 10 {
+            bail!("--bisect {}: at most 10", self.bisect);
+        }
+        if self.max_steps == 0 || self.max_steps > 50 {
+            bail!("--max-steps {}: must be between 1 and 50", self.max_steps);
+        }
+        if !(0.0..0.5).contains(&self.hold_tolerance) {
+            bail!(
+                "--hold-tolerance {}: must be >= 0 and < 0.5",
+                self.hold_tolerance
+            );
+        }
+        if !self.cooldown.is_finite() || !(0.0..=60.0).contains(&self.cooldown) {
+            bail!("--cooldown {}: must be between 0 and 60 s", self.cooldown);
+        }
+        let per_step = step + crate::GRACE + Duration::from_secs_f64(self.cooldown);
+        if per_step * self.max_steps > MAX_RUN {
+            bail!(
+                "the search (--max-steps x (warm-up + duration + timeout + 1 s + cooldown)) must fit in {} s",
+                MAX_RUN.as_secs()
+            );
+        }
+        Ok(FindMax {
+            p99_bound_ms: self.p99_ms,
+            start_rps: self.rate,
+            step_factor: self.step_factor,
+            bisect_steps: self.bisect,
+            max_steps: self.max_steps,
+            tolerance: self.hold_tolerance,
+            cooldown_s: self.cooldown,
         })
     }
 
@@ -249,6 +327,25 @@ mod tests {
     }
 
     #[test]
+    fn find_max_settings() {
+        assert_eq!(parse(&[]).unwrap().find_max, None);
+        let c = parse(&["--find-max", "--rate", "50", "--p99-ms", "5"]).unwrap();
+        let f = c.find_max.unwrap();
+        assert_eq!(c.rates, vec![50.0]);
+        assert_eq!(
+            (
+                f.start_rps,
+                f.p99_bound_ms,
+                f.step_factor,
+                f.bisect_steps,
+                f.max_steps
+            ),
+            (50.0, 5.0, 1.5, 2, 12)
+        );
+        assert_eq!((f.tolerance, f.cooldown_s), (0.05, 1.0));
+    }
+
+    #[test]
     fn flags_override_the_mix() {
         let c = parse(&["--share-repeat", "0.3", "--k", "20", "--zipf-s", "0"]).unwrap();
         let ScenarioConfig::Rank(mix) = c.scenario else {
@@ -275,6 +372,12 @@ mod tests {
             &["--timeout-ms", "0"],
             &["--max-connections", "0"],
             &["--duration", "3000", "--ramp", "1,2"],
+            &["--find-max", "--ramp", "1,2"],
+            &["--find-max", "--step-factor", "1"],
+            &["--find-max", "--p99-ms", "0"],
+            &["--find-max", "--max-steps", "0"],
+            &["--find-max", "--hold-tolerance", "0.5"],
+            &["--find-max", "--duration", "600", "--max-steps", "10"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

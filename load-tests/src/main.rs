@@ -2,7 +2,8 @@
 
 use clap::Parser;
 
-use cascade_load::cli::Args;
+use cascade_load::cli::{Args, Config};
+use cascade_load::find_max::Progress;
 use cascade_load::report;
 
 fn main() -> std::process::ExitCode {
@@ -18,9 +19,38 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if config.find_max.is_some() {
+        return find_max(&runtime, &config);
+    }
     match runtime.block_on(cascade_load::execute(&config)) {
         Ok(summary) => {
             print!("{}", report::render(&summary));
+            if let Some(path) = &config.out {
+                println!("summary written to {}", path.display());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cascade-load: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--find-max`: each step's line as soon as it ends, then the verdict.
+fn find_max(runtime: &tokio::runtime::Runtime, config: &Config) -> std::process::ExitCode {
+    let run = cascade_load::execute_find_max(config, |progress| {
+        match progress {
+            Progress::Start(header, settings) => {
+                print!("{}", report::find_max_intro(header, settings))
+            }
+            Progress::Step(step) => print!("{}", report::step_line(step)),
+        }
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    });
+    match runtime.block_on(run) {
+        Ok(summary) => {
+            print!("{}", report::find_max_verdict(&summary));
             if let Some(path) = &config.out {
                 println!("summary written to {}", path.display());
             }

@@ -32,6 +32,11 @@ struct Behavior {
     stall: Option<(u64, Duration)>,
     /// Answer 503 to every `m`-th request.
     fail_every: Option<u64>,
+    /// A fixed service capacity: at most `n` requests in service at once,
+    /// each for this long, the rest waiting their turn in arrival order. Up
+    /// to `n / time` req/s latency stays at the service time; above it the
+    /// queue, and latency, grow for as long as the load lasts.
+    servers: Option<(usize, Duration)>,
 }
 
 struct State {
@@ -39,6 +44,8 @@ struct State {
     hits: AtomicU64,
     /// Set by the stalling request; read by every request.
     stall_until: Mutex<Option<Instant>>,
+    /// The service slots of `Behavior::servers` (fair: first come, first served).
+    servers: tokio::sync::Semaphore,
 }
 
 struct TestServer {
@@ -51,9 +58,10 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
-            behavior,
             hits: AtomicU64::new(0),
             stall_until: Mutex::new(None),
+            servers: tokio::sync::Semaphore::new(behavior.servers.map_or(0, |(n, _)| n)),
+            behavior,
         });
         let shared = state.clone();
         tokio::spawn(async move {
@@ -118,6 +126,10 @@ async fn handle(
         tokio::time::sleep_until(t).await; // returns at once when already past
     }
     tokio::time::sleep(b.delay).await;
+    if let Some((_, service)) = b.servers {
+        let _slot = state.servers.acquire().await.unwrap();
+        tokio::time::sleep(service).await;
+    }
 
     let status = if !(well_formed && json_ok) {
         400
@@ -228,6 +240,110 @@ async fn a_server_stall_shows_in_p99() {
     );
     assert!(p.p99 > 200.0, "p99 must reflect the 300 ms stall: {p:?}");
     assert!(p.max > 250.0 && p.max < 1500.0, "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_max_reports_a_rate_near_the_server_capacity() {
+    // Two service slots of 10 ms: the server serves ~200 req/s at most (a
+    // little less, as tokio's timer rounds sleeps up to its millisecond
+    // tick), ~165 req/s here. Below that latency is ~12 ms; above, the queue
+    // grows through the step, and p99 with it, past the 60 ms bound (chosen
+    // well above the service time so that scheduling noise on a busy machine
+    // does not fail a step) and the server falls behind the offered rate.
+    let server = TestServer::start(Behavior {
+        servers: Some((2, Duration::from_millis(10))),
+        ..Behavior::default()
+    })
+    .await;
+    let started = Instant::now();
+    let argv = [
+        "--find-max",
+        "--rate",
+        "50",
+        "--step-factor",
+        "1.5",
+        "--bisect",
+        "2",
+        "--max-steps",
+        "8",
+        "--p99-ms",
+        "60",
+        "--duration",
+        "0.6",
+        "--warmup",
+        "0.2",
+        "--timeout-ms",
+        "500",
+        "--cooldown",
+        "0.3",
+    ];
+    let config = Args::try_parse_from(
+        [
+            "cascade-load",
+            "--target",
+            &server.url(),
+            "--scenario",
+            "infer",
+            "--batch",
+            "4",
+        ]
+        .iter()
+        .chain(&argv),
+    )
+    .unwrap()
+    .into_config()
+    .unwrap();
+    let mut lines = Vec::new();
+    let s = cascade_load::execute_find_max(&config, |p| {
+        if let cascade_load::find_max::Progress::Step(step) = p {
+            lines.push(cascade_load::report::step_line(step));
+        }
+    })
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    let report = cascade_load::report::render_find_max(&s);
+
+    // 50, 75, 112.5, 168.75 hold and 253.1 misses (on a quiet machine), then
+    // two bisections; noise may end the climb a step early (a miss at 112.5
+    // still bisects up to >= 93.75), never much later.
+    let max = s.max_held_rps.unwrap_or(0.0);
+    assert!((90.0..=260.0).contains(&max), "{report}");
+    let missed = s.min_missed_rps.expect("some rate above capacity missed");
+    assert!(missed > max && missed <= 400.0, "{report}");
+    let best = s.max_held_step().expect("the step at the max held");
+    assert!(best.result.latency_ms.p99 <= 60.0 && best.reasons.is_empty());
+    assert!(s.steps.iter().any(|st| !st.held), "{report}");
+    assert!(
+        s.steps.len() <= 8 && lines.len() == s.steps.len(),
+        "{report}"
+    );
+    assert_eq!(s.steps[0].result.offered_rps, 50.0);
+    // Each step's rate is the last held one x1.5 until the first miss.
+    for w in s.steps.windows(2).take_while(|w| w[0].held) {
+        assert!((w[1].result.offered_rps / w[0].result.offered_rps - 1.5).abs() < 1e-9);
+    }
+    // 8 steps of 0.8 s (+ timeouts, cooldowns) at most: it stops by itself.
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}\n{report}");
+    for needle in [
+        "find-max: p99 <= 60 ms",
+        "step  1 up",
+        "held",
+        "missed: p99",
+        "highest rate held: ",
+    ] {
+        assert!(report.contains(needle), "missing {needle:?} in:\n{report}");
+    }
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["mode"], "find_max");
+    assert_eq!(json["max_held_rps"].as_f64(), Some(max));
+    assert_eq!(json["find_max"]["p99_bound_ms"], 60.0);
+    assert!(
+        json["steps"][0]["result"]["latency_ms"]["p99"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

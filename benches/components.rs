@@ -1,0 +1,328 @@
+//! The pieces of a `/v1/rank` request one at a time, on the shipped models
+//! and catalog, to see where its time goes:
+//!
+//! - `features/*`: assembling the feature matrix (ranker 40, filter 6
+//!   features) for 100 and 300 candidates;
+//! - `batcher/*`: ranker inference on 100 rows through the dynamic batcher
+//!   vs straight to the backend and through the inference pool, for one
+//!   caller (the batcher's fixed cost) and eight concurrent callers (what
+//!   bulking buys);
+//! - `cache/*`: `rank_cached` for a request answered from the response
+//!   cache vs the same request with the cache off;
+//! - `retrieval/*`: exact top-300 over the 1,682 × 32 item embeddings.
+//!
+//!   cargo bench --bench components -- --warm-up-time 1 --measurement-time 3
+//!
+//! After the criterion groups, per-call percentiles of the cache hit and
+//! miss paths are printed (criterion reports means over batches of calls).
+
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade::catalog::index::{search, ExactIndex};
+use cascade::config::Config;
+use cascade::model::batcher::{BatchPolicy, Batcher};
+use cascade::model::{LoadedModel, Tensor, TensorData};
+use cascade::pipeline::request::{RankRequest, ValidRequest};
+use cascade::pipeline::stages::StageModel;
+use cascade::state::AppState;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// The shipped models and catalog, and a runtime shaped like the server's
+/// (two worker threads; inference on the blocking pool).
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    /// Default config: response cache on.
+    state: AppState,
+    /// Same, response cache off.
+    uncached: AppState,
+}
+
+impl Fixture {
+    fn load() -> Fixture {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut config = Config::default();
+        config.models.repository = root.join("models");
+        config.ranking.catalog = root.join("models/catalog");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Batchers start on the runtime that is current while loading.
+        let _runtime = rt.enter();
+        let state = AppState::load(config.clone()).expect("shipped models load");
+        config.ranking.cache.enabled = false;
+        let uncached = AppState::load(config).expect("shipped models load");
+        drop(_runtime);
+        Fixture {
+            rt,
+            state,
+            uncached,
+        }
+    }
+
+    fn stage(&self, role: &str) -> Arc<StageModel> {
+        let pipeline = self.state.pipeline.as_ref().unwrap();
+        pipeline
+            .stage_model(&self.state.registry, role)
+            .unwrap_or_else(|| panic!("no {role} stage"))
+    }
+}
+
+/// Known user "1" at a fixed hour: the request every section uses.
+fn known_user_request() -> RankRequest {
+    serde_json::from_value(serde_json::json!({
+        "user_id": "1", "k": 10, "deadline_ms": 10000,
+        "context": {"hour": 21, "weekday": 3}
+    }))
+    .unwrap()
+}
+
+fn validate(state: &AppState, request: &RankRequest) -> ValidRequest {
+    let pipeline = state.pipeline.as_ref().unwrap();
+    request
+        .clone()
+        .validate(&pipeline.limits, || "bench".into())
+        .unwrap()
+}
+
+/// `n` distinct catalog rows, spread over the catalog.
+fn candidate_rows(n: usize, items: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 5) % items) as u32).collect()
+}
+
+fn features(c: &mut Criterion, fx: &Fixture) {
+    let pipeline = fx.state.pipeline.as_ref().unwrap();
+    let catalog = &pipeline.catalog;
+    let subject = pipeline.subject(&validate(&fx.state, &known_user_request()));
+    let mut group = c.benchmark_group("features");
+    for role in ["ranker", "filter"] {
+        let stage = fx.stage(role);
+        let set = stage.features();
+        for n in [100, 300] {
+            let rows = candidate_rows(n, catalog.items.ids.len());
+            let mut matrix = Vec::with_capacity(n * set.width());
+            let mut missing = vec![0u32; set.width()];
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_function(
+                BenchmarkId::new(format!("{role}_{}", set.width()), n),
+                |b| {
+                    b.iter(|| {
+                        missing.fill(0);
+                        set.assemble(catalog, &subject, &rows, &mut matrix, &mut missing);
+                        black_box(&matrix);
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+/// The ranker's matrix for 100 candidates of the bench user.
+fn ranker_rows(fx: &Fixture, stage: &StageModel, n: usize) -> Vec<f32> {
+    let pipeline = fx.state.pipeline.as_ref().unwrap();
+    let subject = pipeline.subject(&validate(&fx.state, &known_user_request()));
+    let set = stage.features();
+    let (mut matrix, mut missing) = (Vec::new(), vec![0u32; set.width()]);
+    let rows = candidate_rows(n, pipeline.catalog.items.ids.len());
+    set.assemble(
+        &pipeline.catalog,
+        &subject,
+        &rows,
+        &mut matrix,
+        &mut missing,
+    );
+    matrix
+}
+
+fn tensor(model: &LoadedModel, rows: &[f32], n: usize) -> Tensor {
+    let input = model
+        .spec
+        .input
+        .as_ref()
+        .expect("ranker declares its input");
+    Tensor::new(
+        input.name.clone(),
+        vec![n, rows.len() / n],
+        TensorData::F32(rows.to_vec()),
+    )
+}
+
+fn batcher(c: &mut Criterion, fx: &Fixture) {
+    const N: usize = 100;
+    const CALLERS: usize = 8;
+    let stage = fx.stage("ranker");
+    let model = stage.model().clone();
+    let rows = ranker_rows(fx, &stage, N);
+    let pool = fx.state.pool.clone();
+    // The policy the pipeline gives the ranker (config.toml [batching] and
+    // the ranking defaults): up to 1,024 rows, no wait, two batches at once.
+    let ranking = &fx.state.config.ranking;
+    let policy = BatchPolicy {
+        max_batch_rows: model.spec.batching.max_batch_rows,
+        max_wait: Duration::from_micros(model.spec.batching.max_wait_us),
+        queue_capacity: ranking.batch_queue_capacity,
+        workers: ranking.batch_workers,
+    };
+    let batcher = {
+        let _runtime = fx.rt.enter();
+        Batcher::spawn("ranker", "score", policy, pool.clone())
+    };
+    let far = || tokio::time::Instant::now() + Duration::from_secs(10);
+
+    let mut group = c.benchmark_group("batcher");
+    group.throughput(Throughput::Elements(N as u64));
+    group.bench_function("ranker_100/direct_backend", |b| {
+        b.iter(|| black_box(model.backend.run(vec![tensor(&model, &rows, N)]).unwrap()))
+    });
+    group.bench_function("ranker_100/pool_run", |b| {
+        b.iter(|| {
+            let inputs = vec![tensor(&model, &rows, N)];
+            black_box(fx.rt.block_on(pool.run(model.clone(), inputs)).unwrap())
+        })
+    });
+    group.bench_function("ranker_100/batcher_score", |b| {
+        b.iter(|| {
+            let scored = fx
+                .rt
+                .block_on(batcher.score(model.clone(), rows.clone(), N, far()))
+                .unwrap();
+            assert_eq!(scored.scores.len(), N);
+            black_box(scored)
+        })
+    });
+
+    // Eight callers at once, as eight concurrent requests' re-rank stages:
+    // eight pool inferences of 100 rows vs whatever the batcher bulks.
+    group.throughput(Throughput::Elements((N * CALLERS) as u64));
+    group.bench_function("ranker_8x100/pool_run", |b| {
+        b.iter(|| {
+            fx.rt.block_on(async {
+                let calls: Vec<_> = (0..CALLERS)
+                    .map(|_| {
+                        let (pool, model) = (pool.clone(), model.clone());
+                        let inputs = vec![tensor(&model, &rows, N)];
+                        tokio::spawn(async move { pool.run(model, inputs).await.unwrap() })
+                    })
+                    .collect();
+                for call in calls {
+                    black_box(call.await.unwrap());
+                }
+            })
+        })
+    });
+    // Rows of the batch each caller was scored in, summed, and callers.
+    let (mut batch_rows, mut scored) = (0usize, 0usize);
+    group.bench_function("ranker_8x100/batcher_score", |b| {
+        b.iter(|| {
+            fx.rt.block_on(async {
+                let calls: Vec<_> = (0..CALLERS)
+                    .map(|_| {
+                        let (batcher, model, rows) = (batcher.clone(), model.clone(), rows.clone());
+                        tokio::spawn(async move { batcher.score(model, rows, N, far()).await })
+                    })
+                    .collect();
+                for call in calls {
+                    let got = call.await.unwrap().unwrap();
+                    batch_rows += got.batch_rows;
+                    scored += 1;
+                    black_box(got);
+                }
+            })
+        })
+    });
+    group.finish();
+    println!(
+        "batcher/ranker_8x100/batcher_score: each caller's rows shared an inference of {:.0} rows on average",
+        batch_rows as f64 / scored.max(1) as f64
+    );
+}
+
+fn cache(c: &mut Criterion, fx: &Fixture) {
+    let request = known_user_request();
+    let rank = |state: &AppState| {
+        let pipeline = state.pipeline.as_ref().unwrap();
+        let valid = validate(state, &request);
+        fx.rt
+            .block_on(pipeline.rank_cached(&state.registry, &state.pool, valid))
+            .unwrap()
+    };
+    // The first call misses and fills the cache; every later one hits.
+    assert!(!rank(&fx.state).cached);
+    assert!(rank(&fx.state).cached);
+    let mut group = c.benchmark_group("cache");
+    group.bench_function("rank_known_user/hit", |b| {
+        b.iter(|| {
+            let response = rank(&fx.state);
+            assert!(response.cached);
+            black_box(response)
+        })
+    });
+    group.bench_function("rank_known_user/miss_cache_off", |b| {
+        b.iter(|| {
+            let response = rank(&fx.uncached);
+            assert!(!response.cached && response.fallback.is_none());
+            black_box(response)
+        })
+    });
+    group.finish();
+
+    // Per-call percentiles: criterion's figures are means over batches.
+    for (name, state, calls) in [("hit", &fx.state, 20_000), ("miss", &fx.uncached, 2_000)] {
+        let mut took: Vec<Duration> = (0..calls)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(rank(state));
+                t.elapsed()
+            })
+            .collect();
+        took.sort_unstable();
+        let q = |p: f64| took[((calls as f64 * p) as usize).min(calls - 1)].as_secs_f64() * 1e6;
+        println!(
+            "cache/rank_known_user/{name} per call over {calls}: p50 {:.1} µs  p90 {:.1} µs  p99 {:.1} µs  max {:.1} µs",
+            q(0.50),
+            q(0.90),
+            q(0.99),
+            took[calls - 1].as_secs_f64() * 1e6
+        );
+    }
+}
+
+fn retrieval(c: &mut Criterion, fx: &Fixture) {
+    let catalog = &fx.state.pipeline.as_ref().unwrap().catalog;
+    let index = ExactIndex::new(catalog.items.embedding.to_vec(), catalog.items.dim);
+    let user = catalog.users.row("1").expect("user 1 is in the catalog");
+    let query = catalog.users.embedding(user).to_vec();
+    let seen: HashSet<u32> = catalog.users.history(user).iter().copied().collect();
+    let mut group = c.benchmark_group("retrieval");
+    group.bench_function("exact_top300/no_skip", |b| {
+        b.iter(|| black_box(search(&index, &query, 300, &|_| false).unwrap()))
+    });
+    group.bench_function("exact_top300/skip_seen", |b| {
+        b.iter(|| black_box(search(&index, &query, 300, &|r| seen.contains(&r)).unwrap()))
+    });
+    group.finish();
+}
+
+fn components(c: &mut Criterion) {
+    let fx = Fixture::load();
+    features(c, &fx);
+    batcher(c, &fx);
+    cache(c, &fx);
+    retrieval(c, &fx);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = components
+}
+criterion_main!(benches);
