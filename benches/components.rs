@@ -306,6 +306,14 @@ fn retrieval(c: &mut Criterion, fx: &Fixture) {
     group.bench_function("exact_top300/skip_seen", |b| {
         b.iter(|| black_box(search(&index, &query, 300, &|r| seen.contains(&r)).unwrap()))
     });
+    // What `pipeline::stages::retrieve` does: one sorted list, binary search.
+    let mut sorted: Vec<u32> = seen.iter().copied().collect();
+    sorted.sort_unstable();
+    group.bench_function("exact_top300/skip_seen_sorted", |b| {
+        b.iter(|| {
+            black_box(search(&index, &query, 300, &|r| sorted.binary_search(&r).is_ok()).unwrap())
+        })
+    });
     group.finish();
 }
 
