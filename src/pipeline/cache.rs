@@ -135,6 +135,7 @@ impl ResponseCache {
             .build();
         metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => "response").increment(0);
         metrics::gauge!(m::CACHE_ENTRIES, "cache" => "response").set(0.0);
+        metrics::gauge!(m::RESPONSE_CACHE_BYTES).set(0.0);
         ResponseCache { cache }
     }
 
@@ -170,6 +171,7 @@ impl ResponseCache {
             .increment(1);
         metrics::gauge!(m::CACHE_ENTRIES, "cache" => "response")
             .set(self.cache.entry_count() as f64);
+        metrics::gauge!(m::RESPONSE_CACHE_BYTES).set(self.cache.weighted_size() as f64);
         result.map(|r| ((*r).clone(), hit))
     }
 }

@@ -77,6 +77,7 @@ impl ScoreCache {
             .build();
         metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => "score").increment(0);
         metrics::gauge!(m::CACHE_ENTRIES, "cache" => "score").set(0.0);
+        metrics::gauge!(m::SCORE_CACHE_SCORES).set(0.0);
         ScoreCache {
             cache,
             hits: AtomicU64::new(0),
@@ -136,6 +137,7 @@ impl ScoreCache {
         merged.dedup_by_key(|&mut (item, _)| item);
         self.cache.insert(key, Arc::new(merged));
         metrics::gauge!(m::CACHE_ENTRIES, "cache" => "score").set(self.cache.entry_count() as f64);
+        metrics::gauge!(m::SCORE_CACHE_SCORES).set(self.cache.weighted_size() as f64);
     }
 }
 

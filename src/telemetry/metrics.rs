@@ -48,6 +48,10 @@ pub const CACHE_REQUESTS_TOTAL: &str = "cascade_cache_requests_total";
 pub const CACHE_EVICTIONS_TOTAL: &str = "cascade_cache_evictions_total";
 /// Entries held, by cache.
 pub const CACHE_ENTRIES: &str = "cascade_cache_entries";
+/// The response cache's estimated size against `ranking.cache.max_bytes`.
+pub const RESPONSE_CACHE_BYTES: &str = "cascade_response_cache_bytes";
+/// Scores held by the score cache, against `ranking.score_cache.max_scores`.
+pub const SCORE_CACHE_SCORES: &str = "cascade_score_cache_scores";
 /// Scores a model produced, by model (sampled rows): the response
 /// distribution, to see a collapsed or shifted model without labels.
 pub const MODEL_SCORE: &str = "cascade_model_score";

@@ -317,6 +317,10 @@ fn metric_counts_match_the_requests_sent() {
         11.0
     );
     assert_eq!(value("cascade_ready"), 1.0);
+    // Cache sizes against their bounds (moka applies writes lazily, so only
+    // their presence and sign are certain here).
+    assert!(value("cascade_response_cache_bytes") >= 0.0);
+    assert!(value("cascade_score_cache_scores") >= 0.0);
     let exit = sigterm(&mut child);
     assert!(exit.success(), "exit status {exit:?}");
 }
