@@ -553,74 +553,16 @@ impl Pipeline {
             let rows: Vec<u32> = current.iter().map(|(r, _)| *r).collect();
             let scored = match &model {
                 Err(e) => Err(StageError::Model(e.clone())),
-                Ok(model) if stage == "rerank" => {
-                    // Known users' re-rank scores are cached per model
-                    // version, user, hour, weekday and item; shadowed
-                    // requests score every row (the shadow needs them all).
-                    let cache = self.score_cache.as_ref().filter(|_| shadows.is_empty());
-                    let key = subject.user.map(|user| ScoreKey {
-                        model: model.id(),
-                        user,
-                        hour: subject.hour as u8,
-                        weekday: subject.weekday as u8,
-                    });
-                    let batcher = self.batcher(model);
-                    match cache.zip(key) {
-                        Some((cache, key)) => {
-                            let (known, missing) = cache.lookup(key, &rows);
-                            let fresh = if missing.is_empty() {
-                                Ok(stages::StageScores {
-                                    scores: Vec::new(),
-                                    matrix: None,
-                                })
-                            } else {
-                                model
-                                    .score(
-                                        &self.catalog,
-                                        batcher.as_ref(),
-                                        &self.pool,
-                                        &subject,
-                                        &missing,
-                                        deadline,
-                                        false,
-                                    )
-                                    .await
-                            };
-                            fresh.map(|f| {
-                                cache.insert(key, &missing, &f.scores);
-                                stages::StageScores {
-                                    scores: score_cache::merge(known, &f.scores),
-                                    matrix: None,
-                                }
-                            })
-                        }
-                        None => {
-                            model
-                                .score(
-                                    &self.catalog,
-                                    batcher.as_ref(),
-                                    &self.pool,
-                                    &subject,
-                                    &rows,
-                                    deadline,
-                                    !shadows.is_empty(),
-                                )
-                                .await
-                        }
-                    }
-                }
                 Ok(model) => {
-                    model
-                        .score(
-                            &self.catalog,
-                            None,
-                            &self.pool,
-                            &subject,
-                            &rows,
-                            deadline,
-                            !shadows.is_empty(),
-                        )
-                        .await
+                    self.score_stage(
+                        model,
+                        stage == "rerank",
+                        &subject,
+                        &rows,
+                        deadline,
+                        !shadows.is_empty(),
+                    )
+                    .await
                 }
             };
             match scored {
@@ -687,6 +629,67 @@ impl Pipeline {
                 .increment(1);
         }
         Ok(self.respond(req, &variant, current, models, fallback, reports))
+    }
+
+    /// Scores one stage's rows. Re-rank rows go through the model's batcher
+    /// and, for known users, the score cache: only rows it does not hold are
+    /// scored. A request that keeps its matrix for shadows scores every row
+    /// (the shadow needs them all), so it bypasses the cache.
+    async fn score_stage(
+        &self,
+        model: &StageModel,
+        rerank: bool,
+        subject: &Subject,
+        rows: &[u32],
+        deadline: Instant,
+        keep_matrix: bool,
+    ) -> Result<stages::StageScores, StageError> {
+        let batcher = if rerank { self.batcher(model) } else { None };
+        let cached = self
+            .score_cache
+            .as_ref()
+            .filter(|_| rerank && !keep_matrix)
+            .zip(subject.user.map(|user| ScoreKey {
+                model: model.id(),
+                user,
+                hour: subject.hour as u8,
+                weekday: subject.weekday as u8,
+            }));
+        let Some((cache, key)) = cached else {
+            return model
+                .score(
+                    &self.catalog,
+                    batcher.as_ref(),
+                    &self.pool,
+                    subject,
+                    rows,
+                    deadline,
+                    keep_matrix,
+                )
+                .await;
+        };
+        let (known, missing) = cache.lookup(key, rows);
+        let fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            model
+                .score(
+                    &self.catalog,
+                    batcher.as_ref(),
+                    &self.pool,
+                    subject,
+                    &missing,
+                    deadline,
+                    false,
+                )
+                .await?
+                .scores
+        };
+        cache.insert(key, &missing, &fresh);
+        Ok(stages::StageScores {
+            scores: score_cache::merge(known, &fresh),
+            matrix: None,
+        })
     }
 
     /// Hands the live stage's inputs and scores to each sampled shadow.
