@@ -22,9 +22,19 @@ fn main() -> std::process::ExitCode {
     if config.find_max.is_some() {
         return find_max(&runtime, &config);
     }
-    match runtime.block_on(cascade_load::execute(&config)) {
+    let result = runtime.block_on(cascade_load::execute(&config));
+    finish(result, report::render, &config)
+}
+
+/// Prints the final report (and where the JSON summary went), or the error.
+fn finish<S>(
+    result: anyhow::Result<S>,
+    render: impl Fn(&S) -> String,
+    config: &Config,
+) -> std::process::ExitCode {
+    match result {
         Ok(summary) => {
-            print!("{}", report::render(&summary));
+            print!("{}", render(&summary));
             if let Some(path) = &config.out {
                 println!("summary written to {}", path.display());
             }
@@ -48,17 +58,5 @@ fn find_max(runtime: &tokio::runtime::Runtime, config: &Config) -> std::process:
         }
         let _ = std::io::Write::flush(&mut std::io::stdout());
     });
-    match runtime.block_on(run) {
-        Ok(summary) => {
-            print!("{}", report::find_max_verdict(&summary));
-            if let Some(path) = &config.out {
-                println!("summary written to {}", path.display());
-            }
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("cascade-load: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    finish(runtime.block_on(run), report::find_max_verdict, config)
 }
