@@ -244,3 +244,14 @@ pub fn golden(name: &str) -> cascade::model::golden::GoldenSet {
     let text = std::fs::read_to_string(&path).unwrap();
     cascade::model::golden::GoldenSet::parse(&text, "golden").unwrap()
 }
+
+/// The first `n` user ids of the shipped user table (ids not in it are
+/// cold-start users).
+pub fn known_users(n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(shipped_models().join("catalog/users.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["ids"].as_array().unwrap()[..n]
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}

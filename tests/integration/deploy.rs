@@ -67,18 +67,7 @@ async fn dashboard_and_alerts_reference_only_exported_metrics() {
         200
     );
     // Traffic of every kind the panels look at.
-    let known: Vec<String> = s
-        .state
-        .pipeline
-        .as_ref()
-        .unwrap()
-        .catalog
-        .users
-        .ids
-        .iter()
-        .take(4)
-        .map(str::to_string)
-        .collect();
+    let known = crate::common::known_users(4);
     for u in &known {
         let body = json!({"user_id": u, "k": 5, "deadline_ms": 5000, "context": {"hour": 8, "weekday": 1}});
         assert_eq!(s.post_json("/v1/rank", &body).await.status, 200);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cascade::config::Secret;
 use serde_json::{json, Value};
 
-use crate::common::{config_for, project_root, send, temp_repo, Resp, TestServer};
+use crate::common::{config_for, known_users, project_root, send, temp_repo, Resp, TestServer};
 
 async fn admin(s: &TestServer, method: &str, path: &str, body: Option<&Value>) -> Resp {
     let bytes = body
@@ -380,18 +380,6 @@ async fn ab_arms_split_traffic_stably_and_by_share() {
         admin(&s, "GET", "/admin/experiments", None).await.json(),
         experiment()
     );
-}
-
-/// The first `n` user ids of the shipped user table (ids not in it are
-/// cold-start users).
-fn known_users(n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(crate::common::shipped_models().join("catalog/users.json"))
-        .unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["ids"].as_array().unwrap()[..n]
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
 }
 
 /// Known users with a fixed context: answers depend only on the models.

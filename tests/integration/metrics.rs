@@ -54,18 +54,7 @@ async fn drift_and_score_distribution_are_exported() {
     config.monitoring.window_rows = 500;
     config.ranking.cache.enabled = false;
     let s = TestServer::start(config).await;
-    let known: Vec<String> = s
-        .state
-        .pipeline
-        .as_ref()
-        .unwrap()
-        .catalog
-        .users
-        .ids
-        .iter()
-        .take(8)
-        .map(str::to_string)
-        .collect();
+    let known = crate::common::known_users(8);
     for u in known {
         let r = s
             .post_json(
