@@ -309,6 +309,10 @@ impl RankingConfig {
                 self.score_cache.max_scores as usize,
             ),
             (
+                "ranking.score_cache.max_scores_per_context",
+                self.score_cache.max_scores_per_context,
+            ),
+            (
                 "ranking.score_cache.ttl_ms",
                 self.score_cache.ttl_ms as usize,
             ),

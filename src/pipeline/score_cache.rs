@@ -32,6 +32,10 @@ pub struct ScoreCacheConfig {
     pub enabled: bool,
     /// Scores kept (8 bytes each, plus ~300 bytes per user context).
     pub max_scores: u64,
+    /// Scores kept per (model version, user, hour, weekday). A context
+    /// that would grow past it starts over with the rows just scored, so
+    /// one busy user cannot make every insert copy a huge list.
+    pub max_scores_per_context: usize,
     pub ttl_ms: u64,
 }
 
@@ -40,6 +44,7 @@ impl Default for ScoreCacheConfig {
         ScoreCacheConfig {
             enabled: true,
             max_scores: 4_000_000,
+            max_scores_per_context: 4096,
             ttl_ms: 300_000,
         }
     }
@@ -58,6 +63,7 @@ type Scores = Arc<Vec<(u32, f32)>>;
 
 pub struct ScoreCache {
     cache: Cache<ScoreKey, Scores>,
+    per_context: usize,
     /// Rows found and not found, for this cache alone (metrics are per process).
     hits: AtomicU64,
     misses: AtomicU64,
@@ -80,6 +86,7 @@ impl ScoreCache {
         metrics::gauge!(m::SCORE_CACHE_SCORES).set(0.0);
         ScoreCache {
             cache,
+            per_context: config.max_scores_per_context.max(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -122,23 +129,48 @@ impl ScoreCache {
     }
 
     /// Adds freshly scored rows to the context's entry (a new entry
-    /// replaces the old one: readers never see a half-merged list).
+    /// replaces the old one: readers never see a half-merged list). The
+    /// fresh rows are sorted and merged in one pass, so an insert costs
+    /// the entry's length, at most `max_scores_per_context`; a context
+    /// that would pass it keeps only the fresh rows.
     pub fn insert(&self, key: ScoreKey, rows: &[u32], scores: &[f32]) {
         if rows.is_empty() {
             return;
         }
-        let mut merged: Vec<(u32, f32)> = self
-            .cache
-            .get(&key)
-            .map(|e| e.as_ref().clone())
-            .unwrap_or_default();
-        merged.extend(rows.iter().copied().zip(scores.iter().copied()));
-        merged.sort_unstable_by_key(|&(item, _)| item);
-        merged.dedup_by_key(|&mut (item, _)| item);
-        self.cache.insert(key, Arc::new(merged));
+        let mut fresh: Vec<(u32, f32)> = rows.iter().copied().zip(scores.iter().copied()).collect();
+        fresh.sort_unstable_by_key(|&(item, _)| item);
+        fresh.dedup_by_key(|&mut (item, _)| item);
+        fresh.truncate(self.per_context);
+        let entry = match self.cache.get(&key) {
+            Some(old) if old.len() + fresh.len() <= self.per_context => merge_sorted(&old, &fresh),
+            _ => fresh,
+        };
+        self.cache.insert(key, Arc::new(entry));
         metrics::gauge!(m::CACHE_ENTRIES, "cache" => "score").set(self.cache.entry_count() as f64);
         metrics::gauge!(m::SCORE_CACHE_SCORES).set(self.cache.weighted_size() as f64);
     }
+}
+
+/// The union of two lists sorted by item with no repeats, sorted; where
+/// both hold an item, `new`'s score wins.
+fn merge_sorted(old: &[(u32, f32)], new: &[(u32, f32)]) -> Vec<(u32, f32)> {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+        if x.0 < y.0 {
+            out.push(x);
+            a.next();
+        } else {
+            if x.0 == y.0 {
+                a.next();
+            }
+            out.push(y);
+            b.next();
+        }
+    }
+    out.extend(a);
+    out.extend(b);
+    out
 }
 
 /// Fills the gaps of `known` (in order) with `fresh`.
@@ -177,6 +209,33 @@ mod tests {
         assert!(missing.is_empty());
         assert_eq!(merge(known, &[]), [0.5, 0.9, 0.25, 0.1]);
         assert_eq!(c.stats(), (6, 2));
+    }
+
+    #[test]
+    fn merged_entries_stay_sorted_and_a_full_context_starts_over() {
+        assert_eq!(
+            merge_sorted(
+                &[(1, 0.1), (4, 0.4), (9, 0.9)],
+                &[(0, 0.0), (4, 4.0), (10, 1.0)]
+            ),
+            [(0, 0.0), (1, 0.1), (4, 4.0), (9, 0.9), (10, 1.0)]
+        );
+        assert_eq!(merge_sorted(&[], &[(3, 0.3)]), [(3, 0.3)]);
+        let c = ScoreCache::new(&ScoreCacheConfig {
+            max_scores_per_context: 5,
+            ..ScoreCacheConfig::default()
+        });
+        c.insert(key(1), &[30, 10, 20], &[3.0, 1.0, 2.0]);
+        c.insert(key(1), &[40, 10], &[4.0, 1.0]);
+        let (known, missing) = c.lookup(key(1), &[10, 20, 30, 40]);
+        assert!(missing.is_empty());
+        assert_eq!(merge(known, &[]), [1.0, 2.0, 3.0, 4.0]);
+        // 4 + 2 > 5: only the fresh rows stay.
+        c.insert(key(1), &[60, 50], &[6.0, 5.0]);
+        assert_eq!(c.lookup(key(1), &[10, 50, 60]).1, [10]);
+        // More fresh rows than the cap: the first five by item are kept.
+        c.insert(key(2), &[7, 6, 5, 4, 3, 2, 1], &[0.0; 7]);
+        assert_eq!(c.lookup(key(2), &[1, 5, 6, 7]).1, [6, 7]);
     }
 
     #[test]
