@@ -9,7 +9,11 @@
 //!   bulking buys);
 //! - `cache/*`: `rank_cached` for a request answered from the response
 //!   cache vs the same request with the cache off;
-//! - `retrieval/*`: exact top-300 over the 1,682 × 32 item embeddings.
+//! - `retrieval/*`: exact top-300 over the 1,682 × 32 item embeddings;
+//! - `catalog_1m/*`: feature assembly and id lookups on a generated
+//!   1M-item catalog, where rows scattered over 256 MB of embeddings miss
+//!   the CPU caches (set `CASCADE_BENCH_SKIP_1M=1` to skip: it generates
+//!   the catalog in a temporary directory first, ~5 s and ~0.6 GB).
 //!
 //!   cargo bench --bench components -- --warm-up-time 1 --measurement-time 3
 //!
@@ -317,12 +321,99 @@ fn retrieval(c: &mut Criterion, fx: &Fixture) {
     group.finish();
 }
 
+/// Feature assembly and caller-candidate id lookups on a 1M-item catalog
+/// (the issue-5 scale): the pipeline's filter (500 rows) and ranker
+/// (100 rows) matrices for a known user, over rows drawn at random from
+/// the million, and resolving 125 caller-supplied ids (the load mix's
+/// mean).
+fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
+    if std::env::var_os("CASCADE_BENCH_SKIP_1M").is_some() {
+        return;
+    }
+    let pipeline = fx.state.pipeline.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = cascade::catalog::generate::Spec {
+        items: 1_000_000,
+        users: 100_000,
+        dim: 64,
+        clusters: 1000,
+        spread: 0.5,
+        seed: 42,
+    };
+    cascade::catalog::generate::write(&pipeline.catalog, &spec, dir.path()).unwrap();
+    let catalog = cascade::catalog::Catalog::load(dir.path()).unwrap();
+    let subject = cascade::pipeline::features::Subject {
+        user: Some(12_345),
+        hour: 21.0,
+        weekday: 3.0,
+        ..Default::default()
+    };
+    // Random rows (a fixed xorshift), as retrieval from a million returns.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut draw = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % spec.items as u64) as u32
+            })
+            .collect()
+    };
+    let mut group = c.benchmark_group("catalog_1m");
+    for (role, n) in [("filter", 500), ("ranker", 100)] {
+        let stage = fx.stage(role);
+        let names = &stage.features().names;
+        let set = cascade::pipeline::features::FeatureSet::compile(names, &catalog).unwrap();
+        // A fresh draw per call, so no run reuses rows the last one cached.
+        let draws: Vec<Vec<u32>> = (0..1024).map(|_| draw(n)).collect();
+        let mut next = draws.iter().cycle();
+        let mut matrix = Vec::with_capacity(n * set.width());
+        let mut missing = vec![0u32; set.width()];
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(
+            BenchmarkId::new(format!("features/{role}_{}", set.width()), n),
+            |b| {
+                b.iter(|| {
+                    missing.fill(0);
+                    let rows = next.next().unwrap();
+                    set.assemble(&catalog, &subject, rows, &mut matrix, &mut missing);
+                    black_box(&matrix);
+                })
+            },
+        );
+    }
+    let ids: Vec<Vec<String>> = (0..1024)
+        .map(|_| {
+            draw(125)
+                .into_iter()
+                .map(|r| catalog.items.ids.get(r).to_string())
+                .collect()
+        })
+        .collect();
+    let mut next = ids.iter().cycle();
+    group.throughput(Throughput::Elements(125));
+    group.bench_function("ids/row/125", |b| {
+        b.iter(|| {
+            let found = next
+                .next()
+                .unwrap()
+                .iter()
+                .filter_map(|id| catalog.items.row(id))
+                .count();
+            black_box(found)
+        })
+    });
+    group.finish();
+}
+
 fn components(c: &mut Criterion) {
     let fx = Fixture::load();
     features(c, &fx);
     batcher(c, &fx);
     cache(c, &fx);
     retrieval(c, &fx);
+    catalog_1m(c, &fx);
 }
 
 criterion_group! {
