@@ -14,7 +14,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::synth::{Clustered, Rng};
-use super::Catalog;
+use super::{Catalog, ItemStat};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -81,25 +81,21 @@ pub fn write(template: &Catalog, spec: &Spec, out: &Path) -> Result<(), String> 
     let mut genres = Vec::with_capacity(n * t.n_genres);
     let mut lift = Vec::with_capacity(n * t.n_occupations);
     for &d in &donors {
-        copy_row(&mut genres, &t.genres, t.n_genres, d);
-        copy_row(&mut lift, &t.occupation_lift, t.n_occupations, d);
+        genres.extend_from_slice(t.genres(d as u32));
+        lift.extend_from_slice(t.occupation_lift(d as u32));
     }
     items.push("genres", genres, t.n_genres);
     items.push("occupation_lift", lift, t.n_occupations);
-    let scalar = |v: &[f32]| donors.iter().map(|&d| v[d]).collect::<Vec<f32>>();
-    for (name, v) in [
-        ("year", &t.year),
-        ("popularity", &t.popularity),
-        ("recent_popularity", &t.recent_popularity),
-        ("log_n_ratings", &t.log_n_ratings),
-        ("mean_rating", &t.mean_rating),
-        ("pos_rate", &t.pos_rate),
-        ("mean_rater_age", &t.mean_rater_age),
-        ("male_share", &t.male_share),
-    ] {
-        items.push(name, scalar(v), 1);
+    let scalar = |s: ItemStat| {
+        donors
+            .iter()
+            .map(|&d| t.stat(d as u32, s))
+            .collect::<Vec<f32>>()
+    };
+    for s in ItemStat::ALL {
+        items.push(s.tensor(), scalar(s), 1);
     }
-    let popularity = scalar(&t.popularity);
+    let popularity = scalar(ItemStat::Popularity);
     items.write(&out.join("items.safetensors"), n)?;
     let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
     let mut order: Vec<usize> = (0..n).collect();
@@ -170,10 +166,7 @@ mod tests {
         assert_eq!(c.items.genre_names, template.items.genre_names);
         assert_eq!(c.occupations, template.occupations);
         assert_eq!(c.popular.len(), 1000);
-        assert!(
-            c.items.popularity[c.popular[0] as usize]
-                >= c.items.popularity[c.popular[999] as usize]
-        );
+        assert!(c.items.popularity(c.popular[0]) >= c.items.popularity(c.popular[999]));
         // Same seed, same files.
         let again = tempfile::tempdir().unwrap();
         write(&template, &spec, again.path()).unwrap();

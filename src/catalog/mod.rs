@@ -23,7 +23,7 @@ pub mod tables;
 use std::path::Path;
 
 pub use index::{IndexKind, VectorIndex};
-pub use tables::{Items, Users};
+pub use tables::{ItemStat, Items, Users};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {

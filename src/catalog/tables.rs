@@ -208,8 +208,53 @@ struct UsersJson {
     occupations: Vec<String>,
 }
 
-/// The item catalog. Every `Vec<f32>` has one value per item, except the
-/// row-major matrices whose width is given beside them.
+/// An item's scalar statistics, in their column order in [`Items`]'s
+/// row table (and the tensor names they are read from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemStat {
+    Year,
+    Popularity,
+    RecentPopularity,
+    LogNRatings,
+    MeanRating,
+    PosRate,
+    MeanRaterAge,
+    MaleShare,
+}
+
+impl ItemStat {
+    pub const ALL: [ItemStat; 8] = [
+        ItemStat::Year,
+        ItemStat::Popularity,
+        ItemStat::RecentPopularity,
+        ItemStat::LogNRatings,
+        ItemStat::MeanRating,
+        ItemStat::PosRate,
+        ItemStat::MeanRaterAge,
+        ItemStat::MaleShare,
+    ];
+
+    /// The tensor's name in `items.safetensors`.
+    pub fn tensor(self) -> &'static str {
+        match self {
+            ItemStat::Year => "year",
+            ItemStat::Popularity => "popularity",
+            ItemStat::RecentPopularity => "recent_popularity",
+            ItemStat::LogNRatings => "log_n_ratings",
+            ItemStat::MeanRating => "mean_rating",
+            ItemStat::PosRate => "pos_rate",
+            ItemStat::MeanRaterAge => "mean_rater_age",
+            ItemStat::MaleShare => "male_share",
+        }
+    }
+}
+
+/// The item catalog. Everything a feature reads about an item except its
+/// embedding sits in one row-major table, one row per item: the
+/// [`ItemStat`]s, then the genre columns, then the occupation lifts. On a
+/// 1M-item catalog each row is a cache miss, so one row read in three or
+/// four cache lines replaces one miss per column (ten separate arrays
+/// made the re-ranker's features touch ~16 lines per row).
 pub struct Items {
     pub ids: Ids,
     pub dim: usize,
@@ -217,19 +262,12 @@ pub struct Items {
     /// retrieval index when that can keep the same vectors).
     pub embedding: Arc<[f32]>,
     pub n_genres: usize,
-    /// Genre names, in column order of `genres`.
+    /// Genre names, in column order of [`Items::genres`].
     pub genre_names: Vec<String>,
-    pub genres: Vec<f32>,
     pub n_occupations: usize,
-    pub occupation_lift: Vec<f32>,
-    pub year: Vec<f32>,
-    pub popularity: Vec<f32>,
-    pub recent_popularity: Vec<f32>,
-    pub log_n_ratings: Vec<f32>,
-    pub mean_rating: Vec<f32>,
-    pub pos_rate: Vec<f32>,
-    pub mean_rater_age: Vec<f32>,
-    pub male_share: Vec<f32>,
+    /// `[len, width]`: stats, genres, occupation lifts.
+    table: Vec<f32>,
+    width: usize,
 }
 
 impl Items {
@@ -249,22 +287,25 @@ impl Items {
                 ),
             ));
         }
+        let stats = ItemStat::ALL
+            .iter()
+            .map(|s| f.vector(s.tensor(), n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let width = stats.len() + n_genres + n_occupations;
+        let mut table = Vec::with_capacity(n * width);
+        for i in 0..n {
+            table.extend(stats.iter().map(|column| column[i]));
+            table.extend_from_slice(&genres[i * n_genres..(i + 1) * n_genres]);
+            table.extend_from_slice(&occupation_lift[i * n_occupations..(i + 1) * n_occupations]);
+        }
         Ok(Items {
             genre_names: meta.genres,
             dim,
             embedding: embedding.into(),
             n_genres,
-            genres,
             n_occupations,
-            occupation_lift,
-            year: f.vector("year", n)?,
-            popularity: f.vector("popularity", n)?,
-            recent_popularity: f.vector("recent_popularity", n)?,
-            log_n_ratings: f.vector("log_n_ratings", n)?,
-            mean_rating: f.vector("mean_rating", n)?,
-            pos_rate: f.vector("pos_rate", n)?,
-            mean_rater_age: f.vector("mean_rater_age", n)?,
-            male_share: f.vector("male_share", n)?,
+            table,
+            width,
             ids: Ids::new(meta.ids, "items.json")?,
         })
     }
@@ -285,8 +326,22 @@ impl Items {
         row_of(&self.embedding, self.dim, row)
     }
 
+    pub fn stat(&self, row: u32, stat: ItemStat) -> f32 {
+        self.table[row as usize * self.width + stat as usize]
+    }
+
+    pub fn popularity(&self, row: u32) -> f32 {
+        self.stat(row, ItemStat::Popularity)
+    }
+
     pub fn genres(&self, row: u32) -> &[f32] {
-        row_of(&self.genres, self.n_genres, row)
+        let at = ItemStat::ALL.len();
+        &row_of(&self.table, self.width, row)[at..at + self.n_genres]
+    }
+
+    /// The item's rating lift per occupation (`n_occupations` values).
+    pub fn occupation_lift(&self, row: u32) -> &[f32] {
+        &row_of(&self.table, self.width, row)[ItemStat::ALL.len() + self.n_genres..]
     }
 }
 
@@ -410,7 +465,35 @@ pub fn popular_rows(dir: &Path, items: &Items) -> Result<Vec<u32>, CatalogError>
 
 #[cfg(test)]
 mod tests {
-    use super::Ids;
+    use super::{Ids, ItemStat, Items, TensorFile};
+
+    #[test]
+    fn packed_item_rows_hold_every_column_of_the_file() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/catalog");
+        let items = Items::load(&dir).unwrap();
+        let n = items.len();
+        let f = TensorFile::open(&dir, "items.safetensors").unwrap();
+        for stat in ItemStat::ALL {
+            let column = f.vector(stat.tensor(), n).unwrap();
+            for (row, &want) in column.iter().enumerate() {
+                assert_eq!(
+                    items.stat(row as u32, stat).to_bits(),
+                    want.to_bits(),
+                    "{stat:?} {row}"
+                );
+            }
+        }
+        let (genres, g) = f.f32s("genres", n).unwrap();
+        let (lift, o) = f.f32s("occupation_lift", n).unwrap();
+        assert!(g > 1 && o > 1);
+        for row in 0..n {
+            assert_eq!(items.genres(row as u32), &genres[row * g..(row + 1) * g]);
+            assert_eq!(
+                items.occupation_lift(row as u32),
+                &lift[row * o..(row + 1) * o]
+            );
+        }
+    }
 
     #[test]
     fn packed_ids_find_every_row_and_refuse_duplicates() {

@@ -5,7 +5,7 @@
 //! [`FeatureSet::assemble`] writes the `[rows, features]` matrix into one
 //! reused buffer, with no allocation per row.
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ItemStat};
 
 /// Who is being ranked for: a known user's row, or what a cold-start
 /// request carries. Context fields are already validated.
@@ -27,18 +27,6 @@ pub enum Gender {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ItemField {
-    Popularity,
-    RecentPopularity,
-    LogNRatings,
-    MeanRating,
-    PosRate,
-    Year,
-    MeanRaterAge,
-    MaleShare,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UserField {
     Age,
     GenderM,
@@ -50,7 +38,7 @@ enum UserField {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Feature {
-    Item(ItemField),
+    Item(ItemStat),
     ItemGenre(usize),
     User(UserField),
     UserItemDot,
@@ -77,7 +65,7 @@ pub fn genre_feature_name(genre: &str) -> String {
 
 fn parse(name: &str, catalog: &Catalog) -> Option<Feature> {
     use Feature as F;
-    use ItemField as I;
+    use ItemStat as I;
     use UserField as U;
     Some(match name {
         "item_popularity" => F::Item(I::Popularity),
@@ -190,7 +178,6 @@ impl FeatureSet {
     fn value(&self, f: Feature, catalog: &Catalog, s: &Subject, item: u32) -> Option<f32> {
         let items = &catalog.items;
         let users = &catalog.users;
-        let i = item as usize;
         let gender = match s.user {
             Some(u) => Some(if users.gender_m[u as usize] >= 0.5 {
                 Gender::M
@@ -208,16 +195,7 @@ impl FeatureSet {
             None => s.occupation,
         };
         Some(match f {
-            Feature::Item(field) => match field {
-                ItemField::Popularity => items.popularity[i],
-                ItemField::RecentPopularity => items.recent_popularity[i],
-                ItemField::LogNRatings => items.log_n_ratings[i],
-                ItemField::MeanRating => items.mean_rating[i],
-                ItemField::PosRate => items.pos_rate[i],
-                ItemField::Year => items.year[i],
-                ItemField::MeanRaterAge => items.mean_rater_age[i],
-                ItemField::MaleShare => items.male_share[i],
-            },
+            Feature::Item(stat) => items.stat(item, stat),
             Feature::ItemGenre(g) => items.genres(item)[g],
             Feature::User(field) => {
                 let u = s.user? as usize;
@@ -234,15 +212,15 @@ impl FeatureSet {
             Feature::UserGenreAffinity => {
                 sequential_dot(users.genre_profile(s.user?), items.genres(item))
             }
-            Feature::AgeGap => (age? - items.mean_rater_age[i]).abs(),
-            Feature::GenderAffinity => match gender? {
-                Gender::M => items.male_share[i],
-                Gender::F => 1.0 - items.male_share[i],
-            },
-            Feature::OccupationLift => {
-                let o = occupation.filter(|&o| o < items.n_occupations)?;
-                items.occupation_lift[i * items.n_occupations + o]
+            Feature::AgeGap => (age? - items.stat(item, ItemStat::MeanRaterAge)).abs(),
+            Feature::GenderAffinity => {
+                let male = items.stat(item, ItemStat::MaleShare);
+                match gender? {
+                    Gender::M => male,
+                    Gender::F => 1.0 - male,
+                }
             }
+            Feature::OccupationLift => *items.occupation_lift(item).get(occupation?)?,
             Feature::CtxHour => s.hour,
             Feature::CtxWeekday => s.weekday,
             Feature::CtxAge => s.age?,

@@ -49,7 +49,7 @@ pub fn caller_candidates(
 fn base_score(catalog: &Catalog, subject: &Subject, row: u32) -> f32 {
     match subject.user {
         Some(u) => index::dot(catalog.users.embedding(u), catalog.items.embedding(row)),
-        None => catalog.items.popularity[row as usize],
+        None => catalog.items.popularity(row),
     }
 }
 
@@ -115,7 +115,7 @@ pub fn retrieve(
         .copied()
         .filter(|&r| !skip(r))
         .take(n)
-        .map(|r| (r, catalog.items.popularity[r as usize]))
+        .map(|r| (r, catalog.items.popularity(r)))
         .collect()
 }
 

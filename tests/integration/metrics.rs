@@ -158,7 +158,8 @@ async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
 
     // The 300 least popular items, for everyone.
     let mut rows: Vec<usize> = (0..catalog.items.len()).collect();
-    rows.sort_by(|&a, &b| catalog.items.popularity[a].total_cmp(&catalog.items.popularity[b]));
+    let popularity = |r: usize| catalog.items.popularity(r as u32);
+    rows.sort_by(|&a, &b| popularity(a).total_cmp(&popularity(b)));
     let unpopular: Vec<String> = rows[..300]
         .iter()
         .map(|&r| catalog.items.ids.get(r as u32).to_string())
