@@ -45,6 +45,10 @@ struct ProfileFile {
 struct BinsFile {
     bins: Vec<f32>,
     fractions: Vec<f64>,
+    #[serde(default)]
+    mean: Option<f64>,
+    #[serde(default)]
+    std: Option<f64>,
 }
 
 /// Quantile bins of one variable: `edges` (k+1 of them) and the expected
@@ -57,9 +61,28 @@ struct Bins {
 
 impl Bins {
     fn from_file(b: BinsFile) -> Option<Bins> {
+        if let Some(bins) = Bins::zero_one(&b) {
+            return Some(bins);
+        }
         (b.bins.len() == b.fractions.len() + 1 && !b.fractions.is_empty()).then_some(Bins {
             edges: b.bins,
             expected: b.fractions,
+        })
+    }
+
+    /// A 0/1 feature (a genre flag, `user_gender_m`): its quantile edges
+    /// collapse to the one bin [0, 1], where every row lands and PSI is
+    /// always 0, so a shift in it could never show. Its mean is the share
+    /// of ones, which gives two exact bins, [0, 0.5) and [0.5, 1]. A
+    /// variable in [0, 1] has variance mean × (1 − mean) only when every
+    /// value is 0 or 1, which tells such a feature from a continuous one.
+    fn zero_one(b: &BinsFile) -> Option<Bins> {
+        let (mean, std) = (b.mean?, b.std?);
+        let one_bin = b.bins == [0.0, 1.0] && b.fractions.len() == 1;
+        let bernoulli = (std * std - mean * (1.0 - mean)).abs() <= 1e-3;
+        (one_bin && (0.0..=1.0).contains(&mean) && bernoulli).then(|| Bins {
+            edges: vec![0.0, 0.5, 1.0],
+            expected: vec![1.0 - mean, mean],
         })
     }
 
@@ -250,6 +273,39 @@ mod tests {
         assert_eq!(b.index(2.999), 2);
         assert_eq!(b.index(3.0), 2, "last bin closed");
         assert_eq!(b.index(99.0), 2);
+    }
+
+    #[test]
+    fn zero_one_features_get_two_bins_from_their_mean() {
+        let file = |bins: Vec<f32>, fractions: Vec<f64>, mean: f64, std: f64| BinsFile {
+            bins,
+            fractions,
+            mean: Some(mean),
+            std: Some(std),
+        };
+        // As the shipped profiles have user_gender_m: one bin, mean 0.81.
+        let m: f64 = 0.8095;
+        let b =
+            Bins::from_file(file(vec![0.0, 1.0], vec![1.0], m, (m * (1.0 - m)).sqrt())).unwrap();
+        assert_eq!(b.edges, [0.0, 0.5, 1.0]);
+        assert!((b.expected[0] - 0.1905).abs() < 1e-9 && (b.expected[1] - m).abs() < 1e-9);
+        assert_eq!((b.index(0.0), b.index(1.0)), (0, 1));
+        // All ones where 81 % were expected: PSI well past the threshold.
+        assert!(psi(&b.expected, &[0, 1000]) > 0.25);
+        assert!(psi(&b.expected, &[190, 810]) < 0.01);
+        // A continuous feature on [0, 1] in one bin (variance below
+        // mean × (1 − mean)) keeps its bins, and so do ordinary profiles.
+        let c = Bins::from_file(file(vec![0.0, 1.0], vec![1.0], 0.5, 0.2)).unwrap();
+        assert_eq!(c.edges, [0.0, 1.0]);
+        let q = Bins::from_file(file(vec![0.0, 1.0, 2.0], vec![0.5, 0.5], 0.5, 0.5)).unwrap();
+        assert_eq!(q.edges, [0.0, 1.0, 2.0]);
+        let no_stats = BinsFile {
+            bins: vec![0.0, 1.0],
+            fractions: vec![1.0],
+            mean: None,
+            std: None,
+        };
+        assert_eq!(Bins::from_file(no_stats).unwrap().edges, [0.0, 1.0]);
     }
 
     #[test]
