@@ -27,13 +27,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cascade::catalog::index::{search, ExactIndex};
+use cascade::catalog::Catalog;
 use cascade::config::Config;
 use cascade::model::batcher::{BatchPolicy, Batcher};
 use cascade::model::{LoadedModel, Tensor, TensorData};
+use cascade::pipeline::features::{FeatureSet, Subject};
 use cascade::pipeline::request::{RankRequest, ValidRequest};
 use cascade::pipeline::stages::StageModel;
 use cascade::state::AppState;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 
 /// The shipped models and catalog, and a runtime shaped like the server's
 /// (two worker threads; inference on the blocking pool).
@@ -109,22 +114,32 @@ fn features(c: &mut Criterion, fx: &Fixture) {
         let set = stage.features();
         for n in [100, 300] {
             let rows = candidate_rows(n, catalog.items.ids.len());
-            let mut matrix = Vec::with_capacity(n * set.width());
-            let mut missing = vec![0u32; set.width()];
             group.throughput(Throughput::Elements(n as u64));
-            group.bench_function(
-                BenchmarkId::new(format!("{role}_{}", set.width()), n),
-                |b| {
-                    b.iter(|| {
-                        missing.fill(0);
-                        set.assemble(catalog, &subject, &rows, &mut matrix, &mut missing);
-                        black_box(&matrix);
-                    })
-                },
-            );
+            let id = BenchmarkId::new(format!("{role}_{}", set.width()), n);
+            bench_assembly(&mut group, id, set, catalog, &subject, || &rows);
         }
     }
     group.finish();
+}
+
+/// Times `FeatureSet::assemble` over the row lists `rows` hands out, one per call.
+fn bench_assembly<'a>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    set: &FeatureSet,
+    catalog: &Catalog,
+    subject: &Subject,
+    mut rows: impl FnMut() -> &'a [u32],
+) {
+    let mut matrix = Vec::new();
+    let mut missing = vec![0u32; set.width()];
+    group.bench_function(id, |b| {
+        b.iter(|| {
+            missing.fill(0);
+            set.assemble(catalog, subject, rows(), &mut matrix, &mut missing);
+            black_box(&matrix);
+        })
+    });
 }
 
 /// The ranker's matrix for 100 candidates of the bench user.
@@ -341,8 +356,8 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
         seed: 42,
     };
     cascade::catalog::generate::write(&pipeline.catalog, &spec, dir.path()).unwrap();
-    let catalog = cascade::catalog::Catalog::load(dir.path()).unwrap();
-    let subject = cascade::pipeline::features::Subject {
+    let catalog = Catalog::load(dir.path()).unwrap();
+    let subject = Subject {
         user: Some(12_345),
         hour: 21.0,
         weekday: 3.0,
@@ -364,24 +379,15 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
     for (role, n) in [("filter", 500), ("ranker", 100)] {
         let stage = fx.stage(role);
         let names = &stage.features().names;
-        let set = cascade::pipeline::features::FeatureSet::compile(names, &catalog).unwrap();
+        let set = FeatureSet::compile(names, &catalog).unwrap();
         // A fresh draw per call, so no run reuses rows the last one cached.
         let draws: Vec<Vec<u32>> = (0..1024).map(|_| draw(n)).collect();
         let mut next = draws.iter().cycle();
-        let mut matrix = Vec::with_capacity(n * set.width());
-        let mut missing = vec![0u32; set.width()];
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(
-            BenchmarkId::new(format!("features/{role}_{}", set.width()), n),
-            |b| {
-                b.iter(|| {
-                    missing.fill(0);
-                    let rows = next.next().unwrap();
-                    set.assemble(&catalog, &subject, rows, &mut matrix, &mut missing);
-                    black_box(&matrix);
-                })
-            },
-        );
+        let id = BenchmarkId::new(format!("features/{role}_{}", set.width()), n);
+        bench_assembly(&mut group, id, &set, &catalog, &subject, || {
+            next.next().unwrap()
+        });
     }
     let ids: Vec<Vec<String>> = (0..1024)
         .map(|_| {

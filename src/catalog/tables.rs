@@ -335,13 +335,14 @@ impl Items {
     }
 
     pub fn genres(&self, row: u32) -> &[f32] {
-        let at = ItemStat::ALL.len();
-        &row_of(&self.table, self.width, row)[at..at + self.n_genres]
+        let at = row as usize * self.width + ItemStat::ALL.len();
+        &self.table[at..at + self.n_genres]
     }
 
     /// The item's rating lift per occupation (`n_occupations` values).
     pub fn occupation_lift(&self, row: u32) -> &[f32] {
-        &row_of(&self.table, self.width, row)[ItemStat::ALL.len() + self.n_genres..]
+        let at = row as usize * self.width + ItemStat::ALL.len() + self.n_genres;
+        &self.table[at..at + self.n_occupations]
     }
 }
 
