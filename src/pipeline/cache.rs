@@ -119,6 +119,22 @@ pub struct ResponseCache {
     cache: Cache<CacheKey, Arc<RankResponse>>,
 }
 
+/// Registers `cache`'s eviction counter and entry gauge at zero (so they
+/// are scraped before the first eviction) and returns the moka listener
+/// that counts what leaves for size or age; replaced and invalidated
+/// entries are not evictions.
+pub(super) fn count_evictions<K, V>(
+    cache: &'static str,
+) -> impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static {
+    metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => cache).increment(0);
+    metrics::gauge!(m::CACHE_ENTRIES, "cache" => cache).set(0.0);
+    move |_k, _v, cause| {
+        if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+            metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => cache).increment(1);
+        }
+    }
+}
+
 impl ResponseCache {
     pub fn new(config: &CacheConfig) -> ResponseCache {
         let cache = Cache::builder()
@@ -127,14 +143,8 @@ impl ResponseCache {
                 u32::try_from(k.approx_bytes() + approx_bytes(v)).unwrap_or(u32::MAX)
             })
             .time_to_live(Duration::from_millis(config.ttl_ms))
-            .eviction_listener(|_k, _v, cause| {
-                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => "response").increment(1);
-                }
-            })
+            .eviction_listener(count_evictions("response"))
             .build();
-        metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => "response").increment(0);
-        metrics::gauge!(m::CACHE_ENTRIES, "cache" => "response").set(0.0);
         metrics::gauge!(m::RESPONSE_CACHE_BYTES).set(0.0);
         ResponseCache { cache }
     }

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 
@@ -75,14 +74,8 @@ impl ScoreCache {
             .max_capacity(config.max_scores)
             .weigher(|_k, v: &Scores| v.len().try_into().unwrap_or(u32::MAX))
             .time_to_live(Duration::from_millis(config.ttl_ms))
-            .eviction_listener(|_k, _v, cause| {
-                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => "score").increment(1);
-                }
-            })
+            .eviction_listener(super::cache::count_evictions("score"))
             .build();
-        metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => "score").increment(0);
-        metrics::gauge!(m::CACHE_ENTRIES, "cache" => "score").set(0.0);
         metrics::gauge!(m::SCORE_CACHE_SCORES).set(0.0);
         ScoreCache {
             cache,
