@@ -152,6 +152,11 @@ pub async fn send(
     send_raw(addr, &raw).await
 }
 
+/// The Prometheus text `GET /metrics` returns on the admin listener `admin`.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    String::from_utf8(send(admin, "GET", "/metrics", &[], b"").await.body).unwrap()
+}
+
 pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> Resp {
     let fut = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::common::{golden, send, TestServer};
+use crate::common::{golden, metrics_text, send, TestServer};
 
 /// `cascade_*` metric names in `text`, histogram suffixes removed.
 fn referenced(text: &str) -> BTreeSet<String> {
@@ -92,8 +92,7 @@ async fn dashboard_and_alerts_reference_only_exported_metrics() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let exported =
-        String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let exported = metrics_text(s.admin).await;
     let exported_names: BTreeSet<String> = exported
         .lines()
         .filter(|l| l.starts_with("cascade_"))

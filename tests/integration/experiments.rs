@@ -7,7 +7,9 @@ use std::time::Duration;
 use cascade::config::Secret;
 use serde_json::{json, Value};
 
-use crate::common::{config_for, known_users, project_root, send, temp_repo, Resp, TestServer};
+use crate::common::{
+    config_for, known_users, metrics_text, project_root, send, temp_repo, Resp, TestServer,
+};
 
 async fn admin(s: &TestServer, method: &str, path: &str, body: Option<&Value>) -> Resp {
     let bytes = body
@@ -338,7 +340,7 @@ async fn ab_arms_split_traffic_stably_and_by_share() {
         .starts_with("X-Cascade-Variant"));
 
     // Every rank metric carries the arm.
-    let metrics = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let metrics = metrics_text(s.admin).await;
     for needle in [
         "cascade_rank_requests_total{variant=\"small_filter\"",
         "cascade_rank_requests_total{variant=\"control\"",
@@ -466,7 +468,7 @@ async fn shadows_compare_rankings_and_leave_live_answers_untouched() {
     assert!((0.0..1.0).contains(&overlap), "{other}");
     assert!(other["mean_abs_score_delta"].as_f64().unwrap() > 0.0);
 
-    let metrics = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let metrics = metrics_text(s.admin).await;
     assert!(metrics.contains(&format!(
         "cascade_shadow_requests_total{{shadow=\"same_ranker\",outcome=\"compared\"}} {n}"
     )));
@@ -550,7 +552,7 @@ async fn a_failing_or_slow_shadow_changes_nothing_live() {
     assert!(st["broken"]["errors"].as_u64().unwrap() > 0, "{st}");
     // The slow one cannot keep up with a queue of two: work is shed.
     assert!(st["slow"]["dropped"].as_u64().unwrap() > 0, "{st}");
-    let metrics = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let metrics = metrics_text(s.admin).await;
     assert!(metrics.contains("cascade_shadow_requests_total{shadow=\"broken\",outcome=\"error\"}"));
     assert!(metrics.contains("cascade_shadow_requests_total{shadow=\"slow\",outcome=\"dropped\"}"));
 }

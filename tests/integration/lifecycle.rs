@@ -9,7 +9,9 @@ use std::time::Duration;
 use cascade::state::AppState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{config_for, golden, send, shipped_model_names, temp_repo, TestServer};
+use crate::common::{
+    config_for, golden, metrics_text, send, shipped_model_names, temp_repo, TestServer,
+};
 
 fn load_error(repo: &std::path::Path) -> String {
     match AppState::load(config_for(repo)) {
@@ -272,7 +274,7 @@ fn metric_counts_match_the_requests_sent() {
                 .status,
             404
         );
-        String::from_utf8(send(admin, "GET", "/metrics", &[], b"").await.body).unwrap()
+        metrics_text(admin).await
     });
     let value = |series: &str| -> f64 {
         text.lines()

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::common::{golden, send, shipped_model_names, TestServer};
+use crate::common::{golden, metrics_text, send, shipped_model_names, TestServer};
 
 #[tokio::test]
 async fn metrics_after_traffic() {
@@ -74,7 +74,7 @@ async fn drift_and_score_distribution_are_exported() {
         .post_json("/v1/rank", &json!({"k": 5, "deadline_ms": 5000}))
         .await;
     assert_eq!(r.json()["fallback"], "cold_start");
-    let text = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let text = metrics_text(s.admin).await;
     let psi_line = text
         .lines()
         .find(|l| {
@@ -139,7 +139,7 @@ async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
         }
     };
     send_all(None).await;
-    let text = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let text = metrics_text(s.admin).await;
     let features = [
         "user_item_dot",
         "user_genre_affinity",
@@ -165,7 +165,7 @@ async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
         .map(|&r| catalog.items.ids.get(r as u32).to_string())
         .collect();
     send_all(Some(unpopular)).await;
-    let text = String::from_utf8(send(s.admin, "GET", "/metrics", &[], b"").await.body).unwrap();
+    let text = metrics_text(s.admin).await;
     let psi = gauge(
         &text,
         "cascade_feature_psi{model=\"filter\",feature=\"item_popularity\"}",
