@@ -290,7 +290,7 @@ fn bench_size(args: &Args, n: usize) {
     let dir = args.dir.join(n.to_string());
     let (base, queries, gt) = dataset(&dir, n, args.queries);
     let kern = simd::kernels();
-    println!("\n### {n} × {DIM}, {CLUSTERS} clusters, spread {SPREAD}, seed {SEED}, {} queries, top-{K}, kernels: {}\n", args.queries, kern.name);
+    println!("\n### {n} × {DIM}, {CLUSTERS} clusters, spread {SPREAD}, seed {SEED}, {} queries, top-{K}, kernels: {}\n", args.queries, kern.name());
     Report::header();
     let mut report = Report { rows: Vec::new() };
     let data_mib = mib((base.len() * 4) as u64);
@@ -524,7 +524,7 @@ fn bench_size(args: &Args, n: usize) {
     }
 
     let out = json!({
-        "n": n, "dim": DIM, "k": K, "kernels": kern.name,
+        "n": n, "dim": DIM, "k": K, "kernels": kern.name(),
         "rows": report.rows, "exclusion": exclusion,
         "persist": {"ours": {"write_s": save_s, "file_mib": mib(size(&ours)), "reload": r_ours},
                     "hnsw_rs": {"write_s": dump_rs_s, "file_mib": mib(rs_size), "reload": r_rs}},

@@ -67,11 +67,31 @@ pub struct ServerConfig {
     /// 503 `overloaded` with `Retry-After`, so overload never turns into
     /// unbounded queueing.
     pub max_in_flight: usize,
-    /// A request whose headers take longer than this is dropped.
+    /// Connections open at once on the public listener; beyond it new
+    /// connections wait in the kernel's backlog (never accepted unbounded).
+    pub max_connections: usize,
+    /// The same for the admin listener, so a public flood never locks the
+    /// operator out.
+    pub max_admin_connections: usize,
+    /// Bytes a response may hold; a larger one is refused with 413 instead
+    /// of being built (an inference asking for huge outputs).
+    pub max_response_bytes: usize,
+    /// A request whose headers take longer than this (from their first
+    /// byte) is dropped.
     pub header_timeout_ms: u64,
-    /// A request whose body takes longer than this is refused with 400.
+    /// A keep-alive connection with no request for this long is closed. Keep
+    /// it above the idle timeout of any load balancer in front (60 s on most).
+    pub idle_timeout_ms: u64,
+    /// A request whose whole body takes longer than this is refused with 400.
     pub body_timeout_ms: u64,
-    /// On SIGTERM, in-flight requests get this long to finish.
+    /// After the body's first second, it must arrive at least this fast on
+    /// average, or it is refused with 400 and the connection closed (a
+    /// client trickling bytes holds nothing for long).
+    pub min_body_rate_bytes_per_s: u64,
+    /// On SIGTERM: report not-ready but keep accepting for this long, so
+    /// load balancers stop sending first (SIGINT skips it).
+    pub drain_delay_ms: u64,
+    /// Then in-flight requests get this long to finish.
     pub shutdown_grace_ms: u64,
     /// Async worker threads (the reactor). Inference runs on separate,
     /// bounded threads: see `models.inference_threads`.
@@ -136,8 +156,14 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:9090".into(),
             max_body_bytes: 4 * 1024 * 1024,
             max_in_flight: 512,
+            max_connections: 4096,
+            max_admin_connections: 64,
+            max_response_bytes: 32 * 1024 * 1024,
             header_timeout_ms: 5_000,
+            idle_timeout_ms: 75_000,
             body_timeout_ms: 10_000,
+            min_body_rate_bytes_per_s: 16 * 1024,
+            drain_delay_ms: 5_000,
             shutdown_grace_ms: 10_000,
             worker_threads: 2,
             admin_token: None,
@@ -404,8 +430,27 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
-        if self.server.max_in_flight == 0 {
-            return Err(invalid("server.max_in_flight", "must be at least 1"));
+        let server = &self.server;
+        for (key, value) in [
+            ("server.max_in_flight", server.max_in_flight as u64),
+            ("server.max_connections", server.max_connections as u64),
+            (
+                "server.max_admin_connections",
+                server.max_admin_connections as u64,
+            ),
+            ("server.header_timeout_ms", server.header_timeout_ms),
+            ("server.idle_timeout_ms", server.idle_timeout_ms),
+            ("server.body_timeout_ms", server.body_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.server.max_response_bytes < 1024 {
+            return Err(invalid(
+                "server.max_response_bytes",
+                "must be at least 1024",
+            ));
         }
         if self.server.worker_threads == 0 {
             return Err(invalid("server.worker_threads", "must be at least 1"));
@@ -480,13 +525,33 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-/// Merges `CASCADE_A__B=v` into `tree` as `a.b = v`. The value is read as a
-/// TOML value when it parses as one (numbers, booleans, arrays), else as a
-/// string.
+/// The configuration with every optional key set, serialised: the type of
+/// each key an environment override may name.
+fn key_types() -> toml::Table {
+    let mut probe = Config::default();
+    probe.server.admin_token = Some(Secret::new("x"));
+    probe.models.ort_library = Some(PathBuf::from("x"));
+    probe.ranking.filter_model = Some("x".into());
+    probe.ranking.ranker_model = Some("x".into());
+    probe.ranking.cold_start_model = Some("x".into());
+    probe.ranking.hnsw.index_file = Some(PathBuf::from("x"));
+    probe.shadow.log_file = Some(PathBuf::from("x"));
+    match toml::Value::try_from(&probe) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    }
+}
+
+/// Merges `CASCADE_A__B=v` into `tree` as `a.b = v`, the value read by the
+/// key's type: text for a string key whatever it looks like (a token
+/// `0x7fffffff` stays that text, a salt `123` stays "123"), a TOML scalar
+/// for a number or boolean key, and for keys of no fixed type (arrays,
+/// per-model sections) a TOML value when it parses as one, else text.
 fn apply_env(
     tree: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
+    let types = key_types();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -498,11 +563,30 @@ fn apply_env(
         if path.iter().any(|p| p.is_empty()) {
             return Err(invalid(&name, "empty key segment"));
         }
-        let value = format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut known = Some(&types);
+        for key in &path[..path.len() - 1] {
+            known = known
+                .and_then(|t| t.get(key))
+                .and_then(toml::Value::as_table);
+        }
+        let as_toml = || {
+            format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+        };
+        let text = || toml::Value::String(raw.clone());
+        let value = match known.and_then(|t| t.get(&path[path.len() - 1])) {
+            Some(toml::Value::String(_)) => text(),
+            // A scalar that does not parse stays text, so deserialising
+            // names the key and the type it wanted.
+            Some(toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)) => {
+                as_toml()
+                    .filter(|v| !matches!(v, toml::Value::Array(_) | toml::Value::Table(_)))
+                    .unwrap_or_else(text)
+            }
+            _ => as_toml().unwrap_or_else(text),
+        };
         let mut table = &mut *tree;
         for key in &path[..path.len() - 1] {
             let slot = table
@@ -571,6 +655,46 @@ mod tests {
         assert_eq!(c.models.inference_threads, 3);
         assert_eq!(c.models.overrides["ranker"].backend, Some(BackendKind::Ort));
         assert_eq!(c.server.admin_listen, ServerConfig::default().admin_listen);
+    }
+
+    #[test]
+    fn env_values_are_read_by_the_keys_type() {
+        let env = vec![
+            (
+                "CASCADE_SERVER__ADMIN_TOKEN".to_string(),
+                "0x7fffffff".to_string(),
+            ),
+            ("CASCADE_EXPERIMENTS__SALT".to_string(), "123".to_string()),
+            (
+                "CASCADE_RANKING__FILTER_MODEL".to_string(),
+                "1e3".to_string(),
+            ),
+            ("CASCADE_SHADOW__LOG_FILE".to_string(), "true".to_string()),
+            (
+                "CASCADE_SERVER__MAX_IN_FLIGHT".to_string(),
+                "64".to_string(),
+            ),
+            ("CASCADE_RANKING__BATCHING".to_string(), "false".to_string()),
+            (
+                "CASCADE_MONITORING__SAMPLE_RATE".to_string(),
+                "0.5".to_string(),
+            ),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.server.admin_token, Some(Secret::new("0x7fffffff")));
+        assert_eq!(c.experiments.salt, "123");
+        assert_eq!(c.ranking.filter_model.as_deref(), Some("1e3"));
+        assert_eq!(c.shadow.log_file, Some(PathBuf::from("true")));
+        assert_eq!(c.server.max_in_flight, 64);
+        assert!(!c.ranking.batching);
+        assert_eq!(c.monitoring.sample_rate, 0.5);
+        // A number key given text is an error naming the key.
+        let env = vec![(
+            "CASCADE_SERVER__MAX_IN_FLIGHT".to_string(),
+            "lots".to_string(),
+        )];
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(e.starts_with("server.max_in_flight: "), "{e}");
     }
 
     #[test]

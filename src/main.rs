@@ -141,8 +141,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Bind first: a busy port is reported at once, not after the models
+        // and the index have loaded.
         let public_addr = config.listen_addr();
         let admin_addr = config.admin_addr();
+        let public = tokio::net::TcpListener::bind(public_addr)
+            .await
+            .with_context(|| format!("server.listen: cannot bind {public_addr}"))?;
+        let admin = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("server.admin_listen: cannot bind {admin_addr}"))?;
+        // From here SIGHUP rescans the repository instead of killing us.
+        let hangups = hangup_signals();
         let started = std::time::Instant::now();
         let state = Arc::new(AppState::load(config).context("loading models")?);
         tracing::info!(
@@ -150,17 +160,54 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             millis = started.elapsed().as_millis() as u64,
             "models loaded, warmed up and vetted"
         );
-        let public = tokio::net::TcpListener::bind(public_addr)
-            .await
-            .with_context(|| format!("server.listen: cannot bind {public_addr}"))?;
-        let admin = tokio::net::TcpListener::bind(admin_addr)
-            .await
-            .with_context(|| format!("server.admin_listen: cannot bind {admin_addr}"))?;
+        if let Some(hangups) = hangups {
+            reload_on_hangup(hangups, Arc::downgrade(&state));
+        }
         tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, "cascade listening");
-        cascade::server::run(public, admin, state, cascade::server::shutdown_signal()).await;
+        let shutdown = async {
+            let first = cascade::server::shutdown_signal().await;
+            // A second signal means "now": in-flight work is cut short.
+            tokio::spawn(async {
+                cascade::server::shutdown_signal().await;
+                tracing::warn!("second shutdown signal: exiting without waiting");
+                std::process::exit(1);
+            });
+            first
+        };
+        cascade::server::run(public, admin, state, shutdown).await;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// Takes over SIGHUP (whose default action ends the process).
+fn hangup_signals() -> Option<Hangups> {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Every SIGHUP rescans the model repository, as the reload call does for
+/// each model (new versions load, are vetted, then serve).
+fn reload_on_hangup(mut hangups: Hangups, state: std::sync::Weak<AppState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(state) = state.upgrade() else { return };
+            tracing::info!("SIGHUP: rescanning the model repository");
+            let _ = tokio::task::spawn_blocking(move || state.reload_all()).await;
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (hangups, state);
 }
 
 fn synth_catalog(args: CatalogArgs) -> anyhow::Result<()> {

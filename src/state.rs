@@ -107,9 +107,25 @@ impl AppState {
 
     /// `POST /admin/models/{name}/reload`. Blocking (models load here).
     pub fn reload_model(&self, name: &str) -> Result<ReloadReport, LifecycleError> {
-        let result = self.registry.reload(name);
+        let result = self.registry.reload(name, &self.pins(name));
         self.after_change(name, &result, "swapped");
         result
+    }
+
+    /// The poller's look at one model: loads only once its files have
+    /// settled, and only what changed (see `Registry::poll`).
+    pub fn poll_model(&self, name: &str) {
+        if let Some(result) = self.registry.poll(name, &self.pins(name)) {
+            self.after_change(name, &result, "swapped");
+        }
+    }
+
+    /// Versions of `name` that the ranking config, an arm or a shadow pins.
+    fn pins(&self, name: &str) -> crate::model::repository::Pins {
+        self.pipeline
+            .as_ref()
+            .map(|p| p.pins(name))
+            .unwrap_or_default()
     }
 
     /// `POST /admin/models/{name}/rollback`.
@@ -143,6 +159,14 @@ impl AppState {
         record_models(&self.registry);
     }
 
+    /// Reloads every model folder of the repository (new models included).
+    /// Blocking.
+    pub fn reload_all(&self) {
+        for name in model_folders(self.registry.root()) {
+            let _ = self.reload_model(&name);
+        }
+    }
+
     /// Rescans every model folder every `models.poll_interval_s` seconds,
     /// on a blocking thread, until the process ends.
     pub fn spawn_poller(self: &Arc<Self>) {
@@ -158,9 +182,8 @@ impl AppState {
                 tick.tick().await;
                 let Some(state) = state.upgrade() else { return };
                 let _ = tokio::task::spawn_blocking(move || {
-                    let names = model_folders(state.registry.root());
-                    for name in names {
-                        let _ = state.reload_model(&name);
+                    for name in model_folders(state.registry.root()) {
+                        state.poll_model(&name);
                     }
                 })
                 .await;

@@ -66,8 +66,9 @@ fn copy_row(dst: &mut Vec<f32>, src: &[f32], width: usize, from: usize) {
     dst.extend_from_slice(&src[from * width..(from + 1) * width]);
 }
 
-/// Writes `items.safetensors`, `items.json`, `users.safetensors` and
-/// `users.json` into `out` (created if needed).
+/// Writes `items.safetensors`, `items.json`, `users.safetensors`,
+/// `users.json` and an empty `user_history.safetensors` (synthetic users
+/// have seen nothing) into `out` (created if needed).
 pub fn write(template: &Catalog, spec: &Spec, out: &Path) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let t = &template.items;
@@ -133,7 +134,23 @@ pub fn write(template: &Catalog, spec: &Spec, out: &Path) -> Result<(), String> 
         &out.join("users.json"),
         &serde_json::json!({"ids": user_ids, "occupations": template.occupations}),
     )?;
-    Ok(())
+    write_empty_history(&out.join("user_history.safetensors"), m)
+}
+
+/// A user history with no items: `m + 1` zero offsets, no rows.
+fn write_empty_history(path: &Path, users: usize) -> Result<(), String> {
+    let offsets = vec![0u8; (users + 1) * 4];
+    let views = [
+        (
+            "offsets",
+            TensorView::new(Dtype::I32, vec![users + 1], &offsets).map_err(|e| e.to_string())?,
+        ),
+        (
+            "items",
+            TensorView::new(Dtype::I32, vec![0], &[]).map_err(|e| e.to_string())?,
+        ),
+    ];
+    safetensors::serialize_to_file(views, None, path).map_err(|e| e.to_string())
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), String> {

@@ -19,14 +19,29 @@ pub type DotF32 = unsafe fn(&[f32], &[f32]) -> f32;
 pub type DotI8 = unsafe fn(&[f32], &[i8]) -> f32;
 
 /// The kernels this CPU runs, and the name of the instruction set they use.
+///
+/// The fields are private: only this module, after checking what the CPU
+/// supports, may put a kernel behind the safe [`Kernels::dot`]. A forged
+/// value with, say, the AVX-512 kernel on a CPU without it would be
+/// undefined behaviour from safe code, so it must not compile:
+///
+/// ```compile_fail,E0451
+/// use cascade::catalog::simd::{dot_i8_scalar, dot_scalar, Kernels};
+/// let forged = Kernels { name: "forged", dot: dot_scalar, dot_i8: dot_i8_scalar };
+/// ```
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    pub name: &'static str,
-    pub dot: DotF32,
-    pub dot_i8: DotI8,
+    name: &'static str,
+    dot: DotF32,
+    dot_i8: DotI8,
 }
 
 impl Kernels {
+    /// The instruction set the kernels use (`avx512`, `avx2`, `scalar`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// `a · b`; lengths must match (checked in debug builds).
     #[inline]
     pub fn dot(&self, a: &[f32], b: &[f32]) -> f32 {

@@ -360,7 +360,7 @@ pub struct Users {
     pub mean_rating: Vec<f32>,
     pub pos_rate: Vec<f32>,
     /// Items each user interacted with before the cutoff (CSR over user
-    /// rows): never retrieved for them again. Empty when not shipped.
+    /// rows): never retrieved for them again.
     history_offsets: Vec<u32>,
     history_items: Vec<u32>,
 }
@@ -378,28 +378,31 @@ impl Users {
             ));
         }
         let (genre_profile, n_genres) = f.f32s("genre_profile", n)?;
-        let (history_offsets, history_items) = if dir.join("user_history.safetensors").is_file() {
-            let h = TensorFile::open(dir, "user_history.safetensors")?;
-            let offsets = h.i32s("offsets")?;
-            let rows = h.i32s("items")?;
-            let ok = offsets.len() == n + 1
-                && offsets.windows(2).all(|w| w[0] <= w[1])
-                && offsets.first() == Some(&0)
-                && offsets.last().map(|&l| l as usize) == Some(rows.len())
-                && rows.iter().all(|&r| r >= 0 && (r as usize) < items.len());
-            if !ok {
-                return Err(CatalogError::load(
-                    "user_history.safetensors",
-                    "offsets/items are not a valid CSR over the user and item tables",
-                ));
-            }
-            (
-                offsets.into_iter().map(|x| x as u32).collect(),
-                rows.into_iter().map(|x| x as u32).collect(),
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        // Required: without it the server would silently stop excluding
+        // what users have seen. A catalog without history ships one whose
+        // offsets are all 0.
+        if !dir.join("user_history.safetensors").is_file() {
+            return Err(CatalogError::load(
+                "user_history.safetensors",
+                "file not found (each user's seen items, which ranking.exclude_seen relies on; a catalog without history ships one with every offset 0)",
+            ));
+        }
+        let h = TensorFile::open(dir, "user_history.safetensors")?;
+        let offsets = h.i32s("offsets")?;
+        let rows = h.i32s("items")?;
+        let ok = offsets.len() == n + 1
+            && offsets.windows(2).all(|w| w[0] <= w[1])
+            && offsets.first() == Some(&0)
+            && offsets.last().map(|&l| l as usize) == Some(rows.len())
+            && rows.iter().all(|&r| r >= 0 && (r as usize) < items.len());
+        if !ok {
+            return Err(CatalogError::load(
+                "user_history.safetensors",
+                "offsets/items are not a valid CSR over the user and item tables",
+            ));
+        }
+        let history_offsets: Vec<u32> = offsets.into_iter().map(|x| x as u32).collect();
+        let history_items: Vec<u32> = rows.into_iter().map(|x| x as u32).collect();
         let users = Users {
             dim,
             embedding,

@@ -1,45 +1,105 @@
 //! Request bodies in, JSON out: size limit (413), content type (415),
-//! body timeout, and response helpers.
+//! body deadlines (total and minimum rate), and response helpers.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 use super::error::ApiError;
 use crate::config::ServerConfig;
 
-/// Reads the whole body, refusing more than `server.max_body_bytes` (413)
-/// and bodies that do not arrive within `server.body_timeout_ms` (400).
-pub async fn read_limited(
-    body: Incoming,
+/// The first second of a body is free of the rate rule: a client needs a
+/// moment to start sending.
+const RATE_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a body could not be read. Every case leaves unread bytes on the
+/// connection, so the answer must close it.
+#[derive(Debug)]
+pub struct BodyError(pub ApiError);
+
+/// Reads the whole body, refusing more than `server.max_body_bytes` (413,
+/// from `Content-Length` before reading when it is declared), a body that
+/// trickles in below `server.min_body_rate_bytes_per_s` after its first
+/// second, and one that takes longer than `server.body_timeout_ms` in all
+/// (400). Every request's body is read here, before any route runs, so a
+/// rejection never leaves a half-read request on a keep-alive connection,
+/// and no admission permit is held while a client uploads.
+pub async fn read_body(
+    mut body: Incoming,
     headers: &HeaderMap,
     server: &ServerConfig,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, BodyError> {
     let limit = server.max_body_bytes;
-    let timeout = Duration::from_millis(server.body_timeout_ms);
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > limit as u64 {
-            return Err(ApiError::payload_too_large(limit));
+            return Err(BodyError(ApiError::payload_too_large(limit)));
         }
     }
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(ApiError::invalid(format!(
-            "request body not received within {} ms",
-            timeout.as_millis()
-        ))),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::payload_too_large(limit))
-        }
-        Ok(Err(_)) => Err(ApiError::invalid("request body could not be read")),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
     }
+    let started = tokio::time::Instant::now();
+    let hard_stop = started + Duration::from_millis(server.body_timeout_ms);
+    let rate = server.min_body_rate_bytes_per_s;
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut received = 0usize;
+    loop {
+        // The moment the average rate would fall below the minimum if no
+        // more bytes came.
+        let rate_stop = if rate == 0 {
+            hard_stop
+        } else {
+            started + RATE_GRACE + Duration::from_secs_f64(received as f64 / rate as f64)
+        };
+        let deadline = rate_stop.min(hard_stop);
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) if deadline == hard_stop => {
+                return Err(BodyError(ApiError::invalid(format!(
+                    "request body not received within {} ms",
+                    server.body_timeout_ms
+                ))))
+            }
+            Err(_) => {
+                return Err(BodyError(ApiError::invalid(format!(
+                    "request body arrived slower than {rate} bytes/s ({received} bytes in {} ms)",
+                    started.elapsed().as_millis()
+                ))))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(BodyError(ApiError::invalid(
+                    "request body could not be read",
+                )))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            received += data.len();
+            if received > limit {
+                return Err(BodyError(ApiError::payload_too_large(limit)));
+            }
+            parts.push(data);
+        }
+    }
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => {
+            let mut all = Vec::with_capacity(received);
+            for p in &parts {
+                all.extend_from_slice(p);
+            }
+            all.into()
+        }
+    })
 }
 
 /// The media type of the request without parameters, lower-cased; `None`

@@ -69,6 +69,17 @@ impl ApiError {
         )
     }
 
+    /// 413 for an answer that would exceed `server.max_response_bytes`.
+    pub fn response_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the response would exceed the limit of {limit} bytes (server.max_response_bytes); ask for fewer rows or outputs, or for binary outputs"
+            ),
+        )
+    }
+
     pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -36,33 +36,91 @@ pub enum Listener {
 
 /// Entry point for every request on either listener. Never fails: every
 /// error becomes a response in the route's documented shape.
+///
+/// The body is read first, for every route (see [`body::read_body`]); a body
+/// that cannot be read is answered with `Connection: close`, since unread
+/// bytes are left on the connection. While the server drains, every answer
+/// says `Connection: close` so keep-alive clients move to other replicas.
 pub async fn handle(
     state: Arc<AppState>,
     listener: Listener,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    // Every log line of a request carries its id: the caller's
-    // `X-Request-Id` when it is a sane token, else a fresh one. It is echoed
-    // in the response and used for a rank request without `request_id`.
-    let request_id = req
-        .headers()
+    let started = Instant::now();
+    let (parts, incoming) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let shape = if listener == Listener::Public && segments.first() == Some(&"v2") {
+        ErrorShape::InferenceProtocol
+    } else {
+        ErrorShape::Cascade
+    };
+    // One id per request, on every log line and echoed in `X-Request-Id`: a
+    // rank request's own `request_id`, else the caller's `X-Request-Id`
+    // when it is a sane token, else a fresh one.
+    let header_id = parts
+        .headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id);
-    let span = tracing::info_span!("request", request_id = %request_id);
-    let mut response = dispatch(state, listener, req, &request_id)
-        .instrument(span)
-        .await;
-    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+        .filter(|s| valid_request_id(s))
+        .map(str::to_string);
+    let method = parts.method.clone();
+    let body = body::read_body(incoming, &parts.headers, &state.config.server).await;
+    let request_id = match (&body, segments.as_slice()) {
+        (Ok(bytes), ["v1", "rank"]) if listener == Listener::Public => body_request_id(bytes),
+        _ => None,
     }
-    Ok(response)
+    .or(header_id)
+    .unwrap_or_else(new_request_id);
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let respond = async {
+        let (mut response, close) = match body {
+            Err(body::BodyError(e)) => (e.into_response(shape), true),
+            Ok(bytes) => {
+                let req = Request::from_parts(parts, bytes);
+                let response = dispatch(&state, listener, req, &segments, shape, &request_id).await;
+                (response, false)
+            }
+        };
+        if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        if close || state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        finish(listener, &segments, &method, &path, started, response)
+    };
+    Ok(respond.instrument(span).await)
 }
 
 /// The request-id header, read and echoed.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// What a request id may be: 1 to 128 visible ASCII characters, so that it
+/// can be echoed in a header and logged as it is.
+pub fn valid_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The `request_id` of a rank request's body, when it has a valid one
+/// (anything else is left for the request's own validation to refuse).
+fn body_request_id(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        request_id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(bytes)
+        .ok()?
+        .request_id
+        .filter(|s| valid_request_id(s))
+}
 
 /// A request id unique within this process and across restarts.
 pub fn new_request_id() -> String {
@@ -79,66 +137,55 @@ pub fn new_request_id() -> String {
 }
 
 async fn dispatch(
-    state: Arc<AppState>,
+    state: &Arc<AppState>,
     listener: Listener,
-    req: Request<Incoming>,
+    req: Request<Bytes>,
+    segments: &[&str],
+    shape: ErrorShape,
     request_id: &str,
 ) -> Response<Full<Bytes>> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    // Admission control: work that costs inference holds a permit for its
-    // whole life; when none is left the answer is an immediate 503.
-    let costly = listener == Listener::Public
-        && matches!(
-            segments.as_slice(),
-            ["v1", ..] | ["v2", "models", .., "infer"]
-        );
-    let _permit = if costly {
-        match state.admission.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let shape = if segments.first() == Some(&"v2") {
-                    ErrorShape::InferenceProtocol
-                } else {
-                    ErrorShape::Cascade
-                };
-                let response = ApiError::overloaded(1).into_response(shape);
-                return finish(listener, &segments, &method, &path, started, response);
-            }
-        }
-    } else {
-        None
+    let result = match (listener, segments) {
+        (Listener::Public, ["v2", rest @ ..]) => oip::route(state, req, rest).await,
+        (Listener::Public, ["v1", rest @ ..]) => rank::route(state, req, rest, request_id).await,
+        (_, ["healthz"]) | (_, ["readyz"]) => ops::health(state, req.method(), segments[0]),
+        (Listener::Admin, ["admin", rest @ ..]) => ops::admin(state, req, rest).await,
+        (Listener::Admin, ["metrics"]) => ops::metrics(req.method()),
+        _ => Err(ApiError::not_found(format!(
+            "no route for {}",
+            req.uri().path()
+        ))),
     };
-    let (shape, result) = match (listener, segments.as_slice()) {
-        (Listener::Public, ["v2", rest @ ..]) => (
-            ErrorShape::InferenceProtocol,
-            oip::route(&state, req, rest).await,
-        ),
-        (Listener::Public, ["v1", rest @ ..]) => (
-            ErrorShape::Cascade,
-            rank::route(&state, req, rest, request_id).await,
-        ),
-        (_, ["healthz"]) | (_, ["readyz"]) => (
-            ErrorShape::Cascade,
-            ops::health(&state, &method, segments[0]),
-        ),
-        (Listener::Admin, ["admin", rest @ ..]) => {
-            (ErrorShape::Cascade, ops::admin(&state, req, rest).await)
-        }
-        (Listener::Admin, ["metrics"]) => (ErrorShape::Cascade, ops::metrics(&method)),
-        _ => (
-            ErrorShape::Cascade,
-            Err(ApiError::not_found(format!("no route for {path}"))),
-        ),
-    };
-    let response = result.unwrap_or_else(|e| e.into_response(shape));
-    finish(listener, &segments, &method, &path, started, response)
+    result.unwrap_or_else(|e| e.into_response(shape))
+}
+
+/// An admission permit for `n` rankings or inferences: held until the
+/// answer is ready, refused at once (503 `overloaded`) when the server
+/// already runs `server.max_in_flight`. Taken only after the body has been
+/// read and parsed, so slow or broken uploads never hold one.
+pub struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    n: u32,
+}
+
+impl AppState {
+    /// Admits `n` units of work (a batch of `n` rankings counts `n`; never
+    /// more than the whole capacity, so any batch can be admitted).
+    pub fn admit(&self, n: usize) -> Result<Admitted, ApiError> {
+        let n = n.clamp(1, self.config.server.max_in_flight) as u32;
+        let permit = self
+            .admission
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| ApiError::overloaded(1))?;
+        metrics::gauge!(m::IN_FLIGHT).increment(n as f64);
+        Ok(Admitted { _permit: permit, n })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        metrics::gauge!(m::IN_FLIGHT).decrement(self.n as f64);
+    }
 }
 
 /// Records the request's metrics and log line.

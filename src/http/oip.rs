@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde_json::json;
 
 use super::body::{self, bytes_response, json_response};
@@ -37,7 +36,7 @@ fn only(method: &Method, allowed: Method, allow: &'static str) -> Result<(), Api
 }
 
 /// Routes `/v2…`; `segments` are the path's parts after `v2`.
-pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) -> Resp {
+pub async fn route(state: &AppState, req: Request<Bytes>, segments: &[&str]) -> Resp {
     let method = req.method().clone();
     match segments {
         [] => {
@@ -137,14 +136,9 @@ fn model_ready(state: &AppState, name: &str, version: Option<&str>) -> Resp {
     ))
 }
 
-async fn infer(
-    state: &AppState,
-    req: Request<Incoming>,
-    name: &str,
-    version: Option<&str>,
-) -> Resp {
+async fn infer(state: &AppState, req: Request<Bytes>, name: &str, version: Option<&str>) -> Resp {
     let model = state.registry.get(name, version)?;
-    let (parts, incoming) = req.into_parts();
+    let (parts, bytes) = req.into_parts();
     body::require_identity_encoding(&parts.headers)?;
     let header_len = match parts.headers.get(HEADER_LEN) {
         None => {
@@ -170,7 +164,6 @@ async fn infer(
             )
         }
     };
-    let bytes = body::read_limited(incoming, &parts.headers, &state.config.server).await?;
     let (json_part, binary) = match header_len {
         None => (&bytes[..], &[][..]),
         Some(n) if n <= bytes.len() => bytes.split_at(n),
@@ -184,6 +177,7 @@ async fn infer(
     let request: InferRequest = body::parse_json(json_part)?;
     let inputs = oip_codec::decode_inputs(&request, binary, model.backend.inputs(), &model.name)?;
     let selected = oip_codec::select_outputs(&request, model.backend.outputs())?;
+    let _admitted = state.admit(1)?;
     let outputs = state.pool.run(model.clone(), inputs).await?;
     let (body, json_len) = oip_codec::encode_response(
         &model.name,
@@ -191,7 +185,8 @@ async fn infer(
         request.id.as_deref(),
         &outputs,
         &selected,
-    );
+        state.config.server.max_response_bytes,
+    )?;
     Ok(match json_len {
         None => bytes_response(StatusCode::OK, "application/json", body.into()),
         Some(n) => {

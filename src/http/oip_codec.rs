@@ -115,8 +115,9 @@ fn from_json(values: &[&Value], field: &str, dt: DataType) -> Result<TensorData,
             v.as_i64().and_then(|n| i32::try_from(n).ok())
         })?),
         DataType::I64 => TensorData::I64(convert(values, field, dt, Value::as_i64)?),
+        // A number beyond f32's range would become ±inf: refused instead.
         DataType::F32 => TensorData::F32(convert(values, field, dt, |v| {
-            v.as_f64().map(|x| x as f32)
+            v.as_f64().map(|x| x as f32).filter(|x| x.is_finite())
         })?),
         DataType::F64 => TensorData::F64(convert(values, field, dt, Value::as_f64)?),
     })
@@ -244,56 +245,90 @@ pub fn decode_inputs(
 }
 
 /// Which outputs to return, in order, and whether each goes as binary.
+/// An output named twice is refused, as an input given twice is: every
+/// output is encoded at most once, so a request cannot multiply its answer.
 pub fn select_outputs(
     req: &InferRequest,
     specs: &[TensorSpec],
 ) -> Result<Vec<(usize, bool)>, ApiError> {
     let default_binary =
         bool_param(&req.parameters, "binary_data_output", "request")?.unwrap_or(false);
-    match &req.outputs {
-        None => Ok((0..specs.len()).map(|i| (i, default_binary)).collect()),
-        Some(requested) => requested
+    let Some(requested) = &req.outputs else {
+        return Ok((0..specs.len()).map(|i| (i, default_binary)).collect());
+    };
+    let mut selected: Vec<(usize, bool)> = Vec::with_capacity(requested.len());
+    for (i, out) in requested.iter().enumerate() {
+        let field = format!("outputs[{i}]");
+        let pos = specs
             .iter()
-            .enumerate()
-            .map(|(i, out)| {
-                let field = format!("outputs[{i}]");
-                let pos = specs
-                    .iter()
-                    .position(|s| s.name == out.name)
-                    .ok_or_else(|| {
-                        let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
-                        ApiError::invalid(format!(
-                            "{field}.name: no output \"{}\" (outputs: {})",
-                            out.name,
-                            names.join(", ")
-                        ))
-                    })?;
-                let binary =
-                    bool_param(&out.parameters, "binary_data", &field)?.unwrap_or(default_binary);
-                Ok((pos, binary))
-            })
-            .collect(),
+            .position(|s| s.name == out.name)
+            .ok_or_else(|| {
+                let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+                ApiError::invalid(format!(
+                    "{field}.name: no output \"{}\" (outputs: {})",
+                    out.name,
+                    names.join(", ")
+                ))
+            })?;
+        if selected.iter().any(|(p, _)| *p == pos) {
+            return Err(ApiError::invalid(format!(
+                "{field}.name: output \"{}\" requested twice",
+                out.name
+            )));
+        }
+        let binary = bool_param(&out.parameters, "binary_data", &field)?.unwrap_or(default_binary);
+        selected.push((pos, binary));
+    }
+    Ok(selected)
+}
+
+/// A `Vec` that refuses to grow past `max` bytes: the JSON encoder stops
+/// as soon as an answer is too large instead of building it whole.
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.max {
+            return Err(std::io::Error::other("response too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// Encodes the response: the JSON header, and the binary section if any
 /// output is binary. Returns `(body, json_header_len)`, the latter `None`
-/// for a pure JSON response.
+/// for a pure JSON response; refuses (413) a body over `max_bytes`, checked
+/// before the binary section is copied and while the JSON is written.
 pub fn encode_response(
     model_name: &str,
     version: u64,
     id: Option<&str>,
     outputs: &[Tensor],
     selected: &[(usize, bool)],
-) -> (Vec<u8>, Option<usize>) {
-    let mut binary = Vec::new();
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Option<usize>), ApiError> {
+    let too_large = || ApiError::response_too_large(max_bytes);
+    let binary_len: usize = selected
+        .iter()
+        .filter(|(_, b)| *b)
+        .map(|&(pos, _)| outputs[pos].data.len() * outputs[pos].datatype().size_bytes())
+        .sum();
+    if binary_len > max_bytes {
+        return Err(too_large());
+    }
     let mut items = Vec::with_capacity(selected.len());
     for &(pos, as_binary) in selected {
         let t = &outputs[pos];
         let (parameters, data) = if as_binary {
-            let before = binary.len();
-            t.data.write_le_bytes(&mut binary);
-            let size = binary.len() - before;
+            let size = t.data.len() * t.datatype().size_bytes();
             (Some(serde_json::json!({"binary_data_size": size})), None)
         } else {
             (None, Some(&t.data))
@@ -306,23 +341,37 @@ pub fn encode_response(
             data,
         });
     }
-    let mut header = serde_json::Map::new();
-    header.insert("model_name".into(), model_name.into());
-    header.insert("model_version".into(), version.to_string().into());
-    if let Some(id) = id {
-        header.insert("id".into(), id.into());
+    #[derive(Serialize)]
+    struct Header<'a> {
+        model_name: &'a str,
+        model_version: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        outputs: Vec<OutputJson<'a>>,
     }
-    header.insert(
-        "outputs".into(),
-        serde_json::to_value(&items).expect("outputs serialise"),
-    );
-    let mut body = serde_json::to_vec(&header).expect("header serialises");
-    if binary.is_empty() && selected.iter().all(|(_, b)| !b) {
-        return (body, None);
+    let header = Header {
+        model_name,
+        model_version: version.to_string(),
+        id,
+        outputs: items,
+    };
+    let mut body = Bounded {
+        buf: Vec::new(),
+        max: max_bytes - binary_len,
+    };
+    serde_json::to_writer(&mut body, &header).map_err(|_| too_large())?;
+    let mut body = body.buf;
+    if binary_len == 0 && selected.iter().all(|(_, b)| !b) {
+        return Ok((body, None));
     }
     let json_len = body.len();
-    body.extend_from_slice(&binary);
-    (body, Some(json_len))
+    body.reserve_exact(binary_len);
+    for &(pos, as_binary) in selected {
+        if as_binary {
+            outputs[pos].data.write_le_bytes(&mut body);
+        }
+    }
+    Ok((body, Some(json_len)))
 }
 
 #[cfg(test)]
@@ -425,13 +474,14 @@ mod tests {
             vec![2, 1],
             TensorData::F32(vec![0.25, 0.75]),
         )];
-        let (body, len) = encode_response("m", 1, Some("7"), &outputs, &[(0, false)]);
+        let (body, len) =
+            encode_response("m", 1, Some("7"), &outputs, &[(0, false)], 1 << 20).unwrap();
         assert!(len.is_none());
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["outputs"][0]["data"], serde_json::json!([0.25, 0.75]));
         assert_eq!(v["id"], "7");
 
-        let (body, len) = encode_response("m", 1, None, &outputs, &[(0, true)]);
+        let (body, len) = encode_response("m", 1, None, &outputs, &[(0, true)], 1 << 20).unwrap();
         let len = len.unwrap();
         let v: Value = serde_json::from_slice(&body[..len]).unwrap();
         assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 8);
@@ -439,5 +489,71 @@ mod tests {
             TensorData::from_le_bytes(DataType::F32, &body[len..]),
             TensorData::F32(vec![0.25, 0.75])
         );
+    }
+
+    #[test]
+    fn an_output_named_twice_is_refused() {
+        let specs = vec![TensorSpec {
+            name: "score".into(),
+            datatype: DataType::F32,
+            shape: vec![None, Some(1)],
+        }];
+        let r = req(
+            r#"{"inputs":[],"outputs":[{"name":"score"},{"name":"score","parameters":{"binary_data":true}}]}"#,
+        );
+        let e = select_outputs(&r, &specs).unwrap_err();
+        assert_eq!(e.status, http::StatusCode::BAD_REQUEST);
+        assert!(
+            e.message
+                .starts_with("outputs[1].name: output \"score\" requested twice"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_response_over_the_bound_is_refused_not_built() {
+        let outputs = vec![Tensor::new(
+            "score",
+            vec![1000, 1],
+            TensorData::F32(vec![0.123_456_79; 1000]),
+        )];
+        for binary in [false, true] {
+            let e = encode_response("m", 1, None, &outputs, &[(0, binary)], 2048).unwrap_err();
+            assert_eq!(
+                e.status,
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "binary {binary}"
+            );
+            assert!(
+                e.message.contains("server.max_response_bytes"),
+                "{}",
+                e.message
+            );
+            // The same answer fits a larger bound.
+            let (body, _) =
+                encode_response("m", 1, None, &outputs, &[(0, binary)], 1 << 20).unwrap();
+            assert!(body.len() > 2048);
+        }
+    }
+
+    #[test]
+    fn fp32_values_beyond_its_range_are_refused() {
+        for big in ["1e39", "-3.5e38"] {
+            let r = req(&format!(
+                r#"{{"inputs":[{{"name":"features","shape":[1,2],"datatype":"FP32","data":[1,{big}]}}]}}"#
+            ));
+            let e = decode_inputs(&r, &[], &specs(), "m").unwrap_err();
+            assert!(
+                e.message.starts_with("inputs[0].data[1]: ") && e.message.contains("FP32"),
+                "{}",
+                e.message
+            );
+        }
+        // f32::MAX itself is a valid FP32 value.
+        let r = req(
+            r#"{"inputs":[{"name":"features","shape":[1,2],"datatype":"FP32","data":[1,3.4028235e38]}]}"#,
+        );
+        assert!(decode_inputs(&r, &[], &specs(), "m").is_ok());
     }
 }

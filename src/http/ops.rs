@@ -8,7 +8,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde_json::json;
 
 use super::body::{self, json_response};
@@ -57,12 +56,12 @@ pub fn metrics(method: &Method) -> Resp {
 
 /// `/admin/*` (admin listener only). With `server.admin_token` set, every
 /// call needs `Authorization: Bearer <token>`.
-pub async fn admin(state: &Arc<AppState>, req: Request<Incoming>, segments: &[&str]) -> Resp {
+pub async fn admin(state: &Arc<AppState>, req: Request<Bytes>, segments: &[&str]) -> Resp {
     if let Some(token) = &state.config.server.admin_token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .and_then(|v| bearer_token(v.as_bytes()));
         match given {
             Some(given) if token.matches(given) => {}
             Some(_) => return Err(ApiError::unauthorized("the bearer token is not valid")),
@@ -92,7 +91,7 @@ pub async fn admin(state: &Arc<AppState>, req: Request<Incoming>, segments: &[&s
             match method {
                 Method::GET => Ok(json_response(StatusCode::OK, &pipeline.shadow.describe())),
                 Method::PUT => {
-                    let body: ShadowBody = read_json(state, req).await?;
+                    let body: ShadowBody = read_json(&req)?;
                     pipeline
                         .set_shadows(&state.registry, body.shadows, "shadows")
                         .map_err(ApiError::invalid)?;
@@ -106,7 +105,7 @@ pub async fn admin(state: &Arc<AppState>, req: Request<Incoming>, segments: &[&s
             match method {
                 Method::GET => Ok(json_response(StatusCode::OK, &*pipeline.experiments())),
                 Method::PUT => {
-                    let body: ExperimentsConfig = read_json(state, req).await?;
+                    let body: ExperimentsConfig = read_json(&req)?;
                     pipeline
                         .set_experiments(&state.registry, body, "")
                         .map_err(ApiError::invalid)?;
@@ -117,6 +116,17 @@ pub async fn admin(state: &Arc<AppState>, req: Request<Incoming>, segments: &[&s
         }
         _ => Err(ApiError::not_found("no such admin path")),
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header. The scheme
+/// name is case-insensitive and may be followed by several spaces (RFC 7235).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
 }
 
 #[derive(serde::Deserialize)]
@@ -132,14 +142,9 @@ fn ranking(state: &AppState) -> Result<&Pipeline, ApiError> {
         .ok_or_else(|| ApiError::not_found("ranking is not enabled on this server"))
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    req: Request<Incoming>,
-) -> Result<T, ApiError> {
-    let (parts, incoming) = req.into_parts();
-    body::require_json(&parts.headers)?;
-    let bytes = body::read_limited(incoming, &parts.headers, &state.config.server).await?;
-    body::parse_json(&bytes)
+fn read_json<T: serde::de::DeserializeOwned>(req: &Request<Bytes>) -> Result<T, ApiError> {
+    body::require_json(req.headers())?;
+    body::parse_json(req.body())
 }
 
 /// Reload or rollback, on a blocking thread: loading and vetting a
@@ -182,7 +187,7 @@ fn models(state: &AppState) -> serde_json::Value {
                         "state": if entry.retired.contains(v) { "retired" } else { "ready" },
                         "vetting": m.vetting,
                     }),
-                    VersionState::Failed(reason) => json!({
+                    VersionState::Failed { reason, .. } => json!({
                         "version": v.to_string(),
                         "state": "failed",
                         "error": reason,
@@ -199,4 +204,34 @@ fn models(state: &AppState) -> serde_json::Value {
         })
         .collect();
     json!({"models": models})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in [
+            "Bearer tok-123",
+            "bearer tok-123",
+            "BEARER tok-123",
+            "Bearer   tok-123",
+        ] {
+            assert_eq!(
+                bearer_token(header.as_bytes()),
+                Some(&b"tok-123"[..]),
+                "{header}"
+            );
+        }
+        for header in [
+            "Basic dG9rOjE=",
+            "Bearer",
+            "Bearer ",
+            "Bearertok-123",
+            "Bear tok",
+        ] {
+            assert_eq!(bearer_token(header.as_bytes()), None, "{header}");
+        }
+    }
 }

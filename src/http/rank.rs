@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::body::{self, json_response};
@@ -18,7 +17,7 @@ type Resp = Result<Response<Full<Bytes>>, ApiError>;
 /// `request_id` is the HTTP request's id, used when a rank request has none.
 pub async fn route(
     state: &AppState,
-    req: Request<Incoming>,
+    req: Request<Bytes>,
     segments: &[&str],
     request_id: &str,
 ) -> Resp {
@@ -34,11 +33,10 @@ pub async fn route(
         .pipeline
         .as_ref()
         .ok_or_else(|| ApiError::not_found("ranking is not enabled on this server"))?;
-    let (parts, incoming) = req.into_parts();
+    let (parts, bytes) = req.into_parts();
     let variant = forced_variant(&parts.headers, pipeline)?;
     body::require_identity_encoding(&parts.headers)?;
     body::require_json(&parts.headers)?;
-    let bytes = body::read_limited(incoming, &parts.headers, &state.config.server).await?;
     if batch {
         let value: BatchBody = body::parse_json(&bytes)?;
         let max = state.config.ranking.max_batch_requests;
@@ -48,6 +46,8 @@ pub async fn route(
                 value.requests.len()
             )));
         }
+        // A batch costs what its rankings cost.
+        let _admitted = state.admit(value.requests.len())?;
         let answers =
             futures_util::future::join_all(value.requests.into_iter().enumerate().map(|(i, r)| {
                 rank_value(
@@ -65,6 +65,7 @@ pub async fn route(
         ))
     } else {
         let request: RankRequest = body::parse_json(&bytes)?;
+        let _admitted = state.admit(1)?;
         let response = rank(state, pipeline, request, request_id.to_string(), variant).await?;
         Ok(json_response(StatusCode::OK, &response))
     }

@@ -1,16 +1,20 @@
 //! Dynamic batching: rows bound for one model from concurrent requests are
 //! bulked into one inference.
 //!
-//! An actor per model owns a bounded queue. A batch opens with the oldest
-//! waiting job and closes when it holds `max_batch_rows` rows or when that
-//! oldest job has waited `max_wait` — the actor waits on the channel and a
-//! timer together (`select!`), never by polling. Jobs whose caller has gone
-//! away or whose deadline has passed are dropped before inference and
-//! counted. A job never shares a batch with a job for another model version,
+//! An actor per model version owns a bounded queue. A batch opens with the
+//! oldest waiting job, then waits for a free worker: batches are *pulled* by
+//! a worker, so while every worker is busy the batch keeps growing instead
+//! of waiting closed. With a worker in hand it closes when it holds
+//! `max_batch_rows` rows or when that oldest job has waited `max_wait` — the
+//! actor waits on the channel and a timer together (`select!`), never by
+//! polling. Only then are jobs whose caller has gone away or whose deadline
+//! has passed dropped (and counted): checked after every wait, so no job
+//! runs for a caller that left while its batch waited for a worker. A job never shares a batch with a job for another model version,
 //! so every caller is scored by the version it was routed to. A full queue
 //! refuses the job at once: the caller degrades or answers 503, the queue
 //! never grows without bound.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,23 +69,68 @@ pub enum BatchError {
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
     label: String,
+    policy: BatchPolicy,
+    stats: Arc<Stats>,
+}
+
+/// What an actor did, for tests and benches (metrics carry the same).
+#[derive(Debug, Default)]
+struct Stats {
+    rows_run: AtomicU64,
+    rows_dropped: AtomicU64,
 }
 
 impl Batcher {
     /// Starts the actor on the current tokio runtime. `output` names the
     /// score output; `label` is the model name for metrics.
     pub fn spawn(label: &str, output: &str, policy: BatchPolicy, pool: InferencePool) -> Batcher {
+        let workers = Arc::new(Semaphore::new(policy.workers.max(1)));
+        Batcher::spawn_with_workers(label, output, policy, pool, workers)
+    }
+
+    /// As [`Batcher::spawn`], with the semaphore whose permits are its workers.
+    fn spawn_with_workers(
+        label: &str,
+        output: &str,
+        policy: BatchPolicy,
+        pool: InferencePool,
+        workers: Arc<Semaphore>,
+    ) -> Batcher {
         // Export the drop counters from the start, at zero.
         for reason in ["deadline", "caller_gone", "overload"] {
             metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => label.to_string(), "reason" => reason)
                 .increment(0);
         }
         let (tx, rx) = mpsc::channel(policy.queue_capacity.max(1));
-        tokio::spawn(run(rx, policy, pool, output.to_string(), label.to_string()));
+        let stats = Arc::new(Stats::default());
+        let actor = Actor {
+            policy: policy.clone(),
+            pool,
+            output: output.to_string(),
+            label: label.to_string(),
+            workers,
+            stats: stats.clone(),
+        };
+        tokio::spawn(actor.run(rx));
         Batcher {
             tx,
             label: label.to_string(),
+            policy,
+            stats,
         }
+    }
+
+    /// The policy this batcher was built with (its model version's `[batching]`).
+    pub fn policy(&self) -> &BatchPolicy {
+        &self.policy
+    }
+
+    /// Rows run through the model, and rows dropped before running.
+    pub fn rows(&self) -> (u64, u64) {
+        (
+            self.stats.rows_run.load(Ordering::Relaxed),
+            self.stats.rows_dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// Queues `n` rows (`rows.len() == n × width`) for `model` and waits for
@@ -115,90 +164,106 @@ impl Batcher {
     }
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<Job>,
+/// The actor's settings and what it shares with its handles.
+struct Actor {
     policy: BatchPolicy,
     pool: InferencePool,
     output: String,
     label: String,
-) {
-    let workers = Arc::new(Semaphore::new(policy.workers.max(1)));
-    let mut carry: Option<Job> = None;
-    loop {
-        let first = match carry.take() {
-            Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        let close_at = first.enqueued + policy.max_wait;
-        let mut rows = first.n;
-        let mut jobs = vec![first];
-        while rows < policy.max_batch_rows {
-            // Take what is already queued without touching the timer; wait
-            // (channel and timer together) only while the oldest job still
-            // has time left. Tokio's timer ticks in whole milliseconds, so a
-            // batch that is already due must never wait on it.
-            let job = match rx.try_recv() {
-                Ok(job) => job,
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    if Instant::now() >= close_at {
-                        break;
-                    }
-                    tokio::select! {
-                        biased;
-                        next = rx.recv() => match next {
-                            Some(job) => job,
-                            None => break,
-                        },
-                        _ = tokio::time::sleep_until(close_at) => break,
-                    }
-                }
-            };
-            let same_version = Arc::ptr_eq(&job.model, &jobs[0].model);
-            if same_version && rows + job.n <= policy.max_batch_rows {
-                rows += job.n;
-                jobs.push(job);
-            } else {
-                carry = Some(job);
-                break;
-            }
-        }
-        metrics::gauge!(m::BATCH_QUEUE_DEPTH, "model" => label.clone())
-            .set(rx.len() as f64 + carry.is_some() as u8 as f64);
+    workers: Arc<Semaphore>,
+    stats: Arc<Stats>,
+}
 
-        let now = Instant::now();
-        let mut live = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let reason = if job.reply.is_closed() {
-                "caller_gone"
-            } else if job.deadline <= now {
-                "deadline"
-            } else {
-                metrics::histogram!(m::BATCH_QUEUE_WAIT_SECONDS, "model" => label.clone())
-                    .record((now - job.enqueued).as_secs_f64());
-                live.push(job);
-                continue;
+impl Actor {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let policy = &self.policy;
+        let label = &self.label;
+        let mut carry: Option<Job> = None;
+        loop {
+            let first = match carry.take() {
+                Some(job) => job,
+                None => match rx.recv().await {
+                    Some(job) => job,
+                    None => return,
+                },
             };
-            metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => label.clone(), "reason" => reason)
-                .increment(job.n as u64);
-            let _ = job.reply.send(Err(BatchError::Deadline));
+            // A free worker pulls the batch: while all are busy the batch
+            // stays open and keeps what arrives.
+            let permit = match self.workers.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            let close_at = first.enqueued + policy.max_wait;
+            let mut rows = first.n;
+            let mut jobs = vec![first];
+            while rows < policy.max_batch_rows {
+                // Take what is already queued without touching the timer;
+                // wait (channel and timer together) only while the oldest
+                // job still has time left. Tokio's timer ticks in whole
+                // milliseconds, so a batch that is already due must never
+                // wait on it.
+                let job = match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if Instant::now() >= close_at {
+                            break;
+                        }
+                        tokio::select! {
+                            biased;
+                            next = rx.recv() => match next {
+                                Some(job) => job,
+                                None => break,
+                            },
+                            _ = tokio::time::sleep_until(close_at) => break,
+                        }
+                    }
+                };
+                let same_version = Arc::ptr_eq(&job.model, &jobs[0].model);
+                if same_version && rows + job.n <= policy.max_batch_rows {
+                    rows += job.n;
+                    jobs.push(job);
+                } else {
+                    carry = Some(job);
+                    break;
+                }
+            }
+            metrics::gauge!(m::BATCH_QUEUE_DEPTH, "model" => label.clone())
+                .set(rx.len() as f64 + carry.is_some() as u8 as f64);
+
+            // Checked now, after every wait: callers that left or ran out
+            // of time while the batch waited are not run.
+            let now = Instant::now();
+            let mut live = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let reason = if job.reply.is_closed() {
+                    "caller_gone"
+                } else if job.deadline <= now {
+                    "deadline"
+                } else {
+                    metrics::histogram!(m::BATCH_QUEUE_WAIT_SECONDS, "model" => label.clone())
+                        .record((now - job.enqueued).as_secs_f64());
+                    live.push(job);
+                    continue;
+                };
+                metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => label.clone(), "reason" => reason)
+                    .increment(job.n as u64);
+                self.stats
+                    .rows_dropped
+                    .fetch_add(job.n as u64, Ordering::Relaxed);
+                let _ = job.reply.send(Err(BatchError::Deadline));
+            }
+            if live.is_empty() {
+                continue;
+            }
+            let n: usize = live.iter().map(|j| j.n).sum();
+            self.stats.rows_run.fetch_add(n as u64, Ordering::Relaxed);
+            let (pool, output) = (self.pool.clone(), self.output.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                run_batch(&pool, &output, live).await;
+            });
         }
-        let jobs = live;
-        if jobs.is_empty() {
-            continue;
-        }
-        let permit = match workers.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
-        let (pool, output) = (pool.clone(), output.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            run_batch(&pool, &output, jobs).await;
-        });
     }
 }
 
@@ -385,6 +450,8 @@ mod tests {
         let batcher = Batcher {
             tx,
             label: "filter".into(),
+            policy: policy(64, 0),
+            stats: Default::default(),
         };
         let model = filter();
         let (b, m) = (batcher.clone(), model.clone());
@@ -392,5 +459,38 @@ mod tests {
         tokio::task::yield_now().await;
         let r = batcher.score(model, rows(1, 1), 1, far()).await;
         assert!(matches!(r, Err(BatchError::Overloaded)), "{r:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_left_while_its_batch_waited_for_a_worker_is_not_run() {
+        let model = filter();
+        // The test holds the only worker: every batch must wait for it.
+        let workers = Arc::new(Semaphore::new(1));
+        let held = workers.clone().acquire_owned().await.unwrap();
+        let batcher = Batcher::spawn_with_workers(
+            "filter",
+            "score",
+            policy(64, 0),
+            InferencePool::new(1),
+            workers,
+        );
+        // B queues, its batch opens and waits for the worker; then B's
+        // caller goes away.
+        let (b, m) = (batcher.clone(), model.clone());
+        let gone = tokio::spawn(async move { b.score(m, rows(1, 3), 3, far()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gone.abort();
+        let _ = gone.await;
+        // C queues behind it; then the worker frees up.
+        let (b, m) = (batcher.clone(), model.clone());
+        let c = tokio::spawn(async move { b.score(m, rows(2, 2), 2, far()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        let c = c.await.unwrap().unwrap();
+        assert_eq!(
+            c.batch_rows, 2,
+            "C ran without the rows of the caller that left"
+        );
+        assert_eq!(batcher.rows(), (2, 3), "3 rows dropped unrun, 2 run");
     }
 }

@@ -1,13 +1,29 @@
 //! Golden sets: inputs and expected outputs written by the training script
 //! (`models/<name>/<version>/golden.json`, outputs computed by Python
-//! onnxruntime). A version whose outputs drift from its golden set beyond
-//! the tolerance is not allowed to serve.
+//! onnxruntime). A version without one, or whose outputs drift from it
+//! beyond the tolerance, is not allowed to serve.
+//!
+//! Two forms. A feature model (`[input]` and `[output]` in its config.toml)
+//! lists feature rows and one expected score per row:
+//!
+//! ```json
+//! {"tolerance": 1e-4, "inputs": [[0.1, 0.2], [0.3, 0.4]], "outputs": [0.51, 0.77]}
+//! ```
+//!
+//! A `generic` model lists named tensors, as the inference protocol spells
+//! them (flat `data`), and the outputs to compare:
+//!
+//! ```json
+//! {"tolerance": 1e-4, "tensors": {
+//!   "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}],
+//!   "outputs": [{"name": "y", "data": [0.5]}]}}
+//! ```
 
 use serde::Deserialize;
 
 use super::backend::Backend;
 use super::spec::ModelSpec;
-use super::{ModelError, Tensor, TensorData};
+use super::{DataType, ModelError, Tensor, TensorData};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct GoldenSet {
@@ -19,8 +35,38 @@ pub struct GoldenSet {
     /// Where each row came from (user, item, context), for skew tests.
     #[serde(default)]
     pub rows: Vec<serde_json::Value>,
+    /// Feature rows and their expected scores (feature models).
+    #[serde(default)]
     pub inputs: Vec<Vec<f32>>,
+    #[serde(default)]
     pub outputs: Vec<f32>,
+    /// Named tensors in and out (generic models).
+    #[serde(default)]
+    pub tensors: Option<GoldenTensors>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenTensors {
+    pub inputs: Vec<GoldenInput>,
+    pub outputs: Vec<GoldenOutput>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenInput {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub datatype: String,
+    /// Flat, row-major; booleans as 0/1.
+    pub data: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenOutput {
+    pub name: String,
+    pub data: Vec<f64>,
 }
 
 fn default_tolerance() -> f32 {
@@ -40,6 +86,21 @@ impl GoldenSet {
     pub fn parse(text: &str, shown: &str) -> Result<GoldenSet, ModelError> {
         let g: GoldenSet =
             serde_json::from_str(text).map_err(|e| ModelError::load(shown, e.to_string()))?;
+        if let Some(t) = &g.tensors {
+            if !g.inputs.is_empty() || !g.outputs.is_empty() {
+                return Err(ModelError::load(
+                    shown,
+                    "give either feature rows (inputs/outputs) or tensors, not both",
+                ));
+            }
+            if t.inputs.is_empty() || t.outputs.is_empty() {
+                return Err(ModelError::load(
+                    shown,
+                    "tensors: need at least one input and one output",
+                ));
+            }
+            return Ok(g);
+        }
         if g.inputs.len() != g.outputs.len() || g.inputs.is_empty() {
             return Err(ModelError::load(
                 shown,
@@ -80,8 +141,14 @@ impl GoldenSet {
             max_abs_error: f32::NAN,
             detail,
         };
+        if let Some(tensors) = &self.tensors {
+            return self.vet_tensors(tensors, backend);
+        }
         let (Some(input), Some(output)) = (&spec.input, &spec.output) else {
-            return fail("model declares no feature input / score output".into());
+            return fail(
+                "model declares no feature input / score output: its golden set needs the \"tensors\" form"
+                    .into(),
+            );
         };
         if !self.features.is_empty() && self.features != input.features {
             return fail("golden features differ from config.toml input.features".into());
@@ -131,5 +198,100 @@ impl GoldenSet {
                 )
             },
         }
+    }
+}
+
+impl GoldenSet {
+    /// The tensor form: every listed output within the tolerance.
+    fn vet_tensors(&self, t: &GoldenTensors, backend: &dyn Backend) -> Vetting {
+        let outcome = (|| -> Result<(usize, f32), String> {
+            let inputs = t
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, g)| g.tensor().map_err(|e| format!("tensors.inputs[{i}]: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let produced = backend.run(inputs).map_err(|e| e.to_string())?;
+            let mut compared = 0;
+            let mut max_err = 0f32;
+            for (i, want) in t.outputs.iter().enumerate() {
+                let got = produced
+                    .iter()
+                    .find(|p| p.name == want.name)
+                    .ok_or_else(|| format!("tensors.outputs[{i}]: no output \"{}\"", want.name))?;
+                let got = as_f64(&got.data);
+                if got.len() != want.data.len() {
+                    return Err(format!(
+                        "tensors.outputs[{i}]: {} values, expected {}",
+                        got.len(),
+                        want.data.len()
+                    ));
+                }
+                for (j, (g, w)) in got.iter().zip(&want.data).enumerate() {
+                    let err = (g - w).abs() as f32;
+                    if err.is_nan() || err > self.tolerance {
+                        return Err(format!(
+                            "output \"{}\"[{j}]: got {g}, expected {w} (tolerance {})",
+                            want.name, self.tolerance
+                        ));
+                    }
+                    max_err = max_err.max(err);
+                }
+                compared += got.len();
+            }
+            Ok((compared, max_err))
+        })();
+        match outcome {
+            Ok((values, max_abs_error)) => Vetting {
+                passed: true,
+                rows: values,
+                max_abs_error,
+                detail: format!("{values} output values within {}", self.tolerance),
+            },
+            Err(detail) => Vetting {
+                passed: false,
+                rows: 0,
+                max_abs_error: f32::NAN,
+                detail,
+            },
+        }
+    }
+}
+
+impl GoldenInput {
+    fn tensor(&self) -> Result<Tensor, String> {
+        let dt = DataType::parse(&self.datatype)
+            .ok_or_else(|| format!("datatype \"{}\" is not supported", self.datatype))?;
+        let count: usize = self.shape.iter().product();
+        if count != self.data.len() {
+            return Err(format!(
+                "shape {:?} needs {count} values, got {}",
+                self.shape,
+                self.data.len()
+            ));
+        }
+        let d = &self.data;
+        let data = match dt {
+            DataType::Bool => TensorData::Bool(d.iter().map(|&x| x != 0.0).collect()),
+            DataType::U8 => TensorData::U8(d.iter().map(|&x| x as u8).collect()),
+            DataType::I8 => TensorData::I8(d.iter().map(|&x| x as i8).collect()),
+            DataType::I32 => TensorData::I32(d.iter().map(|&x| x as i32).collect()),
+            DataType::I64 => TensorData::I64(d.iter().map(|&x| x as i64).collect()),
+            DataType::F32 => TensorData::F32(d.iter().map(|&x| x as f32).collect()),
+            DataType::F64 => TensorData::F64(d.clone()),
+        };
+        Ok(Tensor::new(&self.name, self.shape.clone(), data))
+    }
+}
+
+fn as_f64(data: &TensorData) -> Vec<f64> {
+    match data {
+        TensorData::Bool(v) => v.iter().map(|&b| b as u8 as f64).collect(),
+        TensorData::U8(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::I8(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::I32(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::F64(v) => v.clone(),
     }
 }

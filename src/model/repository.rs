@@ -15,6 +15,15 @@
 //! model's entry in one step; [`Registry::rollback`] serves the previous
 //! vetted version again and retires the current one. Requests hold an
 //! `Arc` of the version they started with, so a swap never cuts one short.
+//!
+//! A version serves only once vetted: without a `golden.json` it is refused
+//! like one that fails it. The poller ([`Registry::poll`]) looks at a model
+//! only when its files have stopped changing (the same sizes and times on
+//! two scans in a row), so a version being copied in place is never loaded
+//! half-written; a version that failed is tried again only when its files
+//! change (a `golden.json` added, a model replaced), so a broken version is
+//! logged once per change, not once per scan. A version an experiment arm or
+//! a shadow pins (`name@version`) stays loaded when its folder disappears.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -39,8 +48,12 @@ pub struct LoadedModel {
 pub enum VersionState {
     Ready(Arc<LoadedModel>),
     /// Failed to load or to pass vetting; never serves. The reason is shown
-    /// by the admin API and logged.
-    Failed(String),
+    /// by the admin API and logged; `files` is the folder's fingerprint when
+    /// it failed, so the poller tries again only once the files change.
+    Failed {
+        reason: String,
+        files: u64,
+    },
 }
 
 /// A model and all of its versions.
@@ -88,7 +101,22 @@ pub struct Registry {
     models: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
     /// One reload or rollback at a time.
     changing: Mutex<()>,
+    /// What the poller saw of each model's files: on the last scan, and
+    /// when it last loaded from them.
+    scans: Mutex<BTreeMap<String, Scan>>,
 }
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Scan {
+    seen: u64,
+    loaded: u64,
+    /// `config.toml`'s fingerprint at the last load.
+    config: u64,
+}
+
+/// Versions that must stay loaded whatever the folder holds, with who pins
+/// them (e.g. `experiment arm "b"`).
+pub type Pins = BTreeMap<u64, String>;
 
 /// What a reload did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -101,12 +129,29 @@ pub struct ReloadReport {
     pub loaded: Vec<String>,
     /// Versions that failed to load or vet, with the reason.
     pub failed: Vec<VersionFailure>,
+    /// Versions gone from disk that stay loaded, and why.
+    pub kept: Vec<VersionKept>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VersionFailure {
     pub version: String,
     pub error: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionKept {
+    pub version: String,
+    pub reason: String,
+}
+
+/// Which failed versions a reload tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Every one (an operator asked, or the model's config.toml changed).
+    All,
+    /// Only those whose files changed since they failed (the poller).
+    Changed,
 }
 
 /// Why a reload or rollback changed nothing.
@@ -164,9 +209,27 @@ impl Registry {
             }
         }
         let mut models = BTreeMap::new();
+        let mut scans = BTreeMap::new();
         for name in names {
-            let (entry, _) = load_model(root, &name, options, check.as_deref(), None)?;
-            models.insert(name, Arc::new(entry));
+            let files = model_fingerprint(&root.join(&name));
+            let (entry, _) = load_model(
+                root,
+                &name,
+                options,
+                check.as_deref(),
+                None,
+                Retry::All,
+                &Pins::new(),
+            )?;
+            models.insert(name.clone(), Arc::new(entry));
+            scans.insert(
+                name.clone(),
+                Scan {
+                    seen: files,
+                    loaded: files,
+                    config: config_fingerprint(&root.join(&name)),
+                },
+            );
         }
         Ok(Registry {
             root: root.to_path_buf(),
@@ -174,14 +237,67 @@ impl Registry {
             check,
             models: RwLock::new(models),
             changing: Mutex::new(()),
+            scans: Mutex::new(scans),
         })
+    }
+
+    /// The poller's rescan of `name`: `None` when there is nothing to do —
+    /// its files are unchanged since the last load, or still changing since
+    /// the last scan (a version being written). Otherwise a reload that
+    /// retries failed versions only if their files changed.
+    pub fn poll(&self, name: &str, pins: &Pins) -> Option<Result<ReloadReport, LifecycleError>> {
+        let dir = self.root.join(name);
+        let files = model_fingerprint(&dir);
+        let (retry, config) = {
+            let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+            let scan = scans.entry(name.to_string()).or_default();
+            let stable = scan.seen == files;
+            scan.seen = files;
+            if !stable || scan.loaded == files {
+                return None;
+            }
+            let config = config_fingerprint(&dir);
+            let retry = if config == scan.config {
+                Retry::Changed
+            } else {
+                Retry::All
+            };
+            (retry, config)
+        };
+        let result = self.reload_with(name, retry, pins);
+        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        let scan = scans.entry(name.to_string()).or_default();
+        scan.loaded = files;
+        scan.config = config;
+        Some(result)
     }
 
     /// Rescans `name`'s folder (a model new since start included) and loads
     /// the versions not loaded yet, or that failed before. The highest
     /// version that is ready and not retired then serves; every version that
     /// fails leaves what serves untouched. Blocking: loads run here.
-    pub fn reload(&self, name: &str) -> Result<ReloadReport, LifecycleError> {
+    /// `pins` are versions that must stay loaded even if their folder is
+    /// gone (an experiment arm or a shadow uses them).
+    pub fn reload(&self, name: &str, pins: &Pins) -> Result<ReloadReport, LifecycleError> {
+        let dir = self.root.join(name);
+        let (files, config) = (model_fingerprint(&dir), config_fingerprint(&dir));
+        let result = self.reload_with(name, Retry::All, pins);
+        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        let scan = scans.entry(name.to_string()).or_default();
+        *scan = Scan {
+            seen: files,
+            loaded: files,
+            config,
+        };
+        result
+    }
+
+    fn reload_with(
+        &self,
+        name: &str,
+        retry: Retry,
+        pins: &Pins,
+    ) -> Result<ReloadReport, LifecycleError> {
         let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.entry(name).ok();
         if current.is_none()
@@ -195,6 +311,8 @@ impl Registry {
             &self.options,
             self.check.as_deref(),
             current.as_deref(),
+            retry,
+            pins,
         )
         .map_err(|e| LifecycleError::Refused(e.to_string()))?;
         if report.previous.as_deref() != Some(report.serving.as_str()) {
@@ -249,6 +367,7 @@ impl Registry {
             serving: previous.to_string(),
             loaded: Vec::new(),
             failed: Vec::new(),
+            kept: Vec::new(),
         };
         self.swap(entry);
         Ok(report)
@@ -303,13 +422,17 @@ impl Registry {
 }
 
 /// Loads `name`'s versions. With `current` (a reload), versions it already
-/// has ready are kept as they are and only the others are (re)loaded.
+/// has ready are kept as they are and only the others are (re)loaded; with
+/// [`Retry::Changed`], a failed version whose files are as they were when it
+/// failed stays failed without another attempt (or another log line).
 fn load_model(
     root: &Path,
     name: &str,
     options: &LoadOptions,
     check: Option<&CheckFn>,
     current: Option<&ModelEntry>,
+    retry: Retry,
+    pins: &Pins,
 ) -> Result<(ModelEntry, ReloadReport), ModelError> {
     let dir = root.join(name);
     let config_shown = format!("{name}/config.toml");
@@ -346,10 +469,20 @@ fn load_model(
     let mut loaded = Vec::new();
     let mut failed = Vec::new();
     let mut last_error = None;
-    for v in version_numbers {
-        if let Some(VersionState::Ready(m)) = current.and_then(|c| c.versions.get(&v)) {
-            versions.insert(v, VersionState::Ready(m.clone()));
-            continue;
+    for &v in &version_numbers {
+        let files = fingerprint(&dir.join(v.to_string()));
+        match current.and_then(|c| c.versions.get(&v)) {
+            Some(VersionState::Ready(m)) => {
+                versions.insert(v, VersionState::Ready(m.clone()));
+                continue;
+            }
+            Some(failed @ VersionState::Failed { files: then, .. })
+                if retry == Retry::Changed && *then == files =>
+            {
+                versions.insert(v, failed.clone());
+                continue;
+            }
+            _ => {}
         }
         let outcome = load_version(&dir, name, v, &spec, kind, &options.backend).and_then(|m| {
             match check.map_or(Ok(()), |check| check(&m)) {
@@ -366,7 +499,13 @@ fn load_model(
             }
             Err(e) => {
                 tracing::error!(model = name, version = v, error = %e, "model version will not serve");
-                versions.insert(v, VersionState::Failed(e.to_string()));
+                versions.insert(
+                    v,
+                    VersionState::Failed {
+                        reason: e.to_string(),
+                        files,
+                    },
+                );
                 failed.push(VersionFailure {
                     version: v.to_string(),
                     error: e.to_string(),
@@ -375,12 +514,27 @@ fn load_model(
             }
         }
     }
-    // A version that vanished from disk stays only while it serves.
+    // A ready version that vanished from disk stays while it serves or
+    // while an arm or a shadow pins it; the report says which and why.
+    let mut kept = Vec::new();
     if let Some(current) = current {
-        if let Some(state) = current.versions.get(&current.serving) {
-            versions
-                .entry(current.serving)
-                .or_insert_with(|| state.clone());
+        for (v, state) in &current.versions {
+            if versions.contains_key(v) || !matches!(state, VersionState::Ready(_)) {
+                continue;
+            }
+            let reason = if *v == current.serving {
+                "it serves; its folder is gone".to_string()
+            } else if let Some(who) = pins.get(v) {
+                format!("{who} pins it; its folder is gone")
+            } else {
+                continue;
+            };
+            tracing::warn!(model = name, version = v, reason = %reason, "version kept loaded");
+            versions.insert(*v, state.clone());
+            kept.push(VersionKept {
+                version: v.to_string(),
+                reason,
+            });
         }
     }
     let retired = current.map(|c| c.retired.clone()).unwrap_or_default();
@@ -399,6 +553,7 @@ fn load_model(
         serving: serving.to_string(),
         loaded,
         failed,
+        kept,
     };
     let entry = ModelEntry {
         name: name.to_string(),
@@ -440,21 +595,24 @@ fn load_version(
     )?;
     warm_up(backend.as_ref()).map_err(|e| ModelError::load(&shown, format!("warm-up: {e}")))?;
 
+    // No golden set, no serving: a version is vetted or it is refused.
     let golden_file = vdir.join("golden.json");
-    let vetting = if golden_file.is_file() {
-        let golden_shown = format!("{name}/{version}/golden.json");
-        let golden = GoldenSet::parse(&read_text(&golden_file, &golden_shown)?, &golden_shown)?;
-        let vetting = golden.vet(spec, backend.as_ref());
-        if !vetting.passed {
-            return Err(ModelError::load(
-                golden_shown,
-                format!("vetting failed: {}", vetting.detail),
-            ));
-        }
-        Some(vetting)
-    } else {
-        None
-    };
+    let golden_shown = format!("{name}/{version}/golden.json");
+    if !golden_file.is_file() {
+        return Err(ModelError::load(
+            golden_shown,
+            "no golden set: a version serves only after it is vetted on its golden.json",
+        ));
+    }
+    let golden = GoldenSet::parse(&read_text(&golden_file, &golden_shown)?, &golden_shown)?;
+    let vetting = golden.vet(spec, backend.as_ref());
+    if !vetting.passed {
+        return Err(ModelError::load(
+            golden_shown,
+            format!("vetting failed: {}", vetting.detail),
+        ));
+    }
+    let vetting = Some(vetting);
     Ok(LoadedModel {
         name: name.to_string(),
         version,
@@ -462,6 +620,70 @@ fn load_version(
         backend,
         vetting,
     })
+}
+
+/// A fingerprint of a folder's files (names, sizes, modification times):
+/// equal on two scans means nothing was written in between.
+fn fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut files: Vec<(String, u64, u128)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        meta.len(),
+                        modified,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort_unstable();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut h);
+    h.finish()
+}
+
+/// The fingerprint of a model folder: its own entries and every version
+/// folder's files.
+fn model_fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    fingerprint(dir).hash(&mut h);
+    let mut versions: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<u64>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_unstable();
+    for v in versions {
+        v.hash(&mut h);
+        fingerprint(&dir.join(&v)).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The fingerprint of a model's `config.toml` alone.
+fn config_fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(dir.join("config.toml"))
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// One inference on a single all-zero row, so the first real request does

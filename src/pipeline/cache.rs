@@ -5,9 +5,13 @@
 //! variant, the serving version of every stage model (so a version change
 //! can never serve an answer the old version computed), the user, the
 //! resolved context (hour and weekday included, defaults resolved), the
-//! candidates, recent items, the exclusions (as a set) and `k`. Concurrent
-//! identical misses compute once; the others wait for that answer. Degraded
-//! answers (deadline, model error, overload) are never cached.
+//! candidates, recent items, the exclusions (as a set), `k` and
+//! `deadline_ms`. Concurrent identical misses compute once; the others wait
+//! for that answer. The deadline is in the key so that a request never waits
+//! on a computation with a longer budget than its own, and never receives a
+//! degraded answer computed under a shorter one. Degraded answers
+//! (deadline, model error, overload) are shared with the requests that
+//! waited for them, never cached; every request gets its own `request_id`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,6 +60,7 @@ pub struct CacheKey {
     recent_items: Vec<String>,
     exclude: Vec<String>,
     k: usize,
+    deadline_ms: u64,
 }
 
 impl CacheKey {
@@ -92,6 +97,7 @@ impl CacheKey {
             recent_items: req.recent_items.clone(),
             exclude,
             k: req.k,
+            deadline_ms: req.deadline_ms,
         }
     }
 }

@@ -92,6 +92,9 @@ pub fn valid_label(name: &str) -> bool {
 /// Most arms in one experiment (they are metric label values).
 pub const MAX_ARMS: usize = 16;
 
+/// Longest salt accepted: it is hashed for every request.
+pub const MAX_SALT_BYTES: usize = 256;
+
 impl ExperimentsConfig {
     /// Checks names, shares and model references; `prefix` is where this
     /// section lives (`experiments` in the file, empty for the admin body)
@@ -108,6 +111,13 @@ impl ExperimentsConfig {
                 format!("{prefix}.{k}")
             }
         };
+        if self.salt.len() > MAX_SALT_BYTES {
+            return Err(format!(
+                "{}: at most {MAX_SALT_BYTES} bytes, got {}",
+                key("salt"),
+                self.salt.len()
+            ));
+        }
         if self.arms.is_empty() {
             return Ok(());
         }
@@ -281,6 +291,23 @@ mod tests {
             .validate("", &|r: &ModelRef| Err(format!("no model \"{}\"", r.name)))
             .unwrap_err();
         assert_eq!(err, "arms[0].ranker_model: no model \"nope\"");
+    }
+
+    #[test]
+    fn a_salt_has_a_length_limit() {
+        let ok = |_: &ModelRef| Ok(());
+        let mut e = experiment(&[("a", 1.0)]);
+        e.salt = "s".repeat(MAX_SALT_BYTES);
+        assert!(e.validate("", &ok).is_ok());
+        e.salt.push('s');
+        let err = e.validate("experiments", &ok).unwrap_err();
+        assert!(
+            err.starts_with("experiments.salt: at most 256 bytes"),
+            "{err}"
+        );
+        // Also without arms.
+        e.arms.clear();
+        assert!(e.validate("", &ok).unwrap_err().starts_with("salt: "));
     }
 
     #[test]

@@ -77,8 +77,9 @@ pub struct Pipeline {
     cold_start: Option<ModelRef>,
     /// Every model version a stage has used, prepared once.
     prepared: RwLock<HashMap<(String, u64), Arc<StageModel>>>,
-    /// Re-ranker batchers, one per model (created on first use).
-    batchers: RwLock<HashMap<String, Batcher>>,
+    /// Re-ranker batchers, one per model version (created on first use,
+    /// with that version's `[batching]`; dropped when the version goes).
+    batchers: RwLock<HashMap<(String, u64), Batcher>>,
     pool: InferencePool,
     experiments: RwLock<Arc<ExperimentsConfig>>,
     pub shadow: ShadowRunner,
@@ -264,6 +265,11 @@ impl Pipeline {
         let Ok(entry) = registry.entry(name) else {
             return;
         };
+        // Batchers of versions no longer loaded stop once their last job is done.
+        self.batchers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, v), _| n != name || entry.versions.contains_key(v));
         for state in entry.versions.values() {
             if let crate::model::repository::VersionState::Ready(m) = state {
                 if m.spec.input.is_some() {
@@ -271,6 +277,44 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Versions of `name` that a stage, an experiment arm or a shadow names
+    /// explicitly (`name@version`), with who does: a reload keeps them loaded.
+    pub fn pins(&self, name: &str) -> crate::model::repository::Pins {
+        let mut pins = crate::model::repository::Pins::new();
+        let mut pin = |model: &str, who: String| {
+            if let Ok(ModelRef {
+                name: n,
+                version: Some(v),
+            }) = ModelRef::parse(model)
+            {
+                if n == name {
+                    pins.entry(v).or_insert(who);
+                }
+            }
+        };
+        for (key, r) in [
+            ("filter_model", &self.config.filter_model),
+            ("ranker_model", &self.config.ranker_model),
+            ("cold_start_model", &self.config.cold_start_model),
+        ] {
+            if let Some(model) = r {
+                pin(model, format!("ranking.{key}"));
+            }
+        }
+        for arm in &self.experiments().arms {
+            for model in [&arm.filter_model, &arm.ranker_model, &arm.cold_start_model]
+                .into_iter()
+                .flatten()
+            {
+                pin(model, format!("experiment arm \"{}\"", arm.name));
+            }
+        }
+        for shadow in self.shadow.active().iter() {
+            pin(&shadow.model, format!("shadow \"{}\"", shadow.name));
+        }
+        pins
     }
 
     pub fn experiments(&self) -> Arc<ExperimentsConfig> {
@@ -377,21 +421,24 @@ impl Pipeline {
         }
     }
 
-    /// The re-ranker batcher of `model`, started on first use.
-    fn batcher(&self, model: &StageModel) -> Option<Batcher> {
+    /// The re-ranker batcher of `model`'s version, started on first use with
+    /// that version's batching policy (a reload that changes `[batching]`
+    /// takes effect with the new version).
+    pub fn batcher(&self, model: &StageModel) -> Option<Batcher> {
         if !self.config.batching {
             return None;
         }
-        let name = model.name();
+        let loaded = model.model();
+        let key = (loaded.name.clone(), loaded.version);
         if let Some(b) = self
             .batchers
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(&key)
         {
             return Some(b.clone());
         }
-        let spec = &model.model().spec;
+        let spec = &loaded.spec;
         let output = spec.output.as_ref().map_or("score", |o| o.name.as_str());
         let policy = BatchPolicy {
             max_batch_rows: spec.batching.max_batch_rows,
@@ -402,8 +449,8 @@ impl Pipeline {
         let mut batchers = self.batchers.write().unwrap_or_else(|e| e.into_inner());
         Some(
             batchers
-                .entry(name.to_string())
-                .or_insert_with(|| Batcher::spawn(name, output, policy, self.pool.clone()))
+                .entry(key)
+                .or_insert_with(|| Batcher::spawn(model.name(), output, policy, self.pool.clone()))
                 .clone(),
         )
     }
@@ -465,7 +512,12 @@ impl Pipeline {
                         Ok(response)
                     }
                     Err(uncached) => match &*uncached {
-                        Uncached::Degraded(r) => Ok(r.clone()),
+                        // Shared with the identical requests that waited on
+                        // it, each under its own id.
+                        Uncached::Degraded(r) => Ok(RankResponse {
+                            request_id,
+                            ..r.clone()
+                        }),
                         Uncached::Failed(e) => Err(e.clone()),
                     },
                 }
@@ -602,7 +654,15 @@ impl Pipeline {
                         }
                         StageError::Overload => Fallback::Overload,
                         StageError::Model(msg) => {
-                            tracing::warn!(stage, error = %msg, "stage failed; answering from the previous stage");
+                            // A broken model fails every request: one line
+                            // per stage and model every 10 s, not one per request.
+                            let who = model.as_ref().map_or(msg.as_str(), |m| m.label());
+                            if let Some(suppressed) = crate::telemetry::throttle(
+                                &format!("stage failed:{stage}:{who}"),
+                                Duration::from_secs(10),
+                            ) {
+                                tracing::warn!(stage, model = who, error = %msg, suppressed, "stage failed; answering from the previous stage");
+                            }
                             Fallback::ModelError
                         }
                     };

@@ -11,7 +11,7 @@
 //! latency and errors, and optionally append a JSON line to a file.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -24,6 +24,7 @@ use serde_json::json;
 use super::experiments::{stable_hash, valid_label, ModelRef};
 use super::stages::{scores_from, StageModel};
 use crate::model::{Tensor, TensorData};
+use crate::telemetry::jsonl::JsonLines;
 use crate::telemetry::metrics as m;
 
 /// The stage a shadow watches.
@@ -177,15 +178,9 @@ impl ShadowRunner {
         let stats = Arc::new(Mutex::new(BTreeMap::new()));
         let log = match &config.log_file {
             None => None,
-            Some(path) => Some(Arc::new(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        format!("shadow.log_file: cannot open for appending: {}", e.kind())
-                    })?,
-            ))),
+            Some(path) => Some(Arc::new(Mutex::new(JsonLines::open(path).map_err(
+                |e| format!("shadow.log_file: cannot open for appending: {}", e.kind()),
+            )?))),
         };
         for i in 0..config.threads.max(1) {
             let (rx, depth, stats, log) = (rx.clone(), depth.clone(), stats.clone(), log.clone());
@@ -296,7 +291,7 @@ fn worker(
     rx: Arc<Mutex<Receiver<ShadowJob>>>,
     depth: Arc<AtomicUsize>,
     stats: Arc<Mutex<BTreeMap<String, ShadowStats>>>,
-    log: Option<Arc<Mutex<std::fs::File>>>,
+    log: Option<Arc<Mutex<JsonLines<std::fs::File>>>>,
 ) {
     lower_priority();
     loop {
@@ -362,7 +357,7 @@ fn worker(
         }
         if let Some(log) = &log {
             let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = writeln!(file, "{line}") {
+            if let Err(e) = file.append(&line) {
                 tracing::warn!(error = %e, "shadow log write failed");
             }
         }

@@ -85,6 +85,12 @@ pub const SHADOW_QUEUE_DEPTH: &str = "cascade_shadow_queue_depth";
 /// Reloads and rollbacks by model and outcome (`swapped`, `unchanged`,
 /// `refused`, `rolled_back`).
 pub const MODEL_RELOADS_TOTAL: &str = "cascade_model_reloads_total";
+/// Connections open now, by listener (bounded by `server.max_connections`
+/// and `server.max_admin_connections`).
+pub const OPEN_CONNECTIONS: &str = "cascade_open_connections";
+/// Ranking and inference requests admitted and not yet answered (a batch
+/// counts each ranking it holds), against `server.max_in_flight`.
+pub const IN_FLIGHT: &str = "cascade_in_flight_requests";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 

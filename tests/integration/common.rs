@@ -39,6 +39,9 @@ pub fn config_for(repo: &Path) -> Config {
     config.models.repository = repo.to_path_buf();
     config.ranking.catalog = shipped_models().join("catalog");
     config.server.shutdown_grace_ms = 5_000;
+    // Tests that stop a server do not wait out a balancer's drain window
+    // (the drain test sets its own).
+    config.server.drain_delay_ms = 0;
     config
 }
 
@@ -59,6 +62,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(cascade::server::run(public, admin, state.clone(), async {
             let _ = rx.await;
+            cascade::server::Stop::Terminate
         }));
         TestServer {
             public: public_addr,
@@ -259,4 +263,103 @@ pub fn known_users(n: usize) -> Vec<String> {
         .iter()
         .map(|x| x.as_str().unwrap().to_string())
         .collect()
+}
+
+/// A new model in `repo` with the ranker's config and the fixture `onnx`
+/// (`tests/fixtures/<onnx>.onnx`) as version 1, with the fixture's golden
+/// set (a version without one never serves).
+pub fn add_ranker_like(repo: &Path, name: &str, fixture: &str) {
+    let dir = repo.join(name);
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::copy(repo.join("ranker/config.toml"), dir.join("config.toml")).unwrap();
+    let fixtures = project_root().join("tests/fixtures");
+    std::fs::copy(
+        fixtures.join(format!("{fixture}.onnx")),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures.join(format!("{fixture}.golden.json")),
+        dir.join("1/golden.json"),
+    )
+    .unwrap();
+}
+
+/// Reads one HTTP/1.1 response (headers and a `Content-Length` body) from
+/// a keep-alive connection, leaving the connection open.
+pub async fn read_response(stream: &mut TcpStream) -> std::io::Result<Resp> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + len {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed inside a response",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(parse_response(&buf[..head_end + len]))
+}
+
+/// One call on the admin listener, with a JSON body when given.
+pub async fn admin(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Resp {
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
+    let headers: &[(&str, &str)] = if body.is_some() {
+        &[("Content-Type", "application/json")]
+    } else {
+        &[]
+    };
+    send(s.admin, method, path, headers, &bytes).await
+}
+
+/// Publishes a copy of version `from` as `to` the way operators should:
+/// written under a name that is not a version, then renamed in one step,
+/// so a rescan never sees half a version.
+pub fn copy_version(model_dir: &Path, from: u64, to: u64) {
+    let src = model_dir.join(from.to_string());
+    let staging = model_dir.join(format!(".staging-{to}"));
+    std::fs::create_dir_all(&staging).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), staging.join(entry.file_name())).unwrap();
+    }
+    std::fs::rename(staging, model_dir.join(to.to_string())).unwrap();
+}
+
+/// Waits (up to 5 s) until every admission permit is taken: the request
+/// meant to hold them has been read, parsed and admitted.
+pub async fn wait_until_admission_is_full(s: &TestServer) {
+    for _ in 0..1000 {
+        if s.state.admission.available_permits() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

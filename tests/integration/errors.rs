@@ -215,31 +215,40 @@ async fn garbage_never_takes_the_server_down() {
 /// cheap paths (health, metadata) still answer.
 #[tokio::test]
 async fn overload_is_a_fast_503_with_retry_after() {
-    use tokio::io::AsyncWriteExt;
-    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    let repo = crate::common::temp_repo();
+    crate::common::add_ranker_like(repo.path(), "slow_ranker", "slow_ranker_40");
+    let mut config = crate::common::config_for(repo.path());
     config.server.max_in_flight = 1;
     let s = TestServer::start(config).await;
-    // Hold the only permit: headers sent, body still owed.
-    let mut held = tokio::net::TcpStream::connect(s.public).await.unwrap();
-    held.write_all(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{")
-        .await
+    // Hold the only permit with a long inference (~100 G multiply-adds).
+    let public = s.public;
+    let held = tokio::spawn(async move {
+        let rows = 8000;
+        let body = serde_json::to_vec(&json!({"inputs": [{"name": "features", "shape": [rows, 40],
+            "datatype": "FP32", "data": vec![0.5f32; rows * 40]}]}))
         .unwrap();
-    let mut refused = None;
-    for _ in 0..50 {
-        let r = s.post_json("/v1/rank", &json!({"user_id": "1"})).await;
-        if r.status == 503 {
-            refused = Some(r);
-            break;
-        }
-        // The held request may not have been dispatched yet.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let r = refused.expect("a request beyond max_in_flight is refused");
+        send(
+            public,
+            "POST",
+            "/v2/models/slow_ranker/infer",
+            &[("Content-Type", "application/json")],
+            &body,
+        )
+        .await
+    });
+    // Once its body is read and parsed, it holds the permit.
+    crate::common::wait_until_admission_is_full(&s).await;
+    let r = s.post_json("/v1/rank", &json!({"user_id": "1"})).await;
+    assert_eq!(r.status, 503, "a request beyond max_in_flight is refused");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.json()["error"]["code"], "overloaded");
     let name = &shipped_model_names()[0];
+    let width = golden(name).inputs[0].len();
     let r = s
-        .post_json(&format!("/v2/models/{name}/infer"), &json!({}))
+        .post_json(
+            &format!("/v2/models/{name}/infer"),
+            &json!({"inputs": [{"name": "features", "shape": [1, width], "datatype": "FP32", "data": vec![0.0; width]}]}),
+        )
         .await;
     assert_eq!(r.status, 503);
     assert!(
@@ -248,13 +257,8 @@ async fn overload_is_a_fast_503_with_retry_after() {
     );
     assert_eq!(s.get("/v2/health/ready").await.status, 200);
     assert_eq!(s.get(&format!("/v2/models/{name}")).await.status, 200);
-    // Finish the held request: the permit comes back.
-    held.write_all(b"}").await.unwrap();
-    let mut buf = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut held, &mut buf)
-        .await
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    // The held request finishes: the permit comes back.
+    assert_eq!(held.await.unwrap().status, 200);
     assert_eq!(
         s.post_json("/v1/rank", &json!({"user_id": "1"}))
             .await

@@ -1,27 +1,15 @@
 //! Experimentation and model lifecycle over HTTP: reload and rollback,
 //! the admin token, A/B arms, and shadow models.
 
-use std::path::Path;
 use std::time::Duration;
 
 use cascade::config::Secret;
 use serde_json::{json, Value};
 
 use crate::common::{
-    config_for, known_users, metrics_text, project_root, send, temp_repo, Resp, TestServer,
+    add_ranker_like, admin, config_for, copy_version, known_users, metrics_text, send, temp_repo,
+    TestServer,
 };
-
-async fn admin(s: &TestServer, method: &str, path: &str, body: Option<&Value>) -> Resp {
-    let bytes = body
-        .map(|b| serde_json::to_vec(b).unwrap())
-        .unwrap_or_default();
-    let headers: &[(&str, &str)] = if body.is_some() {
-        &[("Content-Type", "application/json")]
-    } else {
-        &[]
-    };
-    send(s.admin, method, path, headers, &bytes).await
-}
 
 /// What serves each stage of a known user's answer.
 async fn served_ranker(s: &TestServer) -> String {
@@ -30,33 +18,6 @@ async fn served_ranker(s: &TestServer) -> String {
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()["models"]["ranker"].as_str().unwrap().to_string()
-}
-
-/// Publishes a copy of version `from` as `to` the way operators should:
-/// written under a name that is not a version, then renamed in one step,
-/// so a rescan never sees half a version.
-fn copy_version(model_dir: &Path, from: u64, to: u64) {
-    let src = model_dir.join(from.to_string());
-    let staging = model_dir.join(format!(".staging-{to}"));
-    std::fs::create_dir_all(&staging).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), staging.join(entry.file_name())).unwrap();
-    }
-    std::fs::rename(staging, model_dir.join(to.to_string())).unwrap();
-}
-
-/// A new model in the repository with the ranker's config and `onnx`
-/// (a fixture) as version 1, no golden set.
-fn add_ranker_like(repo: &Path, name: &str, onnx: &str) {
-    let dir = repo.join(name);
-    std::fs::create_dir_all(dir.join("1")).unwrap();
-    std::fs::copy(repo.join("ranker/config.toml"), dir.join("config.toml")).unwrap();
-    std::fs::copy(
-        project_root().join("tests/fixtures").join(onnx),
-        dir.join("1/model.onnx"),
-    )
-    .unwrap();
 }
 
 #[tokio::test]
@@ -517,8 +478,8 @@ async fn shadows_compare_rankings_and_leave_live_answers_untouched() {
 #[tokio::test]
 async fn a_failing_or_slow_shadow_changes_nothing_live() {
     let repo = temp_repo();
-    add_ranker_like(repo.path(), "nan_ranker", "nan_ranker_40.onnx");
-    add_ranker_like(repo.path(), "slow_ranker", "slow_ranker_40.onnx");
+    add_ranker_like(repo.path(), "nan_ranker", "nan_ranker_40");
+    add_ranker_like(repo.path(), "slow_ranker", "slow_ranker_40");
     let mut config = config_for(repo.path());
     config.ranking.cache.enabled = false;
     config.shadow.queue_capacity = 2;

@@ -147,6 +147,12 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 /// process (so its metrics are its own). Returns the child and its public
 /// and admin addresses, read from its start-up log line.
 pub fn spawn_binary() -> (Reaped, SocketAddr, SocketAddr) {
+    // No balancer to wait for: stop accepting at once on SIGTERM.
+    spawn_binary_with(&[("CASCADE_SERVER__DRAIN_DELAY_MS", "0")])
+}
+
+/// As [`spawn_binary`], with extra environment (config overrides).
+pub fn spawn_binary_with(env: &[(&str, &str)]) -> (Reaped, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cascade"))
         .args([
             "serve",
@@ -159,7 +165,7 @@ pub fn spawn_binary() -> (Reaped, SocketAddr, SocketAddr) {
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .map(Reaped)
@@ -178,6 +184,11 @@ pub fn spawn_binary() -> (Reaped, SocketAddr, SocketAddr) {
     let mut addrs = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
+        // Logs to a pipe are plain text: no terminal colour codes.
+        assert!(
+            !line.contains('\u{1b}'),
+            "ANSI escape in a piped log: {line:?}"
+        );
         if line.contains("cascade listening") {
             addrs = Some((field(&line, "public="), field(&line, "admin=")));
             break;
@@ -215,13 +226,109 @@ impl Drop for Reaped {
     }
 }
 
-fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+fn signal(child: &std::process::Child, name: &str) {
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    signal(child, "TERM");
     child.wait().unwrap()
+}
+
+/// Waits up to `limit` for the child to exit.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// SIGTERM as Kubernetes sends it: readiness drops at once while the
+/// listener still accepts for `server.drain_delay_ms`, keep-alive clients
+/// are told `Connection: close`, then accepting stops and the process
+/// exits 0.
+#[test]
+fn sigterm_drains_before_it_stops_accepting() {
+    let (mut child, public, admin) =
+        spawn_binary_with(&[("CASCADE_SERVER__DRAIN_DELAY_MS", "1500")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut kept = tokio::net::TcpStream::connect(public).await.unwrap();
+        let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        kept.write_all(get).await.unwrap();
+        let r = crate::common::read_response(&mut kept).await.unwrap();
+        assert_eq!(r.header("connection"), None);
+        signal(&child, "TERM");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Still accepting, no longer ready, on both listeners.
+        for addr in [public, admin] {
+            let r = send(addr, "GET", "/readyz", &[], b"").await;
+            assert_eq!(r.status, 503);
+            assert_eq!(r.json()["reason"], "shutting down");
+        }
+        // A keep-alive client is served once more and told to go.
+        kept.write_all(get).await.unwrap();
+        let r = crate::common::read_response(&mut kept).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("close"));
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert!(
+            tokio::net::TcpStream::connect(public).await.is_err(),
+            "accepting stopped after the drain delay"
+        );
+    });
+    let exit = wait_exit(&mut child, Duration::from_secs(10)).expect("exited after draining");
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// A second SIGTERM does not wait out the drain; SIGHUP does not kill the
+/// process (it rescans the repository).
+#[test]
+fn sighup_is_survived_and_a_second_sigterm_exits_at_once() {
+    let (mut child, public, _) = spawn_binary_with(&[("CASCADE_SERVER__DRAIN_DELAY_MS", "60000")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    signal(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP killed the server"
+    );
+    let r = rt.block_on(send(public, "GET", "/readyz", &[], b""));
+    assert_eq!(r.status, 200);
+    signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "still draining");
+    signal(&child, "TERM");
+    let exit = wait_exit(&mut child, Duration::from_secs(5)).expect("the second signal ends it");
+    assert!(!exit.success(), "cut short, so not a clean exit: {exit:?}");
+}
+
+/// A busy port is reported before the models and the index load.
+#[test]
+fn a_busy_port_fails_before_anything_loads() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["serve", "--listen", &port, "--admin-listen", "127.0.0.1:0"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("server.listen: cannot bind"), "{log}");
+    assert!(
+        !log.contains("model version ready"),
+        "models loaded first:\n{log}"
+    );
 }
 
 /// The real binary: serves the shipped config, answers, exits 0 on SIGTERM.
@@ -341,6 +448,7 @@ fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CASCADE_LOGGING__FORMAT", "json")
+        .env("CASCADE_SERVER__DRAIN_DELAY_MS", "0")
         // Debug shows the per-request lines that info leaves out.
         .env("RUST_LOG", "cascade=debug")
         .stderr(Stdio::piped())
@@ -381,6 +489,14 @@ fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
                 .status,
             400
         );
+        // The body's id and the header's differ: the body's is the one.
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-Request-Id", "log-test-9"),
+        ];
+        let body = br#"{"request_id": "log-body-9", "user_id": "2", "k": 3}"#;
+        let r = send(public, "POST", "/v1/rank", &headers, body).await;
+        assert_eq!(r.header("x-request-id"), Some("log-body-9"));
         let _ = send(admin, "GET", "/readyz", &[], b"").await;
     });
     let exit = sigterm(&mut child);
@@ -396,7 +512,8 @@ fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
             .filter(|v| v["span"]["request_id"] == id)
             .collect()
     };
-    for id in ["log-test-7", "log-test-8"] {
+    assert!(in_request("log-test-9").is_empty());
+    for id in ["log-test-7", "log-test-8", "log-body-9"] {
         let lines = in_request(id);
         assert!(!lines.is_empty(), "no line logged for {id}");
         assert!(lines

@@ -7,6 +7,7 @@ mod common;
 mod deploy;
 mod errors;
 mod experiments;
+mod hardening;
 mod lifecycle;
 mod metrics;
 mod oip;

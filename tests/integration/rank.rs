@@ -317,21 +317,17 @@ async fn served_features_match_the_training_scripts_golden_inputs() {
     }
 }
 
-/// A ranker that runs but yields NaN: the answer is the filter's order,
-/// marked `model_error`, never a 5xx.
+/// A ranker that passed vetting but yields NaN on live rows: the answer is
+/// the filter's order, marked `model_error`, never a 5xx.
 #[tokio::test]
 async fn a_failing_ranker_falls_back_to_the_filter_order() {
     let repo = crate::common::temp_repo();
-    let dir = repo.path().join("ranker/1");
     let width = golden("ranker").inputs[0].len();
     assert_eq!(width, 40, "fixture is built for 40 features");
-    std::fs::copy(
-        crate::common::project_root().join("tests/fixtures/nan_ranker_40.onnx"),
-        dir.join("model.onnx"),
-    )
-    .unwrap();
-    std::fs::remove_file(dir.join("golden.json")).unwrap();
-    let s = TestServer::start(crate::common::config_for(repo.path())).await;
+    crate::common::add_ranker_like(repo.path(), "nan_ranker", "nan_ranker_40");
+    let mut config = crate::common::config_for(repo.path());
+    config.ranking.ranker_model = Some("nan_ranker".into());
+    let s = TestServer::start(config).await;
     let r = s
         .post_json("/v1/rank", &json!({"user_id": "1", "k": 10, "debug": true}))
         .await;
