@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use cascade::catalog::index::{search, ExactIndex};
 use cascade::catalog::Catalog;
 use cascade::config::Config;
+use cascade::data::features::{FeatureSet, Subject};
 use cascade::model::batcher::{BatchPolicy, Batcher};
 use cascade::model::{LoadedModel, Tensor, TensorData};
-use cascade::pipeline::features::{FeatureSet, Subject};
 use cascade::pipeline::request::{RankRequest, ValidRequest};
 use cascade::pipeline::stages::StageModel;
 use cascade::state::AppState;
@@ -95,7 +95,9 @@ fn validate(state: &AppState, request: &RankRequest) -> ValidRequest {
     let pipeline = state.pipeline.as_ref().unwrap();
     request
         .clone()
-        .validate(&pipeline.limits, || "bench".into())
+        .validate(&pipeline.limits, &pipeline.catalog.schema, || {
+            "bench".into()
+        })
         .unwrap()
 }
 
@@ -136,7 +138,14 @@ fn bench_assembly<'a>(
     group.bench_function(id, |b| {
         b.iter(|| {
             missing.fill(0);
-            set.assemble(catalog, subject, rows(), &mut matrix, &mut missing);
+            set.assemble(
+                &catalog.items,
+                &catalog.users,
+                subject,
+                rows(),
+                &mut matrix,
+                &mut missing,
+            );
             black_box(&matrix);
         })
     });
@@ -150,7 +159,8 @@ fn ranker_rows(fx: &Fixture, stage: &StageModel, n: usize) -> Vec<f32> {
     let (mut matrix, mut missing) = (Vec::new(), vec![0u32; set.width()]);
     let rows = candidate_rows(n, pipeline.catalog.items.ids.len());
     set.assemble(
-        &pipeline.catalog,
+        &pipeline.catalog.items,
+        &pipeline.catalog.users,
         &subject,
         &rows,
         &mut matrix,
@@ -314,10 +324,11 @@ fn cache(c: &mut Criterion, fx: &Fixture) {
 
 fn retrieval(c: &mut Criterion, fx: &Fixture) {
     let catalog = &fx.state.pipeline.as_ref().unwrap().catalog;
-    let index = ExactIndex::new(catalog.items.embedding.to_vec(), catalog.items.dim);
+    let (vectors, dim) = catalog.item_vectors().expect("item vectors");
+    let index = ExactIndex::new(vectors.to_vec(), dim);
     let user = catalog.users.row("1").expect("user 1 is in the catalog");
-    let query = catalog.users.embedding(user).to_vec();
-    let seen: HashSet<u32> = catalog.users.history(user).iter().copied().collect();
+    let query = catalog.user_vector(user).to_vec();
+    let seen: HashSet<u32> = catalog.seen(user).iter().copied().collect();
     let mut group = c.benchmark_group("retrieval");
     group.bench_function("exact_top300/no_skip", |b| {
         b.iter(|| black_box(search(&index, &query, 300, &|_| false).unwrap()))
@@ -345,7 +356,6 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
     if std::env::var_os("CASCADE_BENCH_SKIP_1M").is_some() {
         return;
     }
-    let pipeline = fx.state.pipeline.as_ref().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let spec = cascade::catalog::generate::Spec {
         items: 1_000_000,
@@ -355,13 +365,20 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
         spread: 0.5,
         seed: 42,
     };
-    cascade::catalog::generate::write(&pipeline.catalog, &spec, dir.path()).unwrap();
+    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/catalog");
+    cascade::catalog::generate::write(&template, &spec, dir.path()).unwrap();
     let catalog = Catalog::load(dir.path()).unwrap();
+    // A known user at 21:00 on a Thursday; the rest of the context missing.
+    let mut ctx = vec![f32::NAN; catalog.schema.context.len()];
+    for (name, value) in [("hour", 21.0), ("weekday", 3.0)] {
+        if let Some((i, _)) = catalog.schema.context_field(name) {
+            ctx[i] = value;
+        }
+    }
     let subject = Subject {
         user: Some(12_345),
-        hour: 21.0,
-        weekday: 3.0,
-        ..Default::default()
+        ctx,
+        now_ms: 0.0,
     };
     // Random rows (a fixed xorshift), as retrieval from a million returns.
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -378,8 +395,8 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
     let mut group = c.benchmark_group("catalog_1m");
     for (role, n) in [("filter", 500), ("ranker", 100)] {
         let stage = fx.stage(role);
-        let names = &stage.features().names;
-        let set = FeatureSet::compile(names, &catalog).unwrap();
+        let decls = &stage.model().spec.input.as_ref().unwrap().features;
+        let set = FeatureSet::compile(decls, &catalog.tables()).unwrap();
         // A fresh draw per call, so no run reuses rows the last one cached.
         let draws: Vec<Vec<u32>> = (0..1024).map(|_| draw(n)).collect();
         let mut next = draws.iter().cycle();

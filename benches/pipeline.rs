@@ -65,7 +65,9 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| {
                 let valid = request
                     .clone()
-                    .validate(&pipeline.limits, || "bench".into())
+                    .validate(&pipeline.limits, &pipeline.catalog.schema, || {
+                        "bench".into()
+                    })
                     .unwrap();
                 let response = if cached {
                     rt.block_on(pipeline.rank_cached(&state.registry, &state.pool, valid))

@@ -98,7 +98,7 @@ pub async fn run(
             "deadline_ms": pipeline.limits.max_deadline_ms,
         }))?;
         let valid = request
-            .validate(&pipeline.limits, || "eval".into())
+            .validate(&pipeline.limits, &pipeline.catalog.schema, || "eval".into())
             .map_err(|e| anyhow::anyhow!("segment {}: {e}", case.segment))?;
         let response = pipeline.rank(&state.registry, &state.pool, valid).await?;
         let ranked: Vec<String> = response.items.into_iter().map(|i| i.item_id).collect();

@@ -9,13 +9,18 @@
 //! - [`model`]: the model repository, the backend trait with its tract and
 //!   ONNX Runtime implementations, golden-set vetting, and the bounded pool
 //!   that runs inference off the reactor.
-//! - [`telemetry`]: logging setup.
+//! - [`pipeline`]: the ranking cascade (retrieve, filter, rerank, select).
+//! - [`data`]: the app's declared data — schema, catalog snapshot, context,
+//!   and the feature language compiled into plans.
+//! - [`catalog`]: the loaded catalog and the vector index over it.
+//! - [`telemetry`]: logging, metric names, drift.
 //!
 //! [`config`] is the typed configuration; [`state`] is what handlers share.
 //! `main.rs` only parses the command line and starts things.
 
 pub mod catalog;
 pub mod config;
+pub mod data;
 pub mod eval;
 pub mod http;
 pub mod model;

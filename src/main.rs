@@ -53,8 +53,7 @@ struct CatalogArgs {
     spread: f32,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// The catalog whose vocabulary (genres, occupations) and per-row
-    /// attributes are resampled.
+    /// The catalog whose schema and per-row fields are resampled.
     #[arg(long, default_value = "models/catalog")]
     template: PathBuf,
 }
@@ -68,8 +67,8 @@ enum IndexCommand {
 
 #[derive(clap::Args)]
 struct IndexBuildArgs {
-    /// A `[items, dim]` float32 .npy file, or a catalog folder (its
-    /// items.safetensors embeddings, e.g. models/catalog).
+    /// A `[items, dim]` float32 .npy file, or a catalog folder (its item
+    /// retrieval vectors, e.g. models/catalog).
     #[arg(long)]
     vectors: PathBuf,
     /// Where to write the dump.
@@ -212,7 +211,6 @@ fn reload_on_hangup(mut hangups: Hangups, state: std::sync::Weak<AppState>) {
 
 fn synth_catalog(args: CatalogArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let template = cascade::catalog::Catalog::load(&args.template)?;
     let spec = cascade::catalog::generate::Spec {
         items: args.items,
         users: args.users,
@@ -221,7 +219,8 @@ fn synth_catalog(args: CatalogArgs) -> anyhow::Result<()> {
         spread: args.spread,
         seed: args.seed,
     };
-    cascade::catalog::generate::write(&template, &spec, &args.out).map_err(anyhow::Error::msg)?;
+    cascade::catalog::generate::write(&args.template, &spec, &args.out)
+        .map_err(anyhow::Error::msg)?;
     eprintln!(
         "wrote {} items and {} users ({} dims) to {} in {:.1} s",
         args.items,
@@ -282,8 +281,11 @@ fn index_build(args: IndexBuildArgs) -> anyhow::Result<()> {
         "--ef-construction must be at least 1"
     );
     let (vectors, dim) = if args.vectors.is_dir() {
-        let items = cascade::catalog::Items::load(&args.vectors)?;
-        (items.embedding.to_vec(), items.dim)
+        let catalog = cascade::catalog::Catalog::load(&args.vectors)?;
+        let (vectors, dim) = catalog.item_vectors().ok_or_else(|| {
+            anyhow::anyhow!("--vectors: the catalog declares no retrieval.item_vector")
+        })?;
+        (vectors.to_vec(), dim)
     } else {
         cascade::catalog::npy::read::<f32>(&args.vectors)
             .map_err(|e| anyhow::anyhow!("--vectors {}: {e}", args.vectors.display()))?

@@ -67,7 +67,7 @@ impl AppState {
             Box::new(move |m: &crate::model::LoadedModel| match &m.spec.input {
                 None => Ok(()),
                 Some(input) => {
-                    crate::pipeline::features::FeatureSet::compile(&input.features, &catalog)
+                    crate::data::features::FeatureSet::compile(&input.features, &catalog.tables())
                         .map(|_| ())
                         .map_err(|e| format!("features: {e}"))
                 }

@@ -1,6 +1,6 @@
 """ONNX export (single input `features` [N,F] f32 -> single output `score` [N,1] f32),
 model-repository files (config.toml, golden.json, profile.json, metrics.json) and the
-catalog artifacts (safetensors + json)."""
+catalog snapshot (schema.toml + Parquet)."""
 from __future__ import annotations
 
 import json
@@ -142,7 +142,14 @@ def _toml_str(s: str) -> str:
 
 
 def write_config(path, role, description, feature_names, max_batch_rows=1024, max_wait_us=0):
-    feats = ",\n".join(f"  {_toml_str(f)}" for f in feature_names)
+    """Each input column declared as the server computes it (features.FEATURE_EXPRS)."""
+    from features import FEATURE_EXPRS
+
+    def decl(name):
+        expr, default = FEATURE_EXPRS[name]
+        d = f", default = {default!r}" if default != 0.0 else ""
+        return f"  {{ name = {_toml_str(name)}, expr = {_toml_str(expr)}{d} }}"
+    feats = ",\n".join(decl(f) for f in feature_names)
     text = (f"role = {_toml_str(role)}\n"
             f"description = {_toml_str(description)}\n\n"
             f"[input]\nname = \"features\"\nfeatures = [\n{feats},\n]\n\n"

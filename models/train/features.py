@@ -51,6 +51,41 @@ COLD_FEATURES = [
 
 F32 = np.float32
 
+# How the server computes each feature, in its feature language (written into each model's
+# config.toml): over the catalog snapshot's fields (item.*, user.*), declared in
+# models/catalog/schema.toml, and the request context (ctx.*). A missing value takes the
+# default. One expression serves both paths: a known user's age, gender and occupation come
+# from the user table; on the cold-start path there is no user row, so coalesce() takes the
+# request's. These formulas are the ones below, written the server's way.
+_ITEM_FIELD = {
+    "item_popularity": "popularity", "item_recent_popularity": "recent_popularity",
+    "item_log_n_ratings": "log_n_ratings", "item_mean_rating": "mean_rating",
+    "item_pos_rate": "pos_rate", "item_year": "year", "item_mean_rater_age": "mean_rater_age",
+    "item_male_share": "male_share",
+}
+FEATURE_EXPRS = {name: (f"item.{field}", 0.0) for name, field in _ITEM_FIELD.items()}
+FEATURE_EXPRS.update({feat: ('has(item.genres, "%s")' % g, 0.0) for feat, g in zip(GENRE_FEATURES, GENRES)})
+FEATURE_EXPRS.update({
+    "user_age": ("user.age", 0.0),
+    "user_gender_m": ("user.gender == 'M'", 0.0),
+    "user_occupation": ("code(user.occupation)", 0.0),
+    "user_log_n_ratings": ("user.log_n_ratings", 0.0),
+    "user_mean_rating": ("user.mean_rating", 0.0),
+    "user_pos_rate": ("user.pos_rate", 0.0),
+    "user_item_dot": ("dot(user.embedding, item.embedding)", 0.0),
+    "user_genre_affinity": ("dot(user.genre_profile, multihot(item.genres))", 0.0),
+    "age_gap": ("abs(coalesce(user.age, ctx.age) - item.mean_rater_age)", 0.0),
+    "gender_affinity": ("if(coalesce(user.gender, ctx.gender) == 'M', item.male_share, 1 - item.male_share)", 0.5),
+    "occupation_lift": ("item.occupation_lift[coalesce(user.occupation, ctx.occupation)]", 1.0),
+    "ctx_hour": ("ctx.hour", 0.0),
+    "ctx_weekday": ("ctx.weekday", 0.0),
+    "ctx_age": ("ctx.age", 0.0),
+    "ctx_age_missing": ("is_missing(ctx.age)", 0.0),
+    "ctx_gender_m": ("ctx.gender == 'M'", 0.0),
+    "ctx_gender_f": ("ctx.gender == 'F'", 0.0),
+    "ctx_occupation": ("code(ctx.occupation)", -1.0),
+})
+
 
 @dataclass
 class Snapshot:

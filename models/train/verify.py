@@ -18,7 +18,7 @@ import tomllib
 import numpy as np
 import onnx
 import onnxruntime as ort
-from safetensors.numpy import load_file
+import pyarrow.parquet as pq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = os.path.dirname(HERE)
@@ -27,14 +27,20 @@ f32 = np.float32
 
 
 def load_catalog():
-    items = load_file(os.path.join(CAT, "items.safetensors"))
-    users = load_file(os.path.join(CAT, "users.safetensors"))
-    ij = json.load(open(os.path.join(CAT, "items.json")))
-    uj = json.load(open(os.path.join(CAT, "users.json")))
-    for t in (items, users):
-        for k, v in t.items():
-            assert v.dtype == np.float32, (k, v.dtype)
-    n_i, n_u = len(ij["ids"]), len(uj["ids"])
+    """The Parquet snapshot, as per-field arrays (categories as the indices/flags the formulas use)."""
+    schema = tomllib.load(open(os.path.join(CAT, "schema.toml"), "rb"))
+    genres, occupations = schema["vocabularies"]["genre"], schema["vocabularies"]["occupation"]
+    it = pq.read_table(os.path.join(CAT, "items.parquet")).to_pydict()
+    us = pq.read_table(os.path.join(CAT, "users.parquet")).to_pydict()
+    vec = lambda rows: np.array(rows, dtype=np.float32)  # noqa: E731
+    items = {k: vec(it[k]) for k in ("embedding", "occupation_lift", "year", "popularity", "recent_popularity",
+                                     "log_n_ratings", "mean_rating", "pos_rate", "mean_rater_age", "male_share")}
+    items["genres"] = np.array([[f32(g in row) for g in genres] for row in it["genres"]], dtype=np.float32)
+    users = {k: vec(us[k]) for k in ("embedding", "age", "log_n_ratings", "mean_rating", "pos_rate",
+                                     "genre_profile")}
+    users["gender_m"] = np.array([f32(g == "M") for g in us["gender"]], dtype=np.float32)
+    users["occupation"] = np.array([occupations.index(o) for o in us["occupation"]], dtype=np.float32)
+    n_i, n_u = len(it["id"]), len(us["id"])
     for k, v in items.items():
         assert v.shape[0] == n_i, (k, v.shape)
     for k, v in users.items():
@@ -42,7 +48,9 @@ def load_catalog():
     for t in (items, users):
         nrm = np.linalg.norm(t["embedding"].astype(np.float64), axis=1)
         assert np.all(np.abs(nrm - 1) < 1e-5), nrm.min()
-    assert set(ij["popular"]) <= set(ij["ids"])
+    assert all(i in set(it["id"]) for seen in us["seen"] for i in seen)
+    ij = {"ids": it["id"], "genres": genres}
+    uj = {"ids": us["id"], "occupations": occupations}
     return items, users, ij, uj
 
 
@@ -118,11 +126,11 @@ def main():
     iidx = {s: k for k, s in enumerate(ij["ids"])}
     uidx = {s: k for k, s in enumerate(uj["ids"])}
     ok = True
-    print("catalog: items.safetensors " + ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(items.items())))
-    print("catalog: users.safetensors " + ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(users.items())))
+    print("catalog: items.parquet " + ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(items.items())))
+    print("catalog: users.parquet " + ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(users.items())))
     for name in ("filter", "ranker", "cold_start"):
         cfg = tomllib.load(open(os.path.join(MODELS, name, "config.toml"), "rb"))
-        feats = cfg["input"]["features"]
+        feats = [f["name"] for f in cfg["input"]["features"]]
         assert cfg["role"] == name and cfg["input"]["name"] == "features" and cfg["output"]["name"] == "score"
         path = os.path.join(MODELS, name, "1", "model.onnx")
         m = onnx.load(path)

@@ -1,15 +1,17 @@
-//! The item catalog and the user table the ranking pipeline reads: ids,
-//! embeddings and the per-item / per-user statistics the models' features
-//! need, loaded once at start from `models/catalog/` (safetensors for the
-//! dense parts, JSON for ids), plus the vector index over item embeddings.
+//! The loaded catalog — an app's items and users, as its `schema.toml`
+//! declares them and its Parquet snapshot holds them — and the vector
+//! index over the item vectors.
 //!
-//! - [`tables`]: struct-of-arrays item and user tables.
 //! - [`index`]: top-k by inner product — exact scan or HNSW, the one the
 //!   pipeline calls; below it [`graph`] (hnsw_rs's graph, frozen and searched
 //!   by us), [`persist`] (the index dump), [`simd`] (dot-product kernels).
 //! - [`synth`], [`npy`]: seeded synthetic embeddings and the `.npy` files
 //!   the retrieval benchmark shares with Python; [`generate`]: whole
 //!   synthetic catalogs at any scale, for benches and load tests.
+//!
+//! What a field means is the app's business: the catalog only knows the
+//! roles `[retrieval]` gives fields (the vectors searched, the popularity
+//! that orders the cold-start list, the items a user has seen).
 
 pub mod generate;
 pub mod graph;
@@ -18,65 +20,151 @@ pub mod npy;
 pub mod persist;
 pub mod simd;
 pub mod synth;
-pub mod tables;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use index::{IndexKind, VectorIndex};
-pub use tables::{ItemStat, Items, Users};
+
+use crate::data::expr::Tables;
+use crate::data::ids::Ids;
+use crate::data::schema::{Entity, Schema};
+use crate::data::table::{Slot, Table};
+use crate::data::{parquet, DataError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// `file` is relative to the catalog folder, never a host path.
-    #[error("catalog {file}: {reason}")]
-    Load { file: String, reason: String },
+    #[error(transparent)]
+    Load(#[from] DataError),
     #[error("{0}")]
     Query(String),
 }
 
-impl CatalogError {
-    pub fn load(file: &str, reason: impl std::fmt::Display) -> CatalogError {
-        CatalogError::Load {
-            file: file.to_string(),
-            reason: reason.to_string(),
-        }
-    }
-}
-
 /// Everything about items and users the server knows.
 pub struct Catalog {
-    pub items: Items,
-    pub users: Users,
-    /// Item rows, most popular first: the cold-start retrieval list.
+    pub schema: Arc<Schema>,
+    pub items: Table,
+    pub users: Table,
+    /// Item rows by the popularity field, highest first (ties: lower row):
+    /// the cold-start retrieval list.
     pub popular: Vec<u32>,
-    /// Occupation names in index order (for cold-start context).
-    pub occupations: Vec<String>,
+    popularity: Option<usize>,
+    seen: Option<usize>,
 }
 
+/// The file that declares a catalog, in its folder.
+pub const SCHEMA_FILE: &str = "schema.toml";
+
 impl Catalog {
+    /// Loads `schema.toml` and the snapshot files it names from `dir`.
     pub fn load(dir: &Path) -> Result<Catalog, CatalogError> {
-        let items = Items::load(dir)?;
-        let (users, occupations) = Users::load(dir, &items)?;
-        let popular = tables::popular_rows(dir, &items)?;
-        if occupations.len() != items.n_occupations {
-            return Err(CatalogError::load(
-                "users.json",
-                format!(
-                    "{} occupations, but items.safetensors occupation_lift has {} columns",
-                    occupations.len(),
-                    items.n_occupations
-                ),
-            ));
+        let text = std::fs::read_to_string(dir.join(SCHEMA_FILE))
+            .map_err(|e| DataError::load(SCHEMA_FILE, e.kind()))?;
+        let schema = Schema::parse(&text).map_err(|e| DataError::load(SCHEMA_FILE, e))?;
+        let r = &schema.retrieval;
+        let items = parquet::read(dir, &schema.items, None, r.item_vector.as_deref())?;
+        let users = if schema.users.fields.is_empty() && !dir.join(&schema.users.file).is_file() {
+            Table::build(
+                &Entity::default(),
+                Ids::new(Vec::new(), &schema.users.file)?,
+                Vec::new(),
+                None,
+            )
+        } else {
+            parquet::read(
+                dir,
+                &schema.users,
+                Some(&items.ids),
+                r.user_vector.as_deref(),
+            )?
+        };
+        let row_of = |entity: &Entity, table: &Table, name: &Option<String>| {
+            name.as_ref()
+                .and_then(|n| entity.field(n))
+                .map(|(i, _)| table.slot(i))
+        };
+        let popularity = match row_of(&schema.items, &items, &r.popularity) {
+            Some(Slot::Row { at, .. }) => Some(at),
+            _ => None,
+        };
+        let seen = match row_of(&schema.users, &users, &r.seen) {
+            Some(Slot::List(i)) => Some(i),
+            _ => None,
+        };
+        let mut popular: Vec<u32> = (0..items.len() as u32).collect();
+        if let Some(at) = popularity {
+            let p = |r: u32| {
+                let v = items.scalar(r, at);
+                if v.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    v
+                }
+            };
+            popular.sort_by(|&a, &b| p(b).total_cmp(&p(a)).then(a.cmp(&b)));
         }
         Ok(Catalog {
+            schema: Arc::new(schema),
             items,
             users,
             popular,
-            occupations,
+            popularity,
+            seen,
         })
     }
 
-    pub fn occupation_index(&self, name: &str) -> Option<usize> {
-        self.occupations.iter().position(|o| o == name)
+    /// What a feature plan compiles against.
+    pub fn tables(&self) -> Tables<'_> {
+        Tables {
+            schema: &self.schema,
+            items: &self.items,
+            users: &self.users,
+        }
+    }
+
+    /// The item vectors the index searches, `[items, dim]`, and `dim`.
+    pub fn item_vectors(&self) -> Option<(&Arc<[f32]>, usize)> {
+        self.items.vectors()
+    }
+
+    /// Dimension of the retrieval vectors (0 without them).
+    pub fn dim(&self) -> usize {
+        self.items.vectors().map_or(0, |(_, d)| d)
+    }
+
+    pub fn item_vector(&self, row: u32) -> &[f32] {
+        self.items.vector(row)
+    }
+
+    /// A known user's retrieval vector (empty when the schema has none).
+    pub fn user_vector(&self, row: u32) -> &[f32] {
+        self.users.vector(row)
+    }
+
+    /// Item rows user `row` has seen (never retrieved for them again).
+    pub fn seen(&self, row: u32) -> &[u32] {
+        match self.seen {
+            Some(i) => self.users.list(i).get(row),
+            None => &[],
+        }
+    }
+
+    /// The item's popularity (0 without a popularity field; missing is 0).
+    pub fn popularity(&self, row: u32) -> f32 {
+        match self.popularity {
+            Some(at) => {
+                let v = self.items.scalar(row, at);
+                if v.is_nan() {
+                    0.0
+                } else {
+                    v
+                }
+            }
+            None => 0.0,
+        }
+    }
+
+    pub fn item_id(&self, row: u32) -> &str {
+        self.items.ids.get(row)
     }
 }

@@ -1,6 +1,6 @@
 //! Seeded synthetic embeddings for retrieval benchmarks and tests: unit
 //! vectors scattered around `clusters` random unit centres, as trained item
-//! embeddings tend to be (genres, topics), rather than uniform on the sphere
+//! embeddings tend to be (topics, styles), rather than uniform on the sphere
 //! where every method looks the same.
 //!
 //! Everything is a pure function of the seed: the same `Clustered` gives the

@@ -106,7 +106,7 @@ async fn rank(
     variant: Option<String>,
 ) -> Result<crate::pipeline::request::RankResponse, ApiError> {
     let mut valid = request
-        .validate(&pipeline.limits, || fallback_id)
+        .validate(&pipeline.limits, &pipeline.catalog.schema, || fallback_id)
         .map_err(ApiError::invalid)?;
     valid.variant = variant;
     pipeline

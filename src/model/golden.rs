@@ -150,7 +150,7 @@ impl GoldenSet {
                     .into(),
             );
         };
-        if !self.features.is_empty() && self.features != input.features {
+        if !self.features.is_empty() && self.features != input.names() {
             return fail("golden features differ from config.toml input.features".into());
         }
         let tensor = match self.input_tensor(&input.name) {

@@ -1,12 +1,14 @@
-//! `models/<name>/config.toml`: what a model is for and the named
-//! features it takes, in order. The feature order is the contract between
-//! the training script and the server's feature assembly.
+//! `models/<name>/config.toml`: what a model is for and the features it
+//! takes, in order, each a named expression over the app's data (see
+//! `data::features`). The order is the contract between the training
+//! script and the server's feature assembly.
 
 use std::collections::HashSet;
 
 use serde::Deserialize;
 
 use super::{DataType, ModelError, TensorSpec};
+use crate::data::features::FeatureDecl;
 
 /// What the ranking pipeline uses a model for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -43,7 +45,14 @@ pub struct ModelSpec {
 #[serde(deny_unknown_fields)]
 pub struct FeatureInput {
     pub name: String,
-    pub features: Vec<String>,
+    pub features: Vec<FeatureDecl>,
+}
+
+impl FeatureInput {
+    /// The features' names, in column order.
+    pub fn names(&self) -> Vec<String> {
+        self.features.iter().map(|f| f.name.clone()).collect()
+    }
 }
 
 /// An FP32 output `[N, 1]` (or `[N]`) holding one score per row.
@@ -98,8 +107,8 @@ impl ModelSpec {
             }
             let mut seen = HashSet::new();
             for f in &input.features {
-                if !seen.insert(f) {
-                    return bad(format!("input.features: \"{f}\" appears twice"));
+                if !seen.insert(&f.name) {
+                    return bad(format!("input.features: \"{}\" appears twice", f.name));
                 }
             }
         }
@@ -180,7 +189,11 @@ role = "ranker"
 description = "test"
 [input]
 name = "features"
-features = ["a", "b", "c"]
+features = [
+  { name = "a", expr = "item.x" },
+  { name = "b", expr = "log1p(item.y)", default = 1.5 },
+  { name = "c", expr = "ctx.hour" },
+]
 [output]
 name = "score"
 [batching]
@@ -200,7 +213,10 @@ max_wait_us = 300
     fn parses_a_ranker_config() {
         let s = ModelSpec::parse(RANKER, "ranker/config.toml").unwrap();
         assert_eq!(s.role, Role::Ranker);
-        assert_eq!(s.input.as_ref().unwrap().features, ["a", "b", "c"]);
+        let input = s.input.as_ref().unwrap();
+        assert_eq!(input.names(), ["a", "b", "c"]);
+        assert_eq!(input.features[1].expr, "log1p(item.y)");
+        assert_eq!(input.features[1].default, 1.5);
         assert_eq!(s.batching.max_batch_rows, 256);
     }
 
@@ -208,7 +224,7 @@ max_wait_us = 300
     fn rejects_unknown_keys_and_duplicate_features() {
         let e = ModelSpec::parse("rolee = \"ranker\"", "m/config.toml").unwrap_err();
         assert!(e.to_string().contains("rolee"), "{e}");
-        let dup = RANKER.replace("\"c\"", "\"a\"");
+        let dup = RANKER.replace("name = \"c\"", "name = \"a\"");
         let e = ModelSpec::parse(&dup, "m/config.toml").unwrap_err();
         assert!(e.to_string().contains("\"a\" appears twice"), "{e}");
         let e = ModelSpec::parse("role = \"filter\"", "m/config.toml").unwrap_err();

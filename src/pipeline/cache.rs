@@ -4,7 +4,7 @@
 //! The key holds everything that determines the answer: the experiment
 //! variant, the serving version of every stage model (so a version change
 //! can never serve an answer the old version computed), the user, the
-//! resolved context (hour and weekday included, defaults resolved), the
+//! resolved context (every declared field, defaults applied), the
 //! candidates, recent items, the exclusions (as a set), `k` and
 //! `deadline_ms`. Concurrent identical misses compute once; the others wait
 //! for that answer. The deadline is in the key so that a request never waits
@@ -21,8 +21,8 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use serde::{Deserialize, Serialize};
 
-use super::features::{Gender, Subject};
 use super::request::{Fallback, RankResponse, ValidRequest};
+use crate::data::features::Subject;
 use crate::telemetry::metrics as m;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,11 +51,8 @@ pub struct CacheKey {
     variant: String,
     versions: String,
     user: Option<String>,
-    hour: u32,
-    weekday: u32,
-    age_bits: Option<u32>,
-    gender: Option<u8>,
-    occupation: Option<usize>,
+    /// Every context value as served (defaults applied), as bits.
+    context: Vec<u32>,
     candidates: Option<Vec<String>>,
     recent_items: Vec<String>,
     exclude: Vec<String>,
@@ -68,6 +65,7 @@ impl CacheKey {
     fn approx_bytes(&self) -> usize {
         let list = |l: &[String]| l.iter().map(|s| s.len() + 24).sum::<usize>();
         128 + self.variant.len()
+            + 4 * self.context.len()
             + self.versions.len()
             + self.user.as_ref().map_or(0, String::len)
             + self.candidates.as_deref().map_or(0, list)
@@ -85,14 +83,7 @@ impl CacheKey {
             variant: variant.to_string(),
             versions,
             user: subject.user.and(req.user_id.clone()),
-            hour: subject.hour as u32,
-            weekday: subject.weekday as u32,
-            age_bits: subject.age.map(f32::to_bits),
-            gender: subject.gender.map(|g| match g {
-                Gender::M => 1,
-                Gender::F => 2,
-            }),
-            occupation: subject.occupation,
+            context: subject.ctx.iter().map(|v| v.to_bits()).collect(),
             candidates: req.candidates.clone(),
             recent_items: req.recent_items.clone(),
             exclude,

@@ -17,12 +17,10 @@
 //!
 //! - [`request`]: the request/response contract and its validation.
 //! - [`cache`]: the response cache in front of the cascade.
-//! - [`features`]: feature assembly shared by every model.
 //! - [`stages`]: the stage implementations.
 
 pub mod cache;
 pub mod experiments;
-pub mod features;
 pub mod request;
 pub mod score_cache;
 pub mod shadow;
@@ -37,6 +35,7 @@ use serde_json::{Map, Value};
 
 use crate::catalog::{self, Catalog, VectorIndex};
 use crate::config::{OnOverload, RankingConfig};
+use crate::data::features::Subject;
 use crate::model::batcher::{BatchPolicy, Batcher};
 use crate::model::executor::InferencePool;
 use crate::model::{LoadedModel, Registry};
@@ -44,7 +43,6 @@ use crate::telemetry::drift::MonitoringConfig;
 use crate::telemetry::metrics as m;
 use cache::{CacheKey, ResponseCache, Uncached};
 use experiments::{ExperimentsConfig, ModelRef};
-use features::Subject;
 use request::{Fallback, Limits, RankResponse, ScoredItem, StageReport, ValidRequest};
 use score_cache::{ScoreCache, ScoreKey};
 use shadow::{ShadowConfig, ShadowJob, ShadowRunner, ShadowSpec, ShadowStage};
@@ -142,12 +140,18 @@ impl Pipeline {
     ) -> Result<Pipeline, String> {
         let ranking = &config.ranking;
         let started = Instant::now();
+        let (vectors, dim) = catalog.item_vectors().ok_or_else(|| {
+            format!(
+                "ranking.catalog: {} declares no retrieval.item_vector to retrieve by",
+                crate::catalog::SCHEMA_FILE
+            )
+        })?;
         // Builds the index, or loads `ranking.hnsw.index_file` when set.
         let index = catalog::index::open(
             ranking.index,
             ranking.exact_below,
-            &catalog.items.embedding,
-            catalog.items.dim,
+            vectors,
+            dim,
             &ranking.hnsw,
         )?;
         tracing::info!(
@@ -455,28 +459,19 @@ impl Pipeline {
         )
     }
 
-    /// Who the request is for: a known user's row, or the cold-start
-    /// demographics it carries; hour and weekday default to now (UTC).
+    /// Who the request is for: a known user's row (or none: cold start),
+    /// and the context with its defaults applied at the request's time.
     pub fn subject(&self, req: &ValidRequest) -> Subject {
-        let user = req
-            .user_id
-            .as_deref()
-            .and_then(|u| self.catalog.users.row(u));
-        let (now_hour, now_weekday) = utc_hour_weekday(SystemTime::now());
-        let ctx = &req.context;
+        let now = SystemTime::now();
         Subject {
-            user,
-            age: if user.is_none() { ctx.age } else { None },
-            gender: if user.is_none() { ctx.gender } else { None },
-            occupation: if user.is_none() {
-                ctx.occupation
-                    .as_deref()
-                    .and_then(|o| self.catalog.occupation_index(o))
-            } else {
-                None
-            },
-            hour: ctx.hour.unwrap_or(now_hour) as f32,
-            weekday: ctx.weekday.unwrap_or(now_weekday) as f32,
+            user: req
+                .user_id
+                .as_deref()
+                .and_then(|u| self.catalog.users.row(u)),
+            ctx: req.context.resolve(&self.catalog.schema, now),
+            now_ms: now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_millis() as f64),
         }
     }
 
@@ -712,8 +707,7 @@ impl Pipeline {
             .zip(subject.user.map(|user| ScoreKey {
                 model: model.id(),
                 user,
-                hour: subject.hour as u8,
-                weekday: subject.weekday as u8,
+                context: score_cache::context_key(&subject.ctx, &model.features().context_reads),
             }));
         let Some((cache, key)) = cached else {
             return model
@@ -782,9 +776,14 @@ impl Pipeline {
             } else {
                 let mut own = Vec::new();
                 let mut missing = vec![0u32; model.features().width()];
-                model
-                    .features()
-                    .assemble(&self.catalog, subject, rows, &mut own, &mut missing);
+                model.features().assemble(
+                    &self.catalog.items,
+                    &self.catalog.users,
+                    subject,
+                    rows,
+                    &mut own,
+                    &mut missing,
+                );
                 own
             };
             self.shadow.offer(ShadowJob {
@@ -821,7 +820,7 @@ impl Pipeline {
             items: current
                 .into_iter()
                 .map(|(row, score)| ScoredItem {
-                    item_id: self.catalog.items.ids.get(row).to_string(),
+                    item_id: self.catalog.item_id(row).to_string(),
                     score,
                 })
                 .collect(),
@@ -882,29 +881,4 @@ fn report(
         candidates_out: n_out,
         micros: took.as_micros() as u64,
     });
-}
-
-/// UTC hour (0–23) and weekday (0–6, Monday = 0) of `t`.
-pub fn utc_hour_weekday(t: SystemTime) -> (u8, u8) {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let hour = (secs / 3600 % 24) as u8;
-    // 1970-01-01 was a Thursday (3 with Monday = 0).
-    let weekday = ((secs / 86_400 + 3) % 7) as u8;
-    (hour, weekday)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_hour_and_weekday() {
-        // 2026-11-29 (a Sunday) 21:30 UTC.
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_987_800);
-        assert_eq!(utc_hour_weekday(t), (21, 6));
-        assert_eq!(utc_hour_weekday(UNIX_EPOCH), (0, 3));
-    }
 }

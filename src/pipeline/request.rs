@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::features::Gender;
+use crate::data::context::Context;
+use crate::data::schema::Schema;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,16 +35,6 @@ pub struct Limits {
     pub max_deadline_ms: u64,
 }
 
-/// Validated context: what the features read.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Context {
-    pub hour: Option<u8>,
-    pub weekday: Option<u8>,
-    pub age: Option<f32>,
-    pub gender: Option<Gender>,
-    pub occupation: Option<String>,
-}
-
 /// A request that passed validation.
 #[derive(Debug, Clone)]
 pub struct ValidRequest {
@@ -58,53 +49,6 @@ pub struct ValidRequest {
     pub debug: bool,
     /// An experiment arm forced by the `X-Cascade-Variant` header.
     pub variant: Option<String>,
-}
-
-fn int_in(field: &str, v: &Value, lo: i64, hi: i64) -> Result<i64, String> {
-    match v.as_i64() {
-        Some(n) if (lo..=hi).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{field} must be an integer between {lo} and {hi}, got {v}"
-        )),
-    }
-}
-
-fn parse_context(ctx: &Map<String, Value>) -> Result<Context, String> {
-    let mut out = Context::default();
-    if let Some(v) = ctx.get("hour").filter(|v| !v.is_null()) {
-        out.hour = Some(int_in("context.hour", v, 0, 23)? as u8);
-    }
-    if let Some(v) = ctx.get("weekday").filter(|v| !v.is_null()) {
-        out.weekday = Some(int_in("context.weekday", v, 0, 6)? as u8);
-    }
-    if let Some(v) = ctx.get("age").filter(|v| !v.is_null()) {
-        match v.as_f64() {
-            Some(a) if (0.0..=130.0).contains(&a) => out.age = Some(a as f32),
-            _ => {
-                return Err(format!(
-                    "context.age must be a number between 0 and 130, got {v}"
-                ))
-            }
-        }
-    }
-    if let Some(v) = ctx.get("gender").filter(|v| !v.is_null()) {
-        let s = v
-            .as_str()
-            .ok_or_else(|| format!("context.gender must be a string, got {v}"))?;
-        // Anything but "M"/"F" counts as not given (FEATURES.md).
-        out.gender = match s {
-            "M" => Some(Gender::M),
-            "F" => Some(Gender::F),
-            _ => None,
-        };
-    }
-    if let Some(v) = ctx.get("occupation").filter(|v| !v.is_null()) {
-        let s = v
-            .as_str()
-            .ok_or_else(|| format!("context.occupation must be a string, got {v}"))?;
-        out.occupation = Some(s.to_string());
-    }
-    Ok(out)
 }
 
 fn check_list(field: &str, list: &[String], max: usize) -> Result<(), String> {
@@ -123,9 +67,11 @@ fn check_list(field: &str, list: &[String], max: usize) -> Result<(), String> {
 }
 
 impl RankRequest {
+    /// Checks bounds and, against the app's `schema`, the context.
     pub fn validate(
         self,
         limits: &Limits,
+        schema: &Schema,
         fresh_id: impl FnOnce() -> String,
     ) -> Result<ValidRequest, String> {
         let k = match self.k {
@@ -158,7 +104,7 @@ impl RankRequest {
         }
         check_list("recent_items", &self.recent_items, limits.max_list_items)?;
         check_list("exclude", &self.exclude, limits.max_list_items)?;
-        let context = parse_context(&self.context)?;
+        let context = Context::parse(schema, &self.context)?;
         Ok(ValidRequest {
             request_id: self.request_id.unwrap_or_else(fresh_id),
             user_id: self.user_id,
@@ -225,8 +171,17 @@ mod tests {
     }
 
     fn check(json: &str) -> Result<ValidRequest, String> {
+        let schema = Schema::parse(
+            r#"
+            [items]
+            fields.x = { type = "number" }
+            [context]
+            fields.hour = { type = "integer", min = 0, max = 23 }
+            "#,
+        )
+        .unwrap();
         let r: RankRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        r.validate(&limits(), || "generated".into())
+        r.validate(&limits(), &schema, || "generated".into())
     }
 
     #[test]
@@ -246,9 +201,6 @@ mod tests {
             ),
             (r#"{"exclude": [""]}"#, "exclude[0]"),
             (r#"{"context": {"hour": 24}}"#, "context.hour"),
-            (r#"{"context": {"weekday": "mon"}}"#, "context.weekday"),
-            (r#"{"context": {"age": -3}}"#, "context.age"),
-            (r#"{"context": {"gender": 1}}"#, "context.gender"),
             (r#"{"user_id": ""}"#, "user_id"),
         ] {
             let e = check(json).unwrap_err();
@@ -257,19 +209,8 @@ mod tests {
     }
 
     #[test]
-    fn context_is_parsed() {
-        let v = check(r#"{"context": {"hour": 21, "weekday": 3, "age": 31, "gender": "F", "occupation": "writer", "device": "ios"}}"#).unwrap();
-        assert_eq!(
-            v.context,
-            Context {
-                hour: Some(21),
-                weekday: Some(3),
-                age: Some(31.0),
-                gender: Some(Gender::F),
-                occupation: Some("writer".into())
-            }
-        );
-        let v = check(r#"{"context": {"gender": "x"}}"#).unwrap();
-        assert_eq!(v.context.gender, None);
+    fn the_context_is_checked_by_the_schema() {
+        let v = check(r#"{"context": {"hour": 21, "device": "ios"}}"#).unwrap();
+        assert_eq!(v.context, Context(vec![Some(21.0)]));
     }
 }

@@ -1,20 +1,20 @@
-//! The re-ranker's score cache: the scores of (model version, user, hour,
-//! weekday, item), so that a user paging through results, or coming back
+//! The re-ranker's score cache: the scores of (model version, user,
+//! context, item), so that a user paging through results, or coming back
 //! within the TTL with other candidates, does not re-score the same items.
 //!
-//! One entry per (model version, user, hour, weekday) holds that context's
+//! One entry per (model version, user, context) holds that context's
 //! scored items, sorted: a per-item entry would cost moka's ~300 bytes of
 //! bookkeeping per score (measured: 1M entries grew a server by 400 MB),
 //! where this costs 8 bytes per score plus one entry per context. The
 //! capacity counts scores.
 //!
-//! For a known user every feature a stage model reads is fixed by those
-//! five values (user and item statistics come from the read-only catalog;
-//! the context enters as hour and weekday), so a cached score is exactly
-//! the score the model would compute. Cold-start requests carry free-form
-//! demographics and are not cached. The model part of the key is the
-//! prepared version's id, so a reload can never serve a score of the old
-//! version.
+//! For a known user every feature a stage model reads is fixed by the
+//! user, the item and the context values its features read (user and item
+//! fields come from the read-only catalog), so a cached score is exactly
+//! the score the model would compute. The context part of the key is a
+//! 64-bit fingerprint of exactly those values (see [`context_key`]). Only
+//! known users are cached. The model part of the key is the prepared
+//! version's id, so a reload can never serve a score of the old version.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub struct ScoreCacheConfig {
     pub enabled: bool,
     /// Scores kept (8 bytes each, plus ~300 bytes per user context).
     pub max_scores: u64,
-    /// Scores kept per (model version, user, hour, weekday). A context
+    /// Scores kept per (model version, user, context). A context
     /// that would grow past it starts over with the rows just scored, so
     /// one busy user cannot make every insert copy a huge list.
     pub max_scores_per_context: usize,
@@ -53,8 +53,24 @@ impl Default for ScoreCacheConfig {
 pub struct ScoreKey {
     pub model: u32,
     pub user: u32,
-    pub hour: u8,
-    pub weekday: u8,
+    /// [`context_key`] of the context values the model reads.
+    pub context: u64,
+}
+
+/// A fingerprint of `ctx` at `positions` (the values a model's features
+/// read): the exact bits, mixed (splitmix64), so that two contexts a model
+/// cannot tell apart share scores and any other two almost surely do not.
+pub fn context_key(ctx: &[f32], positions: &[usize]) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64;
+    for &p in positions {
+        let bits = ctx.get(p).map_or(u32::MAX, |v| v.to_bits());
+        h ^= bits as u64 ^ ((p as u64) << 32);
+        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+    }
+    h
 }
 
 /// Items and their scores, sorted by item.
@@ -183,8 +199,7 @@ mod tests {
         ScoreKey {
             model,
             user: 7,
-            hour: 20,
-            weekday: 2,
+            context: context_key(&[20.0, 2.0], &[0, 1]),
         }
     }
 
@@ -236,7 +251,18 @@ mod tests {
         let c = ScoreCache::new(&ScoreCacheConfig::default());
         c.insert(key(1), &[10], &[0.5]);
         assert_eq!(c.lookup(key(2), &[10]).1, [10]);
-        assert_eq!(c.lookup(ScoreKey { hour: 21, ..key(1) }, &[10]).1, [10]);
+        let other = context_key(&[21.0, 2.0], &[0, 1]);
+        assert_eq!(
+            c.lookup(
+                ScoreKey {
+                    context: other,
+                    ..key(1)
+                },
+                &[10]
+            )
+            .1,
+            [10]
+        );
         assert!(c.lookup(key(1), &[10]).1.is_empty());
     }
 }

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::features::{FeatureSet, Subject};
 use crate::catalog::{index, Catalog, VectorIndex};
+use crate::data::features::{FeatureSet, Subject};
 use crate::model::batcher::{BatchError, Batcher};
 use crate::model::executor::InferencePool;
 use crate::model::{LoadedModel, Tensor, TensorData};
@@ -48,8 +48,10 @@ pub fn caller_candidates(
 
 fn base_score(catalog: &Catalog, subject: &Subject, row: u32) -> f32 {
     match subject.user {
-        Some(u) => index::dot(catalog.users.embedding(u), catalog.items.embedding(row)),
-        None => catalog.items.popularity(row),
+        Some(u) if catalog.dim() > 0 => {
+            index::dot(catalog.user_vector(u), catalog.item_vector(row))
+        }
+        _ => catalog.popularity(row),
     }
 }
 
@@ -71,21 +73,20 @@ pub fn retrieve(
         .filter_map(|id| catalog.items.row(id))
         .collect();
     let query: Option<Vec<f32>> = match subject.user {
-        Some(u) => Some(catalog.users.embedding(u).to_vec()),
-        None if !recent.is_empty() => {
-            let dim = catalog.items.dim;
-            let mut mean = vec![0f32; dim];
+        Some(u) if !catalog.user_vector(u).is_empty() => Some(catalog.user_vector(u).to_vec()),
+        None if !recent.is_empty() && catalog.dim() > 0 => {
+            let mut mean = vec![0f32; catalog.dim()];
             for &r in &recent {
-                for (m, x) in mean.iter_mut().zip(catalog.items.embedding(r)) {
+                for (m, x) in mean.iter_mut().zip(catalog.item_vector(r)) {
                     *m += x;
                 }
             }
             Some(mean)
         }
-        None => None,
+        _ => None,
     };
     let seen: &[u32] = match subject.user {
-        Some(u) if exclude_seen => catalog.users.history(u),
+        Some(u) if exclude_seen => catalog.seen(u),
         _ => &[],
     };
     // One sorted list of every row to skip: the index asks about each node
@@ -115,7 +116,7 @@ pub fn retrieve(
         .copied()
         .filter(|&r| !skip(r))
         .take(n)
-        .map(|r| (r, catalog.items.popularity(r)))
+        .map(|r| (r, catalog.popularity(r)))
         .collect()
 }
 
@@ -204,9 +205,9 @@ impl StageModel {
                 model.name
             ));
         }
-        let features = FeatureSet::compile(&input.features, catalog)?;
+        let features = FeatureSet::compile(&input.features, &catalog.tables())?;
         let drift = profile.and_then(|text| {
-            DriftMonitor::new(&model.name, &input.features, text, monitoring)
+            DriftMonitor::new(&model.name, &features.names, text, monitoring)
                 .map_err(|e| tracing::warn!(model = %model.name, version = model.version, error = %e, "profile.json unreadable; drift not monitored"))
                 .ok()
         });
@@ -271,8 +272,14 @@ impl StageModel {
         let width = self.features.width();
         let mut matrix = Vec::new();
         let mut missing = vec![0u32; width];
-        self.features
-            .assemble(catalog, subject, rows, &mut matrix, &mut missing);
+        self.features.assemble(
+            &catalog.items,
+            &catalog.users,
+            subject,
+            rows,
+            &mut matrix,
+            &mut missing,
+        );
         for (j, &n) in missing.iter().enumerate() {
             if n > 0 {
                 metrics::counter!(

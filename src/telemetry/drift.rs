@@ -70,7 +70,7 @@ impl Bins {
         })
     }
 
-    /// A 0/1 feature (a genre flag, `user_gender_m`): its quantile edges
+    /// A 0/1 feature (a category flag, a comparison): its quantile edges
     /// collapse to the one bin [0, 1], where every row lands and PSI is
     /// always 0, so a shift in it could never show. Its mean is the share
     /// of ones, which gives two exact bins, [0, 0.5) and [0.5, 1]. A
@@ -283,7 +283,7 @@ mod tests {
             mean: Some(mean),
             std: Some(std),
         };
-        // As the shipped profiles have user_gender_m: one bin, mean 0.81.
+        // As the shipped profiles give a 0/1 feature: one bin, mean 0.81.
         let m: f64 = 0.8095;
         let b =
             Bins::from_file(file(vec![0.0, 1.0], vec![1.0], m, (m * (1.0 - m)).sqrt())).unwrap();

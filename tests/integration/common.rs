@@ -257,11 +257,13 @@ pub fn golden(name: &str) -> cascade::model::golden::GoldenSet {
 /// The first `n` user ids of the shipped user table (ids not in it are
 /// cold-start users).
 pub fn known_users(n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(shipped_models().join("catalog/users.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["ids"].as_array().unwrap()[..n]
+    let catalog = cascade::catalog::Catalog::load(&shipped_models().join("catalog")).unwrap();
+    catalog
+        .users
+        .ids
         .iter()
-        .map(|x| x.as_str().unwrap().to_string())
+        .take(n)
+        .map(str::to_string)
         .collect()
 }
 

@@ -604,25 +604,22 @@ async fn admin_calls_accept_any_case_of_bearer_and_refuse_huge_salts() {
 }
 
 /// Every catalog file the pipeline relies on is required: a missing user
-/// history is a start-up error naming the file, not a silent loss of
-/// `exclude_seen`.
+/// table (which holds what each user has seen) is a start-up error naming
+/// the file, not a silent loss of `exclude_seen`.
 #[test]
-fn a_missing_user_history_is_a_startup_error() {
+fn a_missing_catalog_file_is_a_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(shipped_models().join("catalog")).unwrap() {
         let entry = entry.unwrap();
-        if entry.file_name() != "user_history.safetensors" {
+        if entry.file_name() != "users.parquet" {
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
         }
     }
     let mut config = config_for(&shipped_models());
     config.ranking.catalog = dir.path().to_path_buf();
     let e = match cascade::state::AppState::load(config) {
-        Ok(_) => panic!("a catalog without user_history.safetensors loaded"),
+        Ok(_) => panic!("a catalog without users.parquet loaded"),
         Err(e) => e.to_string(),
     };
-    assert!(
-        e.starts_with("catalog user_history.safetensors: file not found"),
-        "{e}"
-    );
+    assert_eq!(e, "catalog users.parquet: file not found");
 }

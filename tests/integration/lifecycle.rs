@@ -44,7 +44,7 @@ fn a_model_that_cannot_load_is_an_error_naming_the_file() {
     );
 
     let repo = temp_repo();
-    std::fs::write(repo.path().join(name).join("config.toml"), "role = \"ranker\"\n[input]\nname = \"features\"\nfeatures = [\"a\"]\n[output]\nname = \"score\"\n").unwrap();
+    std::fs::write(repo.path().join(name).join("config.toml"), "role = \"ranker\"\n[input]\nname = \"features\"\nfeatures = [{ name = \"a\", expr = \"item.popularity\" }]\n[output]\nname = \"score\"\n").unwrap();
     let e = load_error(repo.path());
     assert!(
         e.contains(&format!("{name}/config.toml")) && e.contains("1 features declared"),

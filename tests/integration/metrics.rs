@@ -87,7 +87,7 @@ async fn drift_and_score_distribution_are_exported() {
         "cascade_score_psi{model=\"filter\"}",
         "cascade_score_psi{model=\"ranker\"}",
         "cascade_model_score_bucket{model=\"ranker\",le=\"0.05\"}",
-        "cascade_feature_defaulted_total{model=\"cold_start\",feature=\"ctx_age_missing\"}",
+        "cascade_feature_defaulted_total{model=\"cold_start\",feature=\"ctx_age\"}",
         "cascade_feature_rows_total{model=\"ranker\"}",
         "cascade_stage_duration_seconds_bucket{stage=\"rerank\"",
     ] {
@@ -158,7 +158,7 @@ async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
 
     // The 300 least popular items, for everyone.
     let mut rows: Vec<usize> = (0..catalog.items.len()).collect();
-    let popularity = |r: usize| catalog.items.popularity(r as u32);
+    let popularity = |r: usize| catalog.popularity(r as u32);
     rows.sort_by(|&a, &b| popularity(a).total_cmp(&popularity(b)));
     let unpopular: Vec<String> = rows[..300]
         .iter()

@@ -291,7 +291,9 @@ async fn served_features_match_the_training_scripts_golden_inputs() {
                 "user_id": row["user_id"], "context": row["context"]
             }))
             .unwrap();
-            let valid = req.validate(&pipeline.limits, || "skew".into()).unwrap();
+            let valid = req
+                .validate(&pipeline.limits, &pipeline.catalog.schema, || "skew".into())
+                .unwrap();
             let subject = pipeline.subject(&valid);
             assert_eq!(
                 subject.user.is_some(),
@@ -305,7 +307,14 @@ async fn served_features_match_the_training_scripts_golden_inputs() {
                 .unwrap();
             let mut out = Vec::new();
             let mut missing = vec![0; set.width()];
-            set.assemble(&pipeline.catalog, &subject, &[item], &mut out, &mut missing);
+            set.assemble(
+                &pipeline.catalog.items,
+                &pipeline.catalog.users,
+                &subject,
+                &[item],
+                &mut out,
+                &mut missing,
+            );
             for (j, (got, want)) in out.iter().zip(&g.inputs[i]).enumerate() {
                 assert!(
                     (got - want).abs() <= 1e-5 * want.abs().max(1.0),

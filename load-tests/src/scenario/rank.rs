@@ -6,13 +6,14 @@
 //!
 //! - `known`: a catalog user, drawn Zipf-like (a few heavy users, a long tail),
 //!   candidates left to the server's retrieval;
-//! - `cold`: no `user_id`, or one the catalog does not know, with demographics
-//!   (`age`, `gender`, `occupation`) in `context` and sometimes `recent_items`;
+//! - `cold`: no `user_id`, or one the catalog does not know, with every
+//!   context field the app's schema declares and sometimes `recent_items`;
 //! - `candidates`: a known user with 50..200 caller-supplied item ids;
 //! - `repeat`: one of the last `repeat_window` fresh requests again, identical
 //!   except for a new `request_id`, as a response cache would see it.
 //!
-//! Every request has `request_id`, `k` and `context.hour` / `context.weekday`.
+//! Every request has `request_id`, `k` and the context fields whose default
+//! is the clock (`now.hour`, `now.weekday`).
 
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
@@ -23,9 +24,10 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
 use serde_json::{json, Map, Value};
 
-use super::{read_json, Prepared, Source};
+use super::{Prepared, Source};
 
 /// The mix. Every field has a default; a scenario file or flags override them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,46 +132,112 @@ impl RankMix {
     }
 }
 
-/// The ids the generator draws from (`models/catalog/{users,items}.json`).
+/// What the generator draws from: the catalog's ids, read from its
+/// Parquet snapshot, and the request context its `schema.toml` declares.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub users: Vec<String>,
-    /// Ids the catalog does not know: MovieLens users held out of training
-    /// (the real cold-start population), plus made-up ones if there are none.
+    /// Ids the catalog does not know: users held out of training (the real
+    /// cold-start population, as the numeric ids missing from the user
+    /// table), plus made-up ones if there are none.
     pub unknown_users: Vec<String>,
     pub items: Vec<String>,
-    /// Most-rated items first; what a cold-start user has likely just seen.
+    /// Most popular items first (by `retrieval.popularity`): what a
+    /// cold-start user has likely just seen.
     pub popular: Vec<String>,
-    pub occupations: Vec<String>,
+    /// The context fields and how to draw each.
+    pub context: Vec<ContextField>,
 }
 
-#[derive(Deserialize)]
-struct UsersJson {
-    ids: Vec<String>,
-    occupations: Vec<String>,
+/// One declared context field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextField {
+    pub name: String,
+    pub draw: Draw,
+    /// Fields whose default is the clock (hour, weekday) go with every
+    /// request; the others (demographics) only with cold-start ones.
+    pub every_request: bool,
 }
 
-#[derive(Deserialize)]
-struct ItemsJson {
-    ids: Vec<String>,
-    #[serde(default)]
-    popular: Vec<String>,
+#[derive(Debug, Clone, PartialEq)]
+pub enum Draw {
+    Integer(i64, i64),
+    Number(f64, f64),
+    Category(Vec<String>),
+}
+
+/// The `id` column (and optionally a numeric one) of a Parquet file.
+fn read_column(path: &Path, numeric: Option<&str>) -> anyhow::Result<(Vec<String>, Vec<f64>)> {
+    use arrow_array::cast::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{}: not Parquet", path.display()))?;
+    let names: Vec<&str> = std::iter::once("id").chain(numeric).collect();
+    let mask = ProjectionMask::columns(builder.parquet_schema(), names);
+    let mut ids = Vec::new();
+    let mut values = Vec::new();
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let id = batch
+            .column_by_name("id")
+            .with_context(|| format!("{}: no id column", path.display()))?;
+        match id.as_string_opt::<i32>() {
+            Some(a) => ids.extend(a.iter().map(|v| v.unwrap_or_default().to_string())),
+            None => bail!("{}: the id column is not strings", path.display()),
+        }
+        if let Some(col) = numeric.and_then(|n| batch.column_by_name(n)) {
+            let cast = |v: Option<f64>| v.unwrap_or(f64::NEG_INFINITY);
+            if let Some(a) = col.as_primitive_opt::<arrow_array::types::Float32Type>() {
+                values.extend(a.iter().map(|v| cast(v.map(f64::from))));
+            } else if let Some(a) = col.as_primitive_opt::<arrow_array::types::Float64Type>() {
+                values.extend(a.iter().map(cast));
+            }
+        }
+    }
+    Ok((ids, values))
 }
 
 impl Catalog {
     pub fn load(models_dir: &Path) -> anyhow::Result<Catalog> {
         let dir = models_dir.join("catalog");
-        let users: UsersJson = read_json(&dir.join("users.json"))?;
-        let items: ItemsJson = read_json(&dir.join("items.json"))?;
-        if users.ids.is_empty() || items.ids.is_empty() || users.occupations.is_empty() {
-            bail!(
-                "{}: users.json and items.json must list ids and occupations",
-                dir.display()
-            );
+        let schema_path = dir.join("schema.toml");
+        let text = std::fs::read_to_string(&schema_path)
+            .with_context(|| format!("reading {}", schema_path.display()))?;
+        let schema: toml::Table = text
+            .parse()
+            .with_context(|| format!("parsing {}", schema_path.display()))?;
+        let file = |entity: &str, default: &str| {
+            dir.join(
+                schema
+                    .get(entity)
+                    .and_then(|e| e.get("file"))
+                    .and_then(toml::Value::as_str)
+                    .unwrap_or(default),
+            )
+        };
+        let popularity = schema
+            .get("retrieval")
+            .and_then(|r| r.get("popularity"))
+            .and_then(toml::Value::as_str);
+        let (items, pop) = read_column(&file("items", "items.parquet"), popularity)?;
+        let users_file = file("users", "users.parquet");
+        let users = if users_file.is_file() {
+            read_column(&users_file, None)?.0
+        } else {
+            Vec::new()
+        };
+        if users.is_empty() || items.is_empty() {
+            bail!("{}: the catalog must hold users and items", dir.display());
         }
-        let known: HashSet<&str> = users.ids.iter().map(String::as_str).collect();
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        if pop.len() == items.len() {
+            order.sort_by(|&a, &b| pop[b].total_cmp(&pop[a]).then(a.cmp(&b)));
+        }
+        let popular = order.iter().take(300).map(|&i| items[i].clone()).collect();
+        let known: HashSet<&str> = users.iter().map(String::as_str).collect();
         let max_id = users
-            .ids
             .iter()
             .filter_map(|id| id.parse::<u32>().ok())
             .max()
@@ -181,19 +249,70 @@ impl Catalog {
         if unknown_users.is_empty() {
             unknown_users = (0..100).map(|i| format!("new-user-{i}")).collect();
         }
-        let popular = if items.popular.is_empty() {
-            items.ids.clone()
-        } else {
-            items.popular
-        };
         Ok(Catalog {
-            users: users.ids,
+            context: context_fields(&schema),
+            users,
             unknown_users,
-            items: items.ids,
+            items,
             popular,
-            occupations: users.occupations,
         })
     }
+}
+
+/// The `[context]` fields of a schema, with what to draw for each.
+fn context_fields(schema: &toml::Table) -> Vec<ContextField> {
+    let vocab = |name: &str| -> Vec<String> {
+        schema
+            .get("vocabularies")
+            .and_then(|v| v.get(name))
+            .and_then(toml::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let Some(fields) = schema
+        .get("context")
+        .and_then(|c| c.get("fields"))
+        .and_then(toml::Value::as_table)
+    else {
+        return Vec::new();
+    };
+    let num = |f: &toml::Value, key: &str, or: f64| {
+        f.get(key)
+            .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
+            .unwrap_or(or)
+    };
+    fields
+        .iter()
+        .filter_map(|(name, f)| {
+            let draw = match f.get("type")?.as_str()? {
+                "integer" => Draw::Integer(num(f, "min", 0.0) as i64, num(f, "max", 100.0) as i64),
+                "number" => Draw::Number(num(f, "min", 0.0), num(f, "max", 100.0)),
+                "category" => {
+                    Draw::Category(match f.get("values").and_then(toml::Value::as_array) {
+                        Some(v) => v
+                            .iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect(),
+                        None => vocab(f.get("vocabulary")?.as_str()?),
+                    })
+                }
+                _ => return None,
+            };
+            let every_request = f
+                .get("default")
+                .and_then(toml::Value::as_str)
+                .is_some_and(|d| d.starts_with("now."));
+            Some(ContextField {
+                name: name.clone(),
+                draw,
+                every_request,
+            })
+        })
+        .collect()
 }
 
 /// Samples ranks `0..n` with probability proportional to `1 / (rank + 1)^s`.
@@ -265,10 +384,26 @@ impl RankSource {
         &from[rng.random_range(0..from.len())]
     }
 
-    fn time_context(&mut self) -> Map<String, Value> {
+    /// Context values for the declared fields: those with a clock default
+    /// on every request, the others too when `cold`.
+    fn context(&mut self, cold: bool) -> Map<String, Value> {
         let mut ctx = Map::new();
-        ctx.insert("hour".into(), json!(self.rng.random_range(0..24u32)));
-        ctx.insert("weekday".into(), json!(self.rng.random_range(0..7u32)));
+        for f in &self.catalog.context {
+            if !(f.every_request || cold) {
+                continue;
+            }
+            let v = match &f.draw {
+                Draw::Integer(lo, hi) if lo <= hi => json!(self.rng.random_range(*lo..=*hi)),
+                Draw::Number(lo, hi) if lo < hi => {
+                    json!((self.rng.random_range(*lo..*hi) * 10.0).round() / 10.0)
+                }
+                Draw::Category(values) if !values.is_empty() => {
+                    json!(Self::pick(&mut self.rng, values))
+                }
+                _ => continue,
+            };
+            ctx.insert(f.name.clone(), v);
+        }
         ctx
     }
 
@@ -277,7 +412,8 @@ impl RankSource {
         let (known, cold, candidates) = (self.mix.known, self.mix.cold, self.mix.candidates);
         let x = self.rng.random::<f64>() * (known + cold + candidates);
         let mut body = Map::new();
-        let mut ctx = self.time_context();
+        let cold_request = x >= known && x < known + cold;
+        let ctx = self.context(cold_request);
         let kind = if x < known {
             body.insert("user_id".into(), json!(self.known_user()));
             "known"
@@ -286,14 +422,6 @@ impl RankSource {
                 let id = Self::pick(&mut self.rng, &self.catalog.unknown_users);
                 body.insert("user_id".into(), json!(id));
             }
-            ctx.insert("age".into(), json!(self.rng.random_range(16..=70u32)));
-            // MovieLens 100K users are about 71 % male.
-            ctx.insert(
-                "gender".into(),
-                json!(if self.rng.random_bool(0.71) { "M" } else { "F" }),
-            );
-            let occupation = Self::pick(&mut self.rng, &self.catalog.occupations);
-            ctx.insert("occupation".into(), json!(occupation));
             if self.rng.random_bool(self.mix.cold_recent_items) {
                 let n = self
                     .rng
@@ -432,13 +560,34 @@ mod tests {
             if let Some(id) = v["user_id"].as_str() {
                 assert!(!known.contains(id), "cold-start id {id} is a known user");
             }
+            // Every declared context field, within its bounds or vocabulary.
             let ctx = &v["context"];
-            assert!((16..=70).contains(&ctx["age"].as_u64().unwrap()));
-            assert!(matches!(ctx["gender"].as_str(), Some("M" | "F")));
-            assert!(cat
-                .occupations
-                .iter()
-                .any(|o| Some(o.as_str()) == ctx["occupation"].as_str()));
+            for f in &cat.context {
+                let x = &ctx[f.name.as_str()];
+                match &f.draw {
+                    Draw::Integer(lo, hi) => {
+                        assert!(
+                            (*lo..=*hi).contains(&x.as_i64().unwrap()),
+                            "{}: {x}",
+                            f.name
+                        )
+                    }
+                    Draw::Number(lo, hi) => {
+                        assert!(
+                            (*lo..=*hi).contains(&x.as_f64().unwrap()),
+                            "{}: {x}",
+                            f.name
+                        )
+                    }
+                    Draw::Category(values) => {
+                        assert!(
+                            values.iter().any(|c| Some(c.as_str()) == x.as_str()),
+                            "{}: {x}",
+                            f.name
+                        )
+                    }
+                }
+            }
         }
     }
 

@@ -1,0 +1,347 @@
+//! A model's declared features: each input column is a named expression,
+//! compiled once when the model version loads and assembled here into the
+//! `[rows, features]` matrix, one column at a time, into a reused buffer.
+//!
+//! In the model's `config.toml`:
+//!
+//! ```toml
+//! [input]
+//! name = "features"
+//! features = [
+//!   { name = "user_item_dot", expr = "dot(user.embedding, item.embedding)" },
+//!   { name = "price_band", expr = "log1p(item.price)", default = 0.0 },
+//! ]
+//! ```
+//!
+//! A row whose value is missing (NaN, or not finite) takes the feature's
+//! `default` (0 unless given), and is counted, per feature, for coverage.
+
+use std::cell::RefCell;
+
+use serde::{Deserialize, Serialize};
+
+use super::expr::eval::{column, scalar, Env, Pool};
+use super::expr::{self, Num, Reach, Tables};
+use super::table::Table;
+
+/// One declared input column.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureDecl {
+    pub name: String,
+    pub expr: String,
+    #[serde(default)]
+    pub default: f32,
+}
+
+/// Who is being ranked for, resolved for serving.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Subject {
+    /// A known user's row; `None` on the cold-start path.
+    pub user: Option<u32>,
+    /// Every declared context value, defaults applied (NaN = missing).
+    pub ctx: Vec<f32>,
+    /// The request's time (epoch milliseconds): "now", or a historical
+    /// row's timestamp offline.
+    pub now_ms: f64,
+}
+
+/// A model's features, compiled against the catalog.
+#[derive(Debug, Clone)]
+pub struct FeatureSet {
+    pub names: Vec<String>,
+    plans: Vec<Num>,
+    defaults: Vec<f32>,
+    /// Context positions read by any feature, sorted: with the user, the
+    /// item and the model version, they fix every value (score cache keys).
+    pub context_reads: Vec<usize>,
+}
+
+thread_local! {
+    /// Scratch columns, reused by every assembly on this thread.
+    static SCRATCH: RefCell<(Pool, Vec<f32>)> = RefCell::new((Pool::default(), Vec::new()));
+}
+
+impl FeatureSet {
+    /// Compiles every declaration; an error names the feature and the place.
+    pub fn compile(decls: &[FeatureDecl], tables: &Tables<'_>) -> Result<FeatureSet, String> {
+        let mut plans = Vec::with_capacity(decls.len());
+        let mut context_reads = Vec::new();
+        for (i, d) in decls.iter().enumerate() {
+            if decls[..i].iter().any(|e| e.name == d.name) {
+                return Err(format!("feature \"{}\" is declared twice", d.name));
+            }
+            if !d.default.is_finite() {
+                return Err(format!("feature \"{}\": default must be finite", d.name));
+            }
+            let plan =
+                expr::plan(&d.expr, tables).map_err(|e| format!("feature \"{}\": {e}", d.name))?;
+            plan.context_reads(&mut context_reads);
+            plans.push(plan);
+        }
+        context_reads.sort_unstable();
+        context_reads.dedup();
+        Ok(FeatureSet {
+            names: decls.iter().map(|d| d.name.clone()).collect(),
+            defaults: decls.iter().map(|d| d.default).collect(),
+            plans,
+            context_reads,
+        })
+    }
+
+    pub fn width(&self) -> usize {
+        self.plans.len()
+    }
+
+    /// Writes one row per item into `out` (resized) and adds, per feature,
+    /// how many rows took its default into `missing` (`width()` long).
+    pub fn assemble(
+        &self,
+        items: &Table,
+        users: &Table,
+        subject: &Subject,
+        rows: &[u32],
+        out: &mut Vec<f32>,
+        missing: &mut [u32],
+    ) {
+        let width = self.width();
+        out.clear();
+        out.resize(rows.len() * width, 0.0);
+        let env = Env {
+            items,
+            users,
+            user: subject.user,
+            ctx: &subject.ctx,
+            now_ms: subject.now_ms,
+        };
+        SCRATCH.with(|scratch| {
+            let (pool, col) = &mut *scratch.borrow_mut();
+            for (j, plan) in self.plans.iter().enumerate() {
+                let default = self.defaults[j];
+                if plan.scope() != Reach::Item {
+                    let mut v = scalar(plan, &env);
+                    if !v.is_finite() {
+                        v = default;
+                        missing[j] += rows.len() as u32;
+                    }
+                    for r in 0..rows.len() {
+                        out[r * width + j] = v;
+                    }
+                    continue;
+                }
+                col.clear();
+                col.resize(rows.len(), 0.0);
+                column(plan, &env, rows, col, pool);
+                for (r, v) in col.iter().enumerate() {
+                    out[r * width + j] = if v.is_finite() {
+                        *v
+                    } else {
+                        missing[j] += 1;
+                        default
+                    };
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ids::Ids;
+    use crate::data::schema::Schema;
+    use crate::data::table::{Column, Csr};
+
+    struct Fixture {
+        schema: Schema,
+        items: Table,
+        users: Table,
+    }
+
+    fn fixture() -> Fixture {
+        let schema = Schema::parse(
+            r#"
+            [vocabularies]
+            job = ["cook", "pilot", "poet"]
+            tag = ["a", "b", "c"]
+            [items]
+            fields.embedding = { type = "vector", dim = 2 }
+            fields.price = { type = "number" }
+            fields.lift = { type = "vector", by = "job" }
+            fields.tags = { type = "categories", vocabulary = "tag" }
+            [users]
+            fields.embedding = { type = "vector", dim = 2 }
+            fields.age = { type = "number" }
+            fields.job = { type = "category", vocabulary = "job" }
+            fields.taste = { type = "vector", by = "tag" }
+            [context]
+            fields.age = { type = "number" }
+            fields.job = { type = "category", vocabulary = "job", unknown = "missing" }
+            [retrieval]
+            item_vector = "embedding"
+            user_vector = "embedding"
+            "#,
+        )
+        .unwrap();
+        let items = Table::build(
+            &schema.items,
+            Ids::new((0..3).map(|i| format!("i{i}")).collect(), "items").unwrap(),
+            vec![
+                Column::Vectors(vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0]),
+                Column::Scalars(vec![10.0, 0.0, f32::NAN]),
+                Column::Vectors(vec![1.0, 2.0, 3.0, 0.5, 0.5, 0.5, 9.0, 8.0, 7.0]),
+                Column::Lists(Csr {
+                    offsets: vec![0, 2, 2, 3],
+                    values: vec![0, 2, 1],
+                }),
+            ],
+            Some("embedding"),
+        );
+        let users = Table::build(
+            &schema.users,
+            Ids::new(vec!["u".into()], "users").unwrap(),
+            vec![
+                Column::Vectors(vec![0.6, 0.8]),
+                Column::Scalars(vec![30.0]),
+                Column::Scalars(vec![2.0]),
+                Column::Vectors(vec![0.5, 0.25, 0.125]),
+            ],
+            Some("embedding"),
+        );
+        Fixture {
+            schema,
+            items,
+            users,
+        }
+    }
+
+    fn assemble(f: &Fixture, decls: &[(&str, f32)], subject: &Subject) -> (Vec<f32>, Vec<u32>) {
+        let decls: Vec<FeatureDecl> = decls
+            .iter()
+            .enumerate()
+            .map(|(i, (e, d))| FeatureDecl {
+                name: format!("f{i}"),
+                expr: e.to_string(),
+                default: *d,
+            })
+            .collect();
+        let tables = Tables {
+            schema: &f.schema,
+            items: &f.items,
+            users: &f.users,
+        };
+        let set = FeatureSet::compile(&decls, &tables).unwrap();
+        let (mut out, mut missing) = (Vec::new(), vec![0; set.width()]);
+        set.assemble(
+            &f.items,
+            &f.users,
+            subject,
+            &[0, 1, 2],
+            &mut out,
+            &mut missing,
+        );
+        (out, missing)
+    }
+
+    #[test]
+    fn declared_features_compute_what_they_say() {
+        let f = fixture();
+        let known = Subject {
+            user: Some(0),
+            ctx: vec![f32::NAN, 1.0],
+            now_ms: 0.0,
+        };
+        let (out, missing) = assemble(
+            &f,
+            &[
+                ("dot(user.embedding, item.embedding)", 0.0),
+                ("item.lift[user.job]", 1.0),
+                ("dot(user.taste, multihot(item.tags))", 0.0),
+                ("log1p(item.price) * 2", -1.0),
+                ("if(user.job == 'poet', abs(user.age - item.price), 0)", 0.0),
+                ("has(item.tags, 'c') + len(item.tags)", 0.0),
+                ("item.lift['pilot']", 0.0),
+            ],
+            &known,
+        );
+        let w = 7;
+        let row = |r: usize| &out[r * w..(r + 1) * w];
+        assert_eq!(row(0)[0], 0.6);
+        assert_eq!(row(1)[0], 0.6 * 0.6 + 0.8 * 0.8);
+        assert_eq!([row(0)[1], row(1)[1], row(2)[1]], [3.0, 0.5, 7.0]);
+        assert_eq!([row(0)[2], row(1)[2], row(2)[2]], [0.5 + 0.125, 0.0, 0.25]);
+        assert_eq!(row(0)[3], 10f32.ln_1p() * 2.0);
+        assert_eq!(row(2)[3], -1.0, "a missing price takes the default");
+        assert_eq!([row(0)[4], row(1)[4]], [20.0, 30.0]);
+        assert_eq!([row(0)[5], row(1)[5], row(2)[5]], [3.0, 0.0, 1.0]);
+        assert_eq!(row(0)[6], 2.0);
+        assert_eq!(missing, vec![0, 0, 0, 1, 1, 0, 0]);
+
+        // Cold start: user fields are missing and take defaults; the
+        // context's job stands in where a feature says so.
+        let cold = Subject {
+            user: None,
+            ctx: vec![25.0, 0.0],
+            now_ms: 0.0,
+        };
+        let (out, missing) = assemble(
+            &f,
+            &[
+                ("dot(user.embedding, item.embedding)", 0.0),
+                ("item.lift[coalesce(user.job, ctx.job)]", 1.0),
+                ("abs(ctx.age - item.price)", 0.0),
+                ("is_missing(user.age)", 0.0),
+            ],
+            &cold,
+        );
+        assert_eq!(&out[..4], &[0.0, 1.0, 15.0, 1.0]);
+        assert_eq!(missing, vec![3, 0, 1, 0]);
+    }
+
+    #[test]
+    fn mistakes_are_compile_errors_naming_feature_and_place() {
+        let f = fixture();
+        let tables = Tables {
+            schema: &f.schema,
+            items: &f.items,
+            users: &f.users,
+        };
+        for (expr, want) in [
+            (
+                "item.prise + 1",
+                "items have no field \"prise\", at character 1",
+            ),
+            (
+                "user.job * 2",
+                "this is a category of \"job\", not a number",
+            ),
+            ("item.price / 0", "division by zero, at character 14"),
+            (
+                "dot(user.embedding, user.taste)",
+                "dot() of vectors of 2 and 3 values",
+            ),
+            (
+                "item.lift[item.tags]",
+                "a vector is indexed by a constant position or a category of \"job\"",
+            ),
+            (
+                "user.job == 'sailor'",
+                "'sailor' is not in vocabulary \"job\", at character 13",
+            ),
+            ("user.taste", "a feature is a number, this is a vector of 3"),
+            ("count(item, 'click')", "reads online state"),
+            ("frobnicate(1)", "no function \"frobnicate\""),
+            ("ctx.device", "the context has no field \"device\""),
+            ("item.price +", "the expression ends too early"),
+        ] {
+            let decls = [FeatureDecl {
+                name: "bad".into(),
+                expr: expr.into(),
+                default: 0.0,
+            }];
+            let e = FeatureSet::compile(&decls, &tables).unwrap_err();
+            assert!(e.starts_with("feature \"bad\": "), "{e}");
+            assert!(e.contains(want), "{expr}: {e}");
+        }
+    }
+}

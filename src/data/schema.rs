@@ -1,0 +1,693 @@
+//! `schema.toml`: what an app's items, users and request context hold.
+//!
+//! ```toml
+//! [vocabularies]                 # named category vocabularies
+//! colour = ["red", "green"]      # closed: the values, in code order
+//! brand = { open = true }        # open: every value the snapshot holds
+//!
+//! [items]                        # items.parquet, one row per item, key column "id"
+//! fields.embedding = { type = "vector", dim = 32 }
+//! fields.price = { type = "number", default = 0.0 }
+//! fields.brand = { type = "category", vocabulary = "brand" }
+//! fields.tags = { type = "categories", vocabulary = "tag" }
+//! fields.colour_lift = { type = "vector", by = "colour" }    # one value per colour
+//!
+//! [users]                        # users.parquet, key column "id"
+//! fields.seen = { type = "items" }                           # item ids
+//!
+//! [context]                      # the request's "context" object
+//! fields.hour = { type = "integer", min = 0, max = 23, default = "now.hour" }
+//! fields.colour = { type = "category", vocabulary = "colour", unknown = "missing" }
+//!
+//! [retrieval]
+//! item_vector = "embedding"      # searched by the ANN stage
+//! user_vector = "embedding"      # a known user's query
+//! popularity = "popularity"      # orders the cold-start list
+//! seen = "seen"                  # never retrieved again for that user
+//! ```
+//!
+//! Types: `number` (f32), `integer`, `category` (a code in a vocabulary),
+//! `categories` (a list of them), `vector` (fixed-length f32: `dim`, or
+//! `by = "<vocabulary>"` for one value per category), `timestamp` (epoch
+//! milliseconds), and for users `items` (a list of item ids). Everything is
+//! checked here, once, with errors that name the key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+/// A named set of category values; a value's code is its position.
+#[derive(Debug)]
+pub struct Vocabulary {
+    pub name: String,
+    /// Open vocabularies are filled from the snapshot when it loads.
+    pub open: bool,
+    values: std::sync::RwLock<VocabValues>,
+}
+
+#[derive(Debug, Default)]
+struct VocabValues {
+    list: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Vocabulary {
+    fn new(name: &str, open: bool, values: Vec<String>) -> Result<Vocabulary, String> {
+        let mut v = VocabValues::default();
+        for value in values {
+            if v.index.insert(value.clone(), v.list.len() as u32).is_some() {
+                return Err(format!("\"{value}\" appears twice"));
+            }
+            v.list.push(value);
+        }
+        Ok(Vocabulary {
+            name: name.to_string(),
+            open,
+            values: std::sync::RwLock::new(v),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, VocabValues> {
+        self.values.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The code of `value`, if the vocabulary has it.
+    pub fn code(&self, value: &str) -> Option<u32> {
+        self.read().index.get(value).copied()
+    }
+
+    /// The code of `value`, adding it to an open vocabulary (snapshot
+    /// loading only; closed vocabularies never grow).
+    pub fn code_or_add(&self, value: &str) -> Option<u32> {
+        if let Some(c) = self.code(value) {
+            return Some(c);
+        }
+        if !self.open {
+            return None;
+        }
+        let mut v = self.values.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&c) = v.index.get(value) {
+            return Some(c);
+        }
+        let code = v.list.len() as u32;
+        v.index.insert(value.to_string(), code);
+        v.list.push(value.to_string());
+        Some(code)
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn value(&self, code: u32) -> Option<String> {
+        self.read().list.get(code as usize).cloned()
+    }
+
+    pub fn values(&self) -> Vec<String> {
+        self.read().list.clone()
+    }
+}
+
+/// What a field holds.
+#[derive(Debug, Clone)]
+pub enum FieldType {
+    Number,
+    Integer,
+    Category(Arc<Vocabulary>),
+    Categories(Arc<Vocabulary>),
+    /// `dim` values; with `by`, one per category of that vocabulary.
+    Vector {
+        dim: usize,
+        by: Option<Arc<Vocabulary>>,
+    },
+    Timestamp,
+    /// Users only: a list of item ids.
+    Items,
+}
+
+impl FieldType {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FieldType::Number => "number",
+            FieldType::Integer => "integer",
+            FieldType::Category(_) => "category",
+            FieldType::Categories(_) => "categories",
+            FieldType::Vector { .. } => "vector",
+            FieldType::Timestamp => "timestamp",
+            FieldType::Items => "items",
+        }
+    }
+}
+
+/// What a category value outside its vocabulary becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unknown {
+    /// Refused: a load error naming the row, or a 400 naming `context.<field>`.
+    Error,
+    /// Treated as absent.
+    Missing,
+    /// Mapped to this code (a declared default bucket such as "other").
+    Bucket(u32),
+}
+
+/// A default computed when the request is served.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Default {
+    Value(f64),
+    /// The hour (0–23, UTC) or weekday (0–6, Monday = 0) of the request time.
+    NowHour,
+    NowWeekday,
+}
+
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub ty: FieldType,
+    /// Used for a missing value (a null in the snapshot, an absent context key).
+    pub default: Option<Default>,
+    pub unknown: Unknown,
+    /// Context: bounds for numbers, and whether the key must be present.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub required: bool,
+}
+
+/// The fields of items or users, in declaration order.
+#[derive(Debug, Clone, Default)]
+pub struct Entity {
+    /// The snapshot file, relative to the catalog folder.
+    pub file: String,
+    pub fields: Vec<Field>,
+}
+
+impl Entity {
+    pub fn field(&self, name: &str) -> Option<(usize, &Field)> {
+        self.fields.iter().enumerate().find(|(_, f)| f.name == name)
+    }
+}
+
+/// Which fields the retrieval stage uses.
+#[derive(Debug, Clone, Default)]
+pub struct Retrieval {
+    pub item_vector: Option<String>,
+    pub user_vector: Option<String>,
+    pub popularity: Option<String>,
+    pub seen: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Schema {
+    pub vocabularies: BTreeMap<String, Arc<Vocabulary>>,
+    pub items: Entity,
+    pub users: Entity,
+    pub context: Vec<Field>,
+    pub retrieval: Retrieval,
+}
+
+// ---- the file's shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaFile {
+    #[serde(default)]
+    vocabularies: BTreeMap<String, VocabFile>,
+    items: EntityFile,
+    #[serde(default)]
+    users: Option<EntityFile>,
+    #[serde(default)]
+    context: Option<ContextFile>,
+    #[serde(default)]
+    retrieval: RetrievalFile,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum VocabFile {
+    Values(Vec<String>),
+    Open {
+        open: bool,
+        #[serde(default)]
+        values: Vec<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntityFile {
+    file: Option<String>,
+    #[serde(default)]
+    fields: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextFile {
+    #[serde(default)]
+    fields: toml::Table,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetrievalFile {
+    item_vector: Option<String>,
+    user_vector: Option<String>,
+    popularity: Option<String>,
+    seen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldFile {
+    #[serde(rename = "type")]
+    ty: String,
+    vocabulary: Option<String>,
+    values: Option<Vec<String>>,
+    dim: Option<usize>,
+    by: Option<String>,
+    default: Option<toml::Value>,
+    unknown: Option<String>,
+    min: Option<f64>,
+    max: Option<f64>,
+    #[serde(default)]
+    required: bool,
+}
+
+/// Names of fields and vocabularies: what an expression can spell.
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Schema {
+    /// Parses `schema.toml`'s text; errors name the key (`items.fields.price.type: …`).
+    pub fn parse(text: &str) -> Result<Schema, String> {
+        let file: SchemaFile = {
+            let de = toml::Deserializer::parse(text).map_err(|e| e.message().to_string())?;
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                format!("{path}: {}", e.into_inner().message())
+            })?
+        };
+        let mut vocabularies = BTreeMap::new();
+        for (name, v) in file.vocabularies {
+            if !valid_name(&name) {
+                return Err(format!(
+                    "vocabularies.{name}: names use letters, digits and '_'"
+                ));
+            }
+            let (open, values) = match v {
+                VocabFile::Values(values) => (false, values),
+                VocabFile::Open { open, values } => (open, values),
+            };
+            if !open && values.is_empty() {
+                return Err(format!(
+                    "vocabularies.{name}: a closed vocabulary needs its values"
+                ));
+            }
+            let vocab = Vocabulary::new(&name, open, values)
+                .map_err(|e| format!("vocabularies.{name}: {e}"))?;
+            vocabularies.insert(name, Arc::new(vocab));
+        }
+        let mut schema = Schema {
+            items: Entity {
+                file: file.items.file.unwrap_or_else(|| "items.parquet".into()),
+                fields: Vec::new(),
+            },
+            users: Entity {
+                file: file
+                    .users
+                    .as_ref()
+                    .and_then(|u| u.file.clone())
+                    .unwrap_or_else(|| "users.parquet".into()),
+                fields: Vec::new(),
+            },
+            vocabularies,
+            context: Vec::new(),
+            retrieval: Retrieval::default(),
+        };
+        schema.items.fields = schema.fields("items", &file.items.fields, false)?;
+        if let Some(users) = &file.users {
+            schema.users.fields = schema.fields("users", &users.fields, true)?;
+        }
+        if let Some(ctx) = &file.context {
+            schema.context = schema.fields("context", &ctx.fields, false)?;
+            for f in &schema.context {
+                if !matches!(
+                    f.ty,
+                    FieldType::Number | FieldType::Integer | FieldType::Category(_)
+                ) {
+                    return Err(format!(
+                        "context.fields.{}.type: the context holds numbers, integers and categories, not {}",
+                        f.name,
+                        f.ty.name()
+                    ));
+                }
+            }
+        }
+        schema.retrieval = schema.retrieval_roles(file.retrieval)?;
+        Ok(schema)
+    }
+
+    fn fields(&self, at: &str, table: &toml::Table, users: bool) -> Result<Vec<Field>, String> {
+        let mut out = Vec::new();
+        for (name, value) in table {
+            let key = format!("{at}.fields.{name}");
+            if !valid_name(name) || name == "id" {
+                return Err(format!(
+                    "{key}: field names use letters, digits and '_' (and \"id\" is the key column)"
+                ));
+            }
+            let f: FieldFile = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+                let path = e.path().to_string();
+                let path = if path == "." {
+                    String::new()
+                } else {
+                    format!(".{path}")
+                };
+                format!("{key}{path}: {}", e.into_inner().message())
+            })?;
+            out.push(self.field(&key, name, f, users)?);
+        }
+        Ok(out)
+    }
+
+    fn vocabulary(&self, key: &str, f: &FieldFile) -> Result<Arc<Vocabulary>, String> {
+        match (&f.vocabulary, &f.values) {
+            (Some(name), None) => self.vocabularies.get(name).cloned().ok_or_else(|| {
+                format!("{key}.vocabulary: no vocabulary \"{name}\" in [vocabularies]")
+            }),
+            (None, Some(values)) => Vocabulary::new(key, false, values.clone())
+                .map(Arc::new)
+                .map_err(|e| format!("{key}.values: {e}")),
+            (Some(_), Some(_)) => Err(format!("{key}: give vocabulary or values, not both")),
+            (None, None) => Err(format!(
+                "{key}: a category needs a vocabulary (or its values)"
+            )),
+        }
+    }
+
+    fn field(&self, key: &str, name: &str, f: FieldFile, users: bool) -> Result<Field, String> {
+        let ty = match f.ty.as_str() {
+            "number" => FieldType::Number,
+            "integer" => FieldType::Integer,
+            "timestamp" => FieldType::Timestamp,
+            "category" => FieldType::Category(self.vocabulary(key, &f)?),
+            "categories" => FieldType::Categories(self.vocabulary(key, &f)?),
+            "items" if users => FieldType::Items,
+            "vector" => match (f.dim, &f.by) {
+                (Some(dim), None) if dim > 0 => FieldType::Vector { dim, by: None },
+                (None, Some(by)) => {
+                    let vocab = self.vocabularies.get(by).cloned().ok_or_else(|| {
+                        format!("{key}.by: no vocabulary \"{by}\" in [vocabularies]")
+                    })?;
+                    if vocab.open {
+                        return Err(format!(
+                            "{key}.by: \"{by}\" is open; a vector by category needs a closed vocabulary"
+                        ));
+                    }
+                    FieldType::Vector {
+                        dim: vocab.len(),
+                        by: Some(vocab),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{key}: a vector needs dim (at least 1) or by = \"<vocabulary>\""
+                    ))
+                }
+            },
+            other => {
+                return Err(format!(
+                    "{key}.type: \"{other}\" is not a type (number, integer, category, categories, vector, timestamp{})",
+                    if users { ", items" } else { "" }
+                ))
+            }
+        };
+        let default = match &f.default {
+            None => None,
+            Some(toml::Value::Float(x)) => Some(Default::Value(*x)),
+            Some(toml::Value::Integer(x)) => Some(Default::Value(*x as f64)),
+            Some(toml::Value::String(s)) if s == "now.hour" => Some(Default::NowHour),
+            Some(toml::Value::String(s)) if s == "now.weekday" => Some(Default::NowWeekday),
+            Some(toml::Value::String(s)) => match &ty {
+                FieldType::Category(v) => Some(Default::Value(v.code(s).ok_or_else(|| {
+                    format!("{key}.default: \"{s}\" is not in vocabulary \"{}\"", v.name)
+                })? as f64)),
+                _ => {
+                    return Err(format!(
+                        "{key}.default: a number, \"now.hour\" or \"now.weekday\""
+                    ))
+                }
+            },
+            Some(other) => {
+                return Err(format!(
+                    "{key}.default: expected a number or a string, got {}",
+                    other.type_str()
+                ))
+            }
+        };
+        if default.is_some()
+            && !matches!(
+                ty,
+                FieldType::Number | FieldType::Integer | FieldType::Category(_)
+            )
+        {
+            return Err(format!(
+                "{key}.default: only numbers, integers and categories take a default"
+            ));
+        }
+        if let (Some(Default::NowHour | Default::NowWeekday), false) =
+            (default, matches!(ty, FieldType::Integer))
+        {
+            return Err(format!(
+                "{key}.default: a clock default needs an integer field"
+            ));
+        }
+        let unknown = match (f.unknown.as_deref(), &ty) {
+            (None | Some("error"), _) => Unknown::Error,
+            (Some("missing"), FieldType::Category(_) | FieldType::Categories(_)) => {
+                Unknown::Missing
+            }
+            (Some(bucket), FieldType::Category(v) | FieldType::Categories(v)) => {
+                Unknown::Bucket(v.code(bucket).ok_or_else(|| {
+                    format!(
+                        "{key}.unknown: \"{bucket}\" is not in vocabulary \"{}\" (or use \"missing\" / \"error\")",
+                        v.name
+                    )
+                })?)
+            }
+            (Some(_), _) => return Err(format!("{key}.unknown: only categories take unknown")),
+        };
+        if (f.min.is_some() || f.max.is_some())
+            && !matches!(ty, FieldType::Number | FieldType::Integer)
+        {
+            return Err(format!("{key}: min and max are for numbers"));
+        }
+        if let (Some(lo), Some(hi)) = (f.min, f.max) {
+            if lo > hi {
+                return Err(format!("{key}: min {lo} is above max {hi}"));
+            }
+        }
+        Ok(Field {
+            name: name.to_string(),
+            ty,
+            default,
+            unknown,
+            min: f.min,
+            max: f.max,
+            required: f.required,
+        })
+    }
+
+    fn retrieval_roles(&self, r: RetrievalFile) -> Result<Retrieval, String> {
+        let vector = |key: &str, entity: &Entity, name: &Option<String>| -> Result<(), String> {
+            let Some(name) = name else { return Ok(()) };
+            match entity.field(name) {
+                Some((
+                    _,
+                    Field {
+                        ty: FieldType::Vector { by: None, .. },
+                        ..
+                    },
+                )) => Ok(()),
+                _ => Err(format!(
+                    "retrieval.{key}: \"{name}\" is not a vector field (with dim) of {}",
+                    entity.file
+                )),
+            }
+        };
+        vector("item_vector", &self.items, &r.item_vector)?;
+        vector("user_vector", &self.users, &r.user_vector)?;
+        if let (Some(i), Some(u)) = (&r.item_vector, &r.user_vector) {
+            let dim = |e: &Entity, n: &str| match e.field(n) {
+                Some((
+                    _,
+                    Field {
+                        ty: FieldType::Vector { dim, .. },
+                        ..
+                    },
+                )) => *dim,
+                _ => 0,
+            };
+            if dim(&self.items, i) != dim(&self.users, u) {
+                return Err(format!(
+                    "retrieval.user_vector: \"{u}\" has {} values, item_vector \"{i}\" {}",
+                    dim(&self.users, u),
+                    dim(&self.items, i)
+                ));
+            }
+        }
+        if let Some(p) = &r.popularity {
+            if !matches!(
+                self.items.field(p),
+                Some((
+                    _,
+                    Field {
+                        ty: FieldType::Number | FieldType::Integer,
+                        ..
+                    }
+                ))
+            ) {
+                return Err(format!(
+                    "retrieval.popularity: \"{p}\" is not a number field of the items"
+                ));
+            }
+        }
+        if let Some(s) = &r.seen {
+            if !matches!(
+                self.users.field(s),
+                Some((
+                    _,
+                    Field {
+                        ty: FieldType::Items,
+                        ..
+                    }
+                ))
+            ) {
+                return Err(format!(
+                    "retrieval.seen: \"{s}\" is not an items field of the users"
+                ));
+            }
+        }
+        Ok(Retrieval {
+            item_vector: r.item_vector,
+            user_vector: r.user_vector,
+            popularity: r.popularity,
+            seen: r.seen,
+        })
+    }
+
+    /// The context field named `name`, with its position.
+    pub fn context_field(&self, name: &str) -> Option<(usize, &Field)> {
+        self.context
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOP: &str = r#"
+        [vocabularies]
+        colour = ["red", "green", "other"]
+        brand = { open = true }
+
+        [items]
+        fields.embedding = { type = "vector", dim = 4 }
+        fields.price = { type = "number", default = 0.0 }
+        fields.brand = { type = "category", vocabulary = "brand" }
+        fields.colour = { type = "category", vocabulary = "colour", unknown = "other" }
+        fields.colour_lift = { type = "vector", by = "colour" }
+        fields.tags = { type = "categories", values = ["new", "sale"] }
+
+        [users]
+        fields.embedding = { type = "vector", dim = 4 }
+        fields.seen = { type = "items" }
+
+        [context]
+        fields.hour = { type = "integer", min = 0, max = 23, default = "now.hour" }
+        fields.colour = { type = "category", vocabulary = "colour", unknown = "missing" }
+
+        [retrieval]
+        item_vector = "embedding"
+        user_vector = "embedding"
+        popularity = "price"
+        seen = "seen"
+    "#;
+
+    #[test]
+    fn a_schema_parses_with_every_type() {
+        let s = Schema::parse(SHOP).unwrap();
+        assert_eq!(s.items.fields.len(), 6);
+        let (_, lift) = s.items.field("colour_lift").unwrap();
+        assert!(matches!(
+            lift.ty,
+            FieldType::Vector {
+                dim: 3,
+                by: Some(_)
+            }
+        ));
+        let (_, colour) = s.items.field("colour").unwrap();
+        assert_eq!(colour.unknown, Unknown::Bucket(2));
+        let brand = &s.vocabularies["brand"];
+        assert_eq!(brand.code_or_add("acme"), Some(0));
+        assert_eq!(brand.code_or_add("acme"), Some(0));
+        assert_eq!(s.vocabularies["colour"].code_or_add("blue"), None);
+        assert_eq!(s.context[0].default, Some(Default::NowHour));
+        assert_eq!(s.retrieval.seen.as_deref(), Some("seen"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (change, want) in [
+            (
+                ("dim = 4 }", "dim = 0 }"),
+                "items.fields.embedding: a vector needs dim",
+            ),
+            (
+                ("\"number\", default = 0.0", "\"decimal\""),
+                "items.fields.price.type: \"decimal\" is not a type",
+            ),
+            (
+                ("vocabulary = \"brand\"", "vocabulary = \"brands\""),
+                "items.fields.brand.vocabulary: no vocabulary \"brands\"",
+            ),
+            (
+                ("unknown = \"other\"", "unknown = \"purple\""),
+                "items.fields.colour.unknown: \"purple\" is not in vocabulary \"colour\"",
+            ),
+            (
+                ("popularity = \"price\"", "popularity = \"brand\""),
+                "retrieval.popularity: \"brand\" is not a number field",
+            ),
+            (
+                ("min = 0, max = 23", "min = 30, max = 23"),
+                "context.fields.hour: min 30 is above max 23",
+            ),
+            (
+                ("fields.price", "fields.id"),
+                "items.fields.id: field names",
+            ),
+            (
+                ("dim = 4 }", "dim = 4, colour = 1 }"),
+                "items.fields.embedding",
+            ),
+        ] {
+            let text = SHOP.replacen(change.0, change.1, 1);
+            assert_ne!(text, SHOP, "{change:?} changed nothing");
+            let e = Schema::parse(&text).unwrap_err();
+            assert!(e.starts_with(want), "{e} does not start with {want}");
+        }
+    }
+}
