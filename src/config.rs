@@ -16,6 +16,7 @@ use crate::model::BackendKind;
 use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::experiments::ExperimentsConfig;
 use crate::pipeline::request::Limits;
+use crate::pipeline::rules::RulesConfig;
 use crate::pipeline::score_cache::ScoreCacheConfig;
 use crate::pipeline::shadow::ShadowConfig;
 use crate::telemetry::drift::MonitoringConfig;
@@ -262,6 +263,8 @@ pub struct RankingConfig {
     pub cache: CacheConfig,
     /// Re-rank scores of known users (`[ranking.score_cache]`).
     pub score_cache: ScoreCacheConfig,
+    /// Drop and diversity rules (`[ranking.rules]`).
+    pub rules: RulesConfig,
     /// `auto` (exact below `exact_below` items, else HNSW), `exact`, `hnsw`.
     pub index: IndexKind,
     pub exact_below: usize,
@@ -292,6 +295,7 @@ impl Default for RankingConfig {
             on_overload: OnOverload::Degrade,
             cache: CacheConfig::default(),
             score_cache: ScoreCacheConfig::default(),
+            rules: RulesConfig::default(),
             index: IndexKind::Auto,
             exact_below: 20_000,
             hnsw: HnswParams::default(),
@@ -611,10 +615,20 @@ mod tests {
 
     #[test]
     fn every_shipped_config_loads_and_validates() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("config");
         let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
+        let apps = std::fs::read_dir(root.join("examples"))
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().path().join("config.toml"))
+            .filter(|p| p.is_file());
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .chain(apps)
+            .collect();
+        for path in files {
             if path.extension().is_some_and(|e| e == "toml") {
                 let config = Config::load(Some(&path), no_env())
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

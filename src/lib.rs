@@ -15,6 +15,9 @@
 //! - [`catalog`]: the loaded catalog and the vector index over it.
 //! - [`telemetry`]: logging, metric names, drift.
 //!
+//! [`eval`] replays held-out requests offline; [`offline`] computes declared
+//! features for historical rows (`cascade features`).
+//!
 //! [`config`] is the typed configuration; [`state`] is what handlers share.
 //! `main.rs` only parses the command line and starts things.
 
@@ -24,6 +27,7 @@ pub mod data;
 pub mod eval;
 pub mod http;
 pub mod model;
+pub mod offline;
 pub mod pipeline;
 pub mod server;
 pub mod state;

@@ -29,6 +29,9 @@ enum Command {
     Eval(EvalArgs),
     /// Write a synthetic catalog of any size (benches and load tests).
     Catalog(CatalogArgs),
+    /// Compute a model's declared features for historical rows (training
+    /// matrices), with the code that serves them.
+    Features(FeaturesArgs),
     /// Retrieval index tools.
     #[command(subcommand)]
     Index(IndexCommand),
@@ -56,6 +59,29 @@ struct CatalogArgs {
     /// The catalog whose schema and per-row fields are resampled.
     #[arg(long, default_value = "models/catalog")]
     template: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct FeaturesArgs {
+    /// The app's configuration (its catalog and model repository).
+    #[arg(long, default_value = "config/default.toml")]
+    config: PathBuf,
+    /// An app folder holding config.toml (instead of --config).
+    #[arg(long)]
+    app: Option<PathBuf>,
+    /// The model whose [input] features to compute.
+    #[arg(long)]
+    model: String,
+    /// A catalog folder to read instead of the configured one (e.g. a
+    /// snapshot taken at an earlier time).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Parquet rows: item_id, user_id, timestamp and context columns.
+    #[arg(long)]
+    rows: PathBuf,
+    /// Where the Parquet matrix goes (one float32 column per feature).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -114,6 +140,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => args,
         Some(Command::Eval(args)) => return eval(args),
         Some(Command::Catalog(args)) => return synth_catalog(args),
+        Some(Command::Features(args)) => return features(args),
         Some(Command::Index(IndexCommand::Build(args))) => return index_build(args),
         None => ServeArgs {
             config: PathBuf::from("config/default.toml"),
@@ -226,6 +253,39 @@ fn synth_catalog(args: CatalogArgs) -> anyhow::Result<()> {
         args.items,
         args.users,
         args.dim,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn features(args: FeaturesArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let config_path = match &args.app {
+        Some(dir) => dir.join("config.toml"),
+        None => args.config.clone(),
+    };
+    let config = Config::load(Some(&config_path), std::env::vars())?;
+    let catalog_dir = args.catalog.unwrap_or(config.ranking.catalog);
+    let catalog = cascade::catalog::Catalog::load(&catalog_dir)?;
+    let shown = format!("{}/config.toml", args.model);
+    let spec_path = config
+        .models
+        .repository
+        .join(&args.model)
+        .join("config.toml");
+    let text = std::fs::read_to_string(&spec_path)
+        .with_context(|| format!("--model {}: no {shown} in the repository", args.model))?;
+    let spec = cascade::model::spec::ModelSpec::parse(&text, &shown)?;
+    let input = spec
+        .input
+        .ok_or_else(|| anyhow::anyhow!("{shown}: the model declares no [input] features"))?;
+    let n = cascade::offline::run(&catalog, &input.features, &args.rows, &args.out)
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "{n} rows × {} features of {} written to {} in {:.1} s",
+        input.features.len(),
+        args.model,
         args.out.display(),
         started.elapsed().as_secs_f64()
     );

@@ -71,7 +71,7 @@ pub fn read(
     Ok(Table::build(entity, ids, columns, vector_field))
 }
 
-fn read_batches(path: &Path, shown: &str) -> Result<Vec<RecordBatch>, DataError> {
+pub(crate) fn read_batches(path: &Path, shown: &str) -> Result<Vec<RecordBatch>, DataError> {
     let f = File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::load(shown, "file not found"),
         kind => DataError::load(shown, kind),
@@ -272,7 +272,7 @@ macro_rules! primitive_f64 {
 }
 
 /// Any integer, float or boolean column as f64s (None = null).
-fn numbers(array: &dyn Array) -> Option<Vec<Option<f64>>> {
+pub(crate) fn numbers(array: &dyn Array) -> Option<Vec<Option<f64>>> {
     primitive_f64!(
         array,
         Float64Type,
@@ -294,7 +294,7 @@ fn numbers(array: &dyn Array) -> Option<Vec<Option<f64>>> {
 
 /// Any string column (plain, large, view or dictionary-encoded) or integer
 /// column, as strings (None = null).
-fn strings(array: &dyn Array) -> Option<Vec<Option<String>>> {
+pub(crate) fn strings(array: &dyn Array) -> Option<Vec<Option<String>>> {
     if let Some(a) = array.as_string_opt::<i32>() {
         return Some(a.iter().map(|v| v.map(str::to_string)).collect());
     }
@@ -378,7 +378,7 @@ fn lists(array: &dyn Array) -> Option<(Vec<Option<(usize, usize)>>, ArrayRef)> {
 }
 
 /// A timestamp column of any unit, or integers (epoch ms), as ms.
-fn millis(array: &dyn Array) -> Option<Vec<Option<f64>>> {
+pub(crate) fn millis(array: &dyn Array) -> Option<Vec<Option<f64>>> {
     let scale = match array.data_type() {
         DataType::Timestamp(TimeUnit::Second, _) => 1e3,
         DataType::Timestamp(TimeUnit::Millisecond, _) => 1.0,

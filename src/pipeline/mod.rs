@@ -16,12 +16,14 @@
 //! all can rank is it an error.
 //!
 //! - [`request`]: the request/response contract and its validation.
+//! - [`rules`]: declared drop and diversity rules.
 //! - [`cache`]: the response cache in front of the cascade.
 //! - [`stages`]: the stage implementations.
 
 pub mod cache;
 pub mod experiments;
 pub mod request;
+pub mod rules;
 pub mod score_cache;
 pub mod shadow;
 pub mod stages;
@@ -83,6 +85,7 @@ pub struct Pipeline {
     pub shadow: ShadowRunner,
     cache: Option<ResponseCache>,
     score_cache: Option<ScoreCache>,
+    rules: rules::Rules,
 }
 
 /// Candidates with the score of the stage that ordered them last.
@@ -164,6 +167,7 @@ impl Pipeline {
             metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason, "variant" => CONTROL)
                 .increment(0);
         }
+        let rules = rules::Rules::compile(&ranking.rules, &catalog)?;
         let pipeline = Pipeline {
             limits: ranking.limits(),
             filter: model_ref("filter_model", &ranking.filter_model)?,
@@ -190,6 +194,7 @@ impl Pipeline {
                 .score_cache
                 .enabled
                 .then(|| ScoreCache::new(&ranking.score_cache)),
+            rules,
         };
         for (key, r) in [
             ("ranking.filter_model", &pipeline.filter),
@@ -585,6 +590,13 @@ impl Pipeline {
         };
         let asked = req.candidates.as_ref().map_or(plan.retrieve_n, Vec::len);
         report(&mut reports, &variant, "retrieve", asked, current.len(), t);
+        if self.rules.has_drop() {
+            let t = Instant::now();
+            let n_in = current.len();
+            self.rules
+                .drop_candidates(&self.catalog, &subject, &mut current);
+            report(&mut reports, &variant, "rules", n_in, current.len(), t);
+        }
         if current.is_empty() {
             return Ok(self.respond(req, &variant, current, models, fallback, reports));
         }
@@ -813,7 +825,7 @@ impl Pipeline {
         let t = Instant::now();
         let n_in = current.len();
         stages::sort_scored(&mut current);
-        current.truncate(req.k);
+        self.rules.select(&self.catalog, &mut current, req.k);
         report(&mut reports, variant, "select", n_in, current.len(), t);
         RankResponse {
             request_id: req.request_id,

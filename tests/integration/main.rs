@@ -4,6 +4,7 @@
 
 mod backends;
 mod common;
+mod data;
 mod deploy;
 mod errors;
 mod experiments;
