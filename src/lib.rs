@@ -25,7 +25,7 @@ pub mod catalog;
 pub mod config;
 pub mod data;
 pub mod eval;
-pub mod http;
+pub(crate) mod http;
 pub mod model;
 pub mod offline;
 pub mod pipeline;

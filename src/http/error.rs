@@ -8,6 +8,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::model::ModelError;
+use crate::pipeline::RankError;
 
 /// Which error body shape a route speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +150,16 @@ impl From<ModelError> for ApiError {
                 tracing::error!(error = %e, "model load error on a request path");
                 ApiError::internal("model could not be loaded")
             }
+        }
+    }
+}
+
+impl From<RankError> for ApiError {
+    fn from(e: RankError) -> ApiError {
+        match e {
+            RankError::Invalid(msg) => ApiError::invalid(msg),
+            RankError::Unavailable(msg) => ApiError::model_not_ready(msg),
+            RankError::Overloaded => ApiError::overloaded(1),
         }
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::body::{self, json_response};
 use super::error::ApiError;
 use crate::pipeline::request::RankRequest;
-use crate::pipeline::{Pipeline, RankError};
+use crate::pipeline::Pipeline;
 use crate::state::AppState;
 
 type Resp = Result<Response<Full<Bytes>>, ApiError>;
@@ -105,17 +105,11 @@ async fn rank(
     fallback_id: String,
     variant: Option<String>,
 ) -> Result<crate::pipeline::request::RankResponse, ApiError> {
-    let mut valid = request
-        .validate(&pipeline.limits, &pipeline.catalog.schema, || fallback_id)
-        .map_err(ApiError::invalid)?;
+    let mut valid = request.validate(&pipeline.limits, &pipeline.catalog.schema, || fallback_id)?;
     valid.variant = variant;
-    pipeline
+    Ok(pipeline
         .rank_cached(&state.registry, &state.pool, valid)
-        .await
-        .map_err(|e| match e {
-            RankError::Unavailable(msg) => ApiError::model_not_ready(msg),
-            RankError::Overloaded => ApiError::overloaded(1),
-        })
+        .await?)
 }
 
 /// One slot of a batch: the response, or the error object in its place.

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::RankError;
 use crate::data::context::Context;
 use crate::data::schema::Schema;
 
@@ -73,6 +74,16 @@ impl RankRequest {
         limits: &Limits,
         schema: &Schema,
         fresh_id: impl FnOnce() -> String,
+    ) -> Result<ValidRequest, RankError> {
+        self.checked(limits, schema, fresh_id)
+            .map_err(RankError::Invalid)
+    }
+
+    fn checked(
+        self,
+        limits: &Limits,
+        schema: &Schema,
+        fresh_id: impl FnOnce() -> String,
     ) -> Result<ValidRequest, String> {
         let k = match self.k {
             None => limits.default_k,
@@ -126,9 +137,33 @@ pub struct ScoredItem {
     pub score: f32,
 }
 
+/// The stages of the cascade, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Retrieve,
+    Rules,
+    Filter,
+    Rerank,
+    Select,
+}
+
+impl Stage {
+    /// The name in `debug` answers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Retrieve => "retrieve",
+            Stage::Rules => "rules",
+            Stage::Filter => "filter",
+            Stage::Rerank => "rerank",
+            Stage::Select => "select",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StageReport {
-    pub name: &'static str,
+    pub name: Stage,
     pub candidates_in: usize,
     pub candidates_out: usize,
     pub micros: u64,
@@ -142,6 +177,25 @@ pub enum Fallback {
     Deadline,
     ModelError,
     Overload,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 4] = [
+        Fallback::ColdStart,
+        Fallback::Deadline,
+        Fallback::ModelError,
+        Fallback::Overload,
+    ];
+
+    /// The name in answers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::ColdStart => "cold_start",
+            Fallback::Deadline => "deadline",
+            Fallback::ModelError => "model_error",
+            Fallback::Overload => "overload",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,6 +236,7 @@ mod tests {
         .unwrap();
         let r: RankRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
         r.validate(&limits(), &schema, || "generated".into())
+            .map_err(|e| e.to_string())
     }
 
     #[test]

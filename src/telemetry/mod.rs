@@ -5,7 +5,7 @@
 //! - [`jsonl`]: append-only JSON-lines files a crash cannot tear (the shadow log).
 
 pub mod drift;
-pub mod jsonl;
+pub(crate) mod jsonl;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

@@ -1,0 +1,131 @@
+//! Stage models: every model version a stage uses, prepared once (its
+//! features compiled against the catalog, its drift profile read), and the
+//! re-ranker's batcher of each version.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::experiments::ModelRef;
+use super::stages::StageModel;
+use super::Pipeline;
+use crate::model::batcher::{BatchPolicy, Batcher};
+use crate::model::{LoadedModel, Registry};
+
+impl Pipeline {
+    /// The prepared form of `model` (compiled on first use).
+    pub(super) fn prepared(&self, model: Arc<LoadedModel>) -> Result<Arc<StageModel>, String> {
+        let key = (model.name.clone(), model.version);
+        if let Some(p) = self
+            .prepared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let profile = std::fs::read_to_string(
+            self.repository
+                .join(&model.name)
+                .join(model.version.to_string())
+                .join("profile.json"),
+        )
+        .ok();
+        let prepared = Arc::new(StageModel::prepare(
+            model,
+            &self.catalog,
+            profile.as_deref(),
+            &self.monitoring,
+        )?);
+        Ok(self
+            .prepared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(prepared)
+            .clone())
+    }
+
+    /// The version `r` names (or the serving one), prepared for a stage.
+    pub(super) fn resolve(
+        &self,
+        registry: &Registry,
+        r: &ModelRef,
+    ) -> Result<Arc<StageModel>, String> {
+        let version = r.version.map(|v| v.to_string());
+        let loaded = registry
+            .get(&r.name, version.as_deref())
+            .map_err(|e| e.to_string())?;
+        self.prepared(loaded)
+    }
+
+    /// Whether `r` can serve a stage now.
+    pub fn check_model(&self, registry: &Registry, r: &ModelRef) -> Result<(), String> {
+        self.resolve(registry, r).map(|_| ())
+    }
+
+    /// Prepares every ready version of every model the pipeline may use, so
+    /// that requests after a reload do not pay for it.
+    pub fn prepare_versions(&self, registry: &Registry, name: &str) {
+        let Ok(entry) = registry.entry(name) else {
+            return;
+        };
+        // Batchers of versions no longer loaded stop once their last job is done.
+        self.batchers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, v), _| n != name || entry.versions.contains_key(v));
+        for state in entry.versions.values() {
+            if let crate::model::repository::VersionState::Ready(m) = state {
+                if m.spec.input.is_some() {
+                    let _ = self.prepared(m.clone());
+                }
+            }
+        }
+    }
+
+    /// The re-ranker batcher of `model`'s version, started on first use with
+    /// that version's batching policy (a reload that changes `[batching]`
+    /// takes effect with the new version).
+    pub fn batcher(&self, model: &StageModel) -> Option<Batcher> {
+        if !self.config.batching {
+            return None;
+        }
+        let loaded = model.model();
+        let key = (loaded.name.clone(), loaded.version);
+        if let Some(b) = self
+            .batchers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Some(b.clone());
+        }
+        let spec = &loaded.spec;
+        let output = spec.output.as_ref().map_or("score", |o| o.name.as_str());
+        let policy = BatchPolicy {
+            max_batch_rows: spec.batching.max_batch_rows,
+            max_wait: Duration::from_micros(spec.batching.max_wait_us),
+            queue_capacity: self.config.batch_queue_capacity,
+            workers: self.config.batch_workers,
+        };
+        let mut batchers = self.batchers.write().unwrap_or_else(|e| e.into_inner());
+        Some(
+            batchers
+                .entry(key)
+                .or_insert_with(|| Batcher::spawn(model.name(), output, policy, self.pool.clone()))
+                .clone(),
+        )
+    }
+
+    /// The default stage model of `role` (`filter`, `ranker`, `cold_start`)
+    /// at its serving version, for tests and tools.
+    pub fn stage_model(&self, registry: &Registry, role: &str) -> Option<Arc<StageModel>> {
+        let r = match role {
+            "filter" => self.filter.as_ref(),
+            "ranker" => self.ranker.as_ref(),
+            "cold_start" => self.cold_start.as_ref(),
+            _ => None,
+        }?;
+        self.resolve(registry, r).ok()
+    }
+}

@@ -1,0 +1,434 @@
+//! Running a request through the cascade: retrieve, the rules, the model
+//! stages under the deadline, select; the fallbacks when a stage cannot
+//! run; the response cache in front and the score cache beside the
+//! re-ranker; the shadows offered each stage's inputs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::cache::{CacheKey, Uncached};
+use super::plan::{Plan, Shadowing};
+use super::request::{Fallback, RankResponse, ScoredItem, Stage, StageReport, ValidRequest};
+use super::score_cache::{self, ScoreKey};
+use super::shadow::ShadowJob;
+use super::stages::{self, StageError, StageModel};
+use super::{Pipeline, RankError, Scored};
+use crate::config::OnOverload;
+use crate::data::features::Subject;
+use crate::model::executor::InferencePool;
+use crate::model::Registry;
+use crate::telemetry::metrics as m;
+
+impl Pipeline {
+    /// Ranks through the response cache (debug requests always compute,
+    /// since they report stage timings).
+    pub async fn rank_cached(
+        &self,
+        registry: &Registry,
+        _pool: &InferencePool,
+        req: ValidRequest,
+    ) -> Result<RankResponse, RankError> {
+        let started = Instant::now();
+        let subject = self.subject(&req);
+        let plan = self.plan(registry, &req, &subject);
+        let variant = plan.variant.clone();
+        let result = match self.cache.as_ref().filter(|_| !req.debug) {
+            None => self.rank_for(subject, plan, req).await,
+            Some(cache) => {
+                let key = CacheKey::new(&plan.variant, plan.versions(), &req, &subject);
+                let request_id = req.request_id.clone();
+                match cache
+                    .get_or_compute(key, self.rank_for(subject, plan, req))
+                    .await
+                {
+                    Ok((mut response, hit)) => {
+                        response.request_id = request_id;
+                        response.cached = hit;
+                        // Fallbacks count answers served: a cached cold-start answer is one.
+                        if hit && response.fallback == Some(Fallback::ColdStart) {
+                            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start", "variant" => variant.to_string())
+                                .increment(1);
+                        }
+                        Ok(response)
+                    }
+                    Err(uncached) => match &*uncached {
+                        // Shared with the identical requests that waited on
+                        // it, each under its own id.
+                        Uncached::Degraded(r) => Ok(RankResponse {
+                            request_id,
+                            ..r.clone()
+                        }),
+                        Uncached::Failed(e) => Err(e.clone()),
+                    },
+                }
+            }
+        };
+        let outcome = match &result {
+            Ok(r) => r.fallback.map_or("ok", Fallback::as_str),
+            Err(_) => "error",
+        };
+        metrics::counter!(m::RANK_REQUESTS_TOTAL, "variant" => variant.to_string(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(m::RANK_DURATION_SECONDS, "variant" => variant.to_string())
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Ranks without the cache.
+    pub async fn rank(
+        &self,
+        registry: &Registry,
+        _pool: &InferencePool,
+        req: ValidRequest,
+    ) -> Result<RankResponse, RankError> {
+        let subject = self.subject(&req);
+        let plan = self.plan(registry, &req, &subject);
+        self.rank_for(subject, plan, req).await
+    }
+
+    async fn rank_for(
+        &self,
+        subject: Subject,
+        plan: Plan,
+        req: ValidRequest,
+    ) -> Result<RankResponse, RankError> {
+        let started = Instant::now();
+        // Model stages must finish before `deadline`, which keeps the
+        // configured reserve for replying.
+        let deadline = started
+            + Duration::from_millis(
+                req.deadline_ms
+                    .saturating_sub(self.config.deadline_reserve_ms),
+            );
+        let mut reports = Vec::new();
+        let mut models = Map::new();
+        let variant = plan.variant.clone();
+        let mut fallback = if subject.user.is_none() {
+            Some(Fallback::ColdStart)
+        } else {
+            None
+        };
+
+        // 1. retrieve
+        let t = Instant::now();
+        let excluded: HashSet<u32> = req
+            .exclude
+            .iter()
+            .filter_map(|id| self.catalog.items.row(id))
+            .collect();
+        let mut current: Scored = match &req.candidates {
+            Some(ids) => stages::caller_candidates(&self.catalog, &subject, ids, &excluded),
+            None => stages::retrieve(
+                &self.catalog,
+                self.index.as_ref(),
+                &subject,
+                &req.recent_items,
+                &excluded,
+                plan.retrieve_n,
+                self.config.exclude_seen,
+            ),
+        };
+        let asked = req.candidates.as_ref().map_or(plan.retrieve_n, Vec::len);
+        report(
+            &mut reports,
+            &variant,
+            Stage::Retrieve,
+            asked,
+            current.len(),
+            t,
+        );
+        if self.rules.has_drop() {
+            let t = Instant::now();
+            let n_in = current.len();
+            self.rules
+                .drop_candidates(&self.catalog, &subject, &mut current);
+            report(&mut reports, &variant, Stage::Rules, n_in, current.len(), t);
+        }
+        if current.is_empty() {
+            return Ok(self.respond(req, &variant, current, models, fallback, reports));
+        }
+
+        // 2. filter (known users only), 3. rerank
+        let stage_plan = [
+            (
+                Stage::Filter,
+                plan.filter,
+                Some(plan.filter_keep),
+                plan.filter_shadows,
+            ),
+            (Stage::Rerank, plan.rerank, None, plan.rerank_shadows),
+        ];
+        for (stage, model, keep, shadows) in stage_plan {
+            let Some(model) = model else { continue };
+            let t = Instant::now();
+            let rows: Vec<u32> = current.iter().map(|(r, _)| *r).collect();
+            let scored = match &model {
+                Err(e) => Err(StageError::Model(e.clone())),
+                Ok(model) => {
+                    self.score_stage(
+                        model,
+                        stage == Stage::Rerank,
+                        &subject,
+                        &rows,
+                        deadline,
+                        !shadows.is_empty(),
+                    )
+                    .await
+                }
+            };
+            match scored {
+                Ok(out) => {
+                    let model = model.as_ref().expect("it scored, so it resolved");
+                    let n_in = current.len();
+                    if let Some(matrix) = out.matrix {
+                        let k = keep.unwrap_or(req.k);
+                        self.offer_shadows(
+                            shadows,
+                            model,
+                            &subject,
+                            &rows,
+                            matrix,
+                            &out.scores,
+                            k,
+                            &variant,
+                            &req.request_id,
+                        );
+                    }
+                    current = rows.into_iter().zip(out.scores).collect();
+                    stages::sort_scored(&mut current);
+                    if let Some(keep) = keep {
+                        current.truncate(keep);
+                    }
+                    models.insert(
+                        model_key(stage, subject.user.is_some()).into(),
+                        model.label().into(),
+                    );
+                    report(&mut reports, &variant, stage, n_in, current.len(), t);
+                }
+                Err(e) => {
+                    let reason = match e {
+                        StageError::Deadline => Fallback::Deadline,
+                        StageError::Overload if self.config.on_overload == OnOverload::Reject => {
+                            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "overload", "variant" => variant.to_string())
+                                .increment(1);
+                            return Err(RankError::Overloaded);
+                        }
+                        StageError::Overload => Fallback::Overload,
+                        StageError::Model(msg) => {
+                            // A broken model fails every request: one line
+                            // per stage and model every 10 s, not one per request.
+                            let who = model.as_ref().map_or(msg.as_str(), |m| m.label());
+                            if let Some(suppressed) = crate::telemetry::throttle(
+                                &format!("stage failed:{}:{who}", stage.as_str()),
+                                Duration::from_secs(10),
+                            ) {
+                                tracing::warn!(stage = stage.as_str(), model = who, error = %msg, suppressed, "stage failed; answering from the previous stage");
+                            }
+                            Fallback::ModelError
+                        }
+                    };
+                    metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason.as_str(), "variant" => variant.to_string())
+                        .increment(1);
+                    // A cold-start answer stays marked cold_start.
+                    if fallback.is_none() {
+                        fallback = Some(reason);
+                    }
+                    report(
+                        &mut reports,
+                        &variant,
+                        stage,
+                        current.len(),
+                        current.len(),
+                        t,
+                    );
+                    break;
+                }
+            }
+        }
+        if fallback == Some(Fallback::ColdStart) {
+            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start", "variant" => variant.to_string())
+                .increment(1);
+        }
+        Ok(self.respond(req, &variant, current, models, fallback, reports))
+    }
+
+    /// Scores one stage's rows. Re-rank rows go through the model's batcher
+    /// and, for known users, the score cache: only rows it does not hold are
+    /// scored. A request that keeps its matrix for shadows scores every row
+    /// (the shadow needs them all), so it bypasses the cache.
+    async fn score_stage(
+        &self,
+        model: &StageModel,
+        rerank: bool,
+        subject: &Subject,
+        rows: &[u32],
+        deadline: Instant,
+        keep_matrix: bool,
+    ) -> Result<stages::StageScores, StageError> {
+        let batcher = if rerank { self.batcher(model) } else { None };
+        let cached = self
+            .score_cache
+            .as_ref()
+            .filter(|_| rerank && !keep_matrix)
+            .zip(subject.user.map(|user| ScoreKey {
+                model: model.id(),
+                user,
+                context: score_cache::context_key(&subject.ctx, &model.features().context_reads),
+            }));
+        let Some((cache, key)) = cached else {
+            return model
+                .score(
+                    &self.catalog,
+                    batcher.as_ref(),
+                    &self.pool,
+                    subject,
+                    rows,
+                    deadline,
+                    keep_matrix,
+                )
+                .await;
+        };
+        let (known, missing) = cache.lookup(key, rows);
+        let fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            model
+                .score(
+                    &self.catalog,
+                    batcher.as_ref(),
+                    &self.pool,
+                    subject,
+                    &missing,
+                    deadline,
+                    false,
+                )
+                .await?
+                .scores
+        };
+        cache.insert(key, &missing, &fresh);
+        Ok(stages::StageScores {
+            scores: score_cache::merge(known, &fresh),
+            matrix: None,
+        })
+    }
+
+    /// Hands the live stage's inputs and scores to each sampled shadow.
+    /// Never waits: a full shadow queue drops the work.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_shadows(
+        &self,
+        shadows: Vec<Shadowing>,
+        live: &StageModel,
+        subject: &Subject,
+        rows: &[u32],
+        matrix: Vec<f32>,
+        scores: &[f32],
+        k: usize,
+        variant: &Arc<str>,
+        request_id: &str,
+    ) {
+        for (spec, model) in shadows {
+            let model = match model {
+                Ok(m) => m,
+                Err(e) => {
+                    self.shadow.error(&spec.name, &e);
+                    continue;
+                }
+            };
+            // The exact matrix the live model saw when the features agree;
+            // else the same rows assembled in the shadow's feature order.
+            let matrix = if model.features().names == live.features().names {
+                matrix.clone()
+            } else {
+                let mut own = Vec::new();
+                let mut missing = vec![0u32; model.features().width()];
+                model.features().assemble(
+                    &self.catalog.items,
+                    &self.catalog.users,
+                    subject,
+                    rows,
+                    &mut own,
+                    &mut missing,
+                );
+                own
+            };
+            self.shadow.offer(ShadowJob {
+                shadow: spec.name.as_str().into(),
+                stage: spec.stage,
+                model,
+                live_model: live.label().to_string(),
+                matrix,
+                live_scores: scores.to_vec(),
+                k,
+                variant: variant.clone(),
+                request_id: request_id.to_string(),
+                enqueued: Instant::now(),
+            });
+        }
+    }
+
+    fn respond(
+        &self,
+        req: ValidRequest,
+        variant: &str,
+        mut current: Scored,
+        models: Map<String, Value>,
+        fallback: Option<Fallback>,
+        mut reports: Vec<StageReport>,
+    ) -> RankResponse {
+        let t = Instant::now();
+        let n_in = current.len();
+        stages::sort_scored(&mut current);
+        self.rules.select(&self.catalog, &mut current, req.k);
+        report(&mut reports, variant, Stage::Select, n_in, current.len(), t);
+        RankResponse {
+            request_id: req.request_id,
+            items: current
+                .into_iter()
+                .map(|(row, score)| ScoredItem {
+                    item_id: self.catalog.item_id(row).to_string(),
+                    score,
+                })
+                .collect(),
+            variant: variant.to_string(),
+            models,
+            fallback,
+            cached: false,
+            stages: req.debug.then_some(reports),
+        }
+    }
+}
+
+/// Which stage model an answer's `models` names: `filter`, or for the
+/// re-rank stage `ranker` (known users) or `cold_start`.
+fn model_key(stage: Stage, known: bool) -> &'static str {
+    match (stage, known) {
+        (Stage::Rerank, true) => "ranker",
+        (Stage::Rerank, false) => "cold_start",
+        (other, _) => other.as_str(),
+    }
+}
+
+fn report(
+    reports: &mut Vec<StageReport>,
+    variant: &str,
+    name: Stage,
+    n_in: usize,
+    n_out: usize,
+    t: Instant,
+) {
+    let took = t.elapsed();
+    metrics::histogram!(m::STAGE_DURATION_SECONDS, "stage" => name.as_str(), "variant" => variant.to_string())
+        .record(took.as_secs_f64());
+    metrics::histogram!(m::STAGE_CANDIDATES_OUT, "stage" => name.as_str(), "variant" => variant.to_string())
+        .record(n_out as f64);
+    reports.push(StageReport {
+        name,
+        candidates_in: n_in,
+        candidates_out: n_out,
+        micros: took.as_micros() as u64,
+    });
+}
