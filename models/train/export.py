@@ -143,16 +143,10 @@ def _toml_str(s: str) -> str:
 
 def write_config(path, role, description, feature_names, max_batch_rows=1024, max_wait_us=0):
     """Each input column declared as the server computes it (features.FEATURE_EXPRS)."""
-    from features import FEATURE_EXPRS
-
-    def decl(name):
-        expr, default = FEATURE_EXPRS[name]
-        d = f", default = {default!r}" if default != 0.0 else ""
-        return f"  {{ name = {_toml_str(name)}, expr = {_toml_str(expr)}{d} }}"
-    feats = ",\n".join(decl(f) for f in feature_names)
+    from features import declarations_toml
     text = (f"role = {_toml_str(role)}\n"
             f"description = {_toml_str(description)}\n\n"
-            f"[input]\nname = \"features\"\nfeatures = [\n{feats},\n]\n\n"
+            f"[input]\nname = \"features\"\n{declarations_toml(feature_names)}\n"
             f"[output]\nname = \"score\"\n\n"
             f"[batching]\nmax_batch_rows = {max_batch_rows}\nmax_wait_us = {max_wait_us}\n")
     with open(path, "w") as f:

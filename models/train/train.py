@@ -330,97 +330,12 @@ def golden_cold(S, ev, rng):
 
 
 def write_catalog(S, sp):
-    """The catalog snapshot the server loads: schema.toml, items.parquet, users.parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    os.makedirs(CATALOG_DIR, exist_ok=True)
+    """The shipped catalog snapshot (the old safetensors/JSON files go)."""
     for old in ("items.safetensors", "users.safetensors", "user_history.safetensors",
                 "items.json", "users.json"):
         if os.path.exists(os.path.join(CATALOG_DIR, old)):
             os.remove(os.path.join(CATALOG_DIR, old))
-    f32list = lambda m: pa.array([r.tolist() for r in np.asarray(m, dtype=np.float32)],  # noqa: E731
-                                 type=pa.list_(pa.float32()))
-    item_ids = [str(int(i)) for i in S.item_ids]
-    it = S.items
-    genres = [[data.GENRES[g] for g in np.flatnonzero(row)] for row in it["genres"]]
-    items = {"id": pa.array(item_ids), "embedding": f32list(it["embedding"]),
-             "genres": pa.array(genres, type=pa.list_(pa.string()))}
-    for k in ("year", "popularity", "recent_popularity", "log_n_ratings", "mean_rating", "pos_rate",
-              "mean_rater_age", "male_share"):
-        items[k] = pa.array(np.asarray(it[k], dtype=np.float32))
-    items["occupation_lift"] = f32list(it["occupation_lift"])
-    us = S.users
-    users = {"id": pa.array([str(int(u)) for u in S.user_ids]), "embedding": f32list(us["embedding"]),
-             "age": pa.array(np.asarray(us["age"], dtype=np.float32)),
-             "gender": pa.array(["M" if g >= 0.5 else "F" for g in us["gender_m"]]),
-             "occupation": pa.array([S.occupations[int(o)] for o in us["occupation"]])}
-    for k in ("log_n_ratings", "mean_rating", "pos_rate"):
-        users[k] = pa.array(np.asarray(us[k], dtype=np.float32))
-    users["genre_profile"] = f32list(us["genre_profile"])
-    users["seen"] = pa.array([[item_ids[i] for i in s] for s in S.seen], type=pa.list_(pa.string()))
-    meta = {"training_period_before": iso(sp.cutoff)}
-    for name, cols in (("items.parquet", items), ("users.parquet", users)):
-        table = pa.table(cols).replace_schema_metadata(meta)
-        pq.write_table(table, os.path.join(CATALOG_DIR, name), compression="snappy")
-        os.chmod(os.path.join(CATALOG_DIR, name), 0o644)
-    with open(os.path.join(CATALOG_DIR, "schema.toml"), "w") as f:
-        f.write(schema_toml(S, sp))
-
-
-def schema_toml(S, sp):
-    q = json.dumps
-    genres = ", ".join(q(g) for g in data.GENRES)
-    occupations = ", ".join(q(o) for o in S.occupations)
-    num = '{ type = "number" }'
-    return f"""# The MovieLens 100K app: what its catalog snapshot holds and what a request's context
-# may carry. Written by models/train/train.py (training period before {iso(sp.cutoff)});
-# models/FEATURES.md says how every value is computed.
-
-[vocabularies]
-genre = [{genres}]
-occupation = [{occupations}]
-gender = ["M", "F"]
-
-[items]
-file = "items.parquet"
-fields.embedding = {{ type = "vector", dim = {mf.EMBED_DIM} }}
-fields.genres = {{ type = "categories", vocabulary = "genre" }}
-fields.year = {num}
-fields.popularity = {num}
-fields.recent_popularity = {num}
-fields.log_n_ratings = {num}
-fields.mean_rating = {num}
-fields.pos_rate = {num}
-fields.mean_rater_age = {num}
-fields.male_share = {num}
-fields.occupation_lift = {{ type = "vector", by = "occupation" }}
-
-[users]
-file = "users.parquet"
-fields.embedding = {{ type = "vector", dim = {mf.EMBED_DIM} }}
-fields.age = {num}
-fields.gender = {{ type = "category", vocabulary = "gender" }}
-fields.occupation = {{ type = "category", vocabulary = "occupation" }}
-fields.log_n_ratings = {num}
-fields.mean_rating = {num}
-fields.pos_rate = {num}
-fields.genre_profile = {{ type = "vector", by = "genre" }}
-fields.seen = {{ type = "items" }}
-
-[context]
-fields.hour = {{ type = "integer", min = 0, max = 23, default = "now.hour" }}
-fields.weekday = {{ type = "integer", min = 0, max = 6, default = "now.weekday" }}
-fields.age = {{ type = "number", min = 0, max = 130 }}
-# Anything but these values counts as not given.
-fields.gender = {{ type = "category", vocabulary = "gender", unknown = "missing" }}
-fields.occupation = {{ type = "category", vocabulary = "occupation", unknown = "missing" }}
-
-[retrieval]
-item_vector = "embedding"
-user_vector = "embedding"
-popularity = "popularity"
-seen = "seen"
-"""
+    F.write_snapshot(S, CATALOG_DIR, iso(sp.cutoff))
 
 
 def print_report(r):
