@@ -50,6 +50,9 @@ pub struct Table {
     vector: Option<Arc<[f32]>>,
     vector_dim: usize,
     lists: Vec<Csr>,
+    /// Per list: the row-table offset of its 64-bit mask, when every code
+    /// is below 64.
+    masks: Vec<Option<usize>>,
     times: Vec<Vec<f64>>,
 }
 
@@ -79,6 +82,7 @@ impl Table {
         let mut vector = None;
         let mut vector_dim = 0;
         let mut lists = Vec::new();
+        let mut masks = Vec::new();
         let mut times = Vec::new();
         let mut in_row: Vec<(usize, Vec<f32>, usize)> = Vec::new();
         for (field, column) in entity.fields.iter().zip(columns) {
@@ -99,7 +103,25 @@ impl Table {
                     slot
                 }
                 Column::Lists(csr) => {
+                    // A list over codes below 64 is also kept as a 64-bit
+                    // mask in the row table (two f32 slots holding its
+                    // bits): membership is one load from a line the row
+                    // already brought in, not a walk to the CSR arrays.
+                    let mask = if csr.values.iter().all(|&c| c < 64) && !csr.offsets.is_empty() {
+                        let bits: Vec<f32> = (0..n as u32)
+                            .flat_map(|r| {
+                                let m = csr.get(r).iter().fold(0u64, |m, &c| m | 1 << c);
+                                [f32::from_bits(m as u32), f32::from_bits((m >> 32) as u32)]
+                            })
+                            .collect();
+                        in_row.push((width, bits, 2));
+                        width += 2;
+                        Some(width - 2)
+                    } else {
+                        None
+                    };
                     lists.push(csr);
+                    masks.push(mask);
                     Slot::List(lists.len() - 1)
                 }
                 Column::Times(t) => {
@@ -124,6 +146,7 @@ impl Table {
             vector,
             vector_dim,
             lists,
+            masks,
             times,
         }
     }
@@ -183,6 +206,20 @@ impl Table {
         &self.lists[i]
     }
 
+    /// Whether list `i` is kept as bit masks too.
+    pub fn has_mask(&self, i: usize) -> bool {
+        self.masks[i].is_some()
+    }
+
+    /// List `i` of row `r` as a bit mask of its codes, when they all fit.
+    #[inline]
+    pub fn mask(&self, i: usize, r: u32) -> Option<u64> {
+        let at = self.masks[i]?;
+        let start = r as usize * self.width + at;
+        let (lo, hi) = (self.row[start].to_bits(), self.row[start + 1].to_bits());
+        Some(lo as u64 | (hi as u64) << 32)
+    }
+
     pub fn time(&self, i: usize, r: u32) -> f64 {
         self.times[i][r as usize]
     }
@@ -231,12 +268,14 @@ mod tests {
         );
         assert_eq!(t.slot(0), Slot::Vector);
         assert_eq!(t.slot(1), Slot::Row { at: 0, len: 1 });
-        assert_eq!(t.slot(3), Slot::Row { at: 1, len: 3 });
-        assert_eq!(t.width(), 4);
+        assert_eq!(t.slot(3), Slot::Row { at: 3, len: 3 });
+        assert_eq!(t.width(), 6, "price, a 2-slot tag mask, lift");
+        assert_eq!(t.mask(0, 0), Some(0b11));
+        assert_eq!(t.mask(0, 1), Some(0));
         assert_eq!(t.vector(1), &[0.0, 1.0]);
         assert_eq!(t.scalar(0, 0), 9.5);
         assert!(t.scalar(1, 0).is_nan());
-        assert_eq!(t.values(1, 1, 3), &[4.0, 5.0, 6.0]);
+        assert_eq!(t.values(1, 3, 3), &[4.0, 5.0, 6.0]);
         assert_eq!(t.list(0).get(0), &[0, 1]);
         assert!(t.list(0).get(1).is_empty());
         assert_eq!(t.time(0, 1), 2.0e12);

@@ -140,6 +140,19 @@ fn request_row(env: &Env<'_>, src: Src) -> Option<u32> {
     }
 }
 
+/// Whether list `l` of `row` holds `code`.
+#[inline]
+fn has(env: &Env<'_>, l: List, row: u32, code: f32) -> f32 {
+    if code.is_nan() {
+        return f32::NAN;
+    }
+    let c = code as u32;
+    match table(env, l.src).mask(l.index, row) {
+        Some(m) => flag(c < 64 && (m >> c) & 1 == 1),
+        None => flag(list(env, l, row).binary_search(&c).is_ok()),
+    }
+}
+
 fn list<'a>(env: &Env<'a>, l: List, row: u32) -> &'a [u32] {
     table(env, l.src).list(l.index).get(row)
 }
@@ -257,7 +270,7 @@ pub fn scalar(n: &Num, env: &Env<'_>) -> f32 {
         Num::Has(l, c) => {
             let c = scalar(c, env);
             match request_row(env, l.src) {
-                Some(r) if !c.is_nan() => flag(list(env, *l, r).binary_search(&(c as u32)).is_ok()),
+                Some(r) => has(env, *l, r, c),
                 _ => f32::NAN,
             }
         }
@@ -374,11 +387,7 @@ pub fn column(n: &Num, env: &Env<'_>, items: &[u32], out: &mut [f32], pool: &mut
             let mut codes = pool.take(items.len());
             column(c, env, items, &mut codes, pool);
             for ((o, &r), &c) in out.iter_mut().zip(items).zip(&codes) {
-                *o = if c.is_nan() {
-                    f32::NAN
-                } else {
-                    flag(list(env, *l, r).binary_search(&(c as u32)).is_ok())
-                };
+                *o = has(env, *l, r, c);
             }
             pool.give(codes);
         }
@@ -436,6 +445,22 @@ fn dot_column(a: &Vector, b: &Vector, env: &Env<'_>, items: &[u32], out: &mut [f
         Vector::Retrieval(src, _) => {
             let t = table(env, src);
             dots_by_row(query, items, out, |r| t.vector(r));
+        }
+        Vector::MultiHot(l, _) if table(env, l.src).has_mask(l.index) => {
+            let t = table(env, l.src);
+            for (o, &r) in out.iter_mut().zip(items) {
+                // Set bits in ascending order: the codes, sorted.
+                let mut m = t.mask(l.index, r).unwrap_or(0);
+                let mut acc = 0.0f32;
+                while m != 0 {
+                    acc += query
+                        .get(m.trailing_zeros() as usize)
+                        .copied()
+                        .unwrap_or(0.0);
+                    m &= m - 1;
+                }
+                *o = acc;
+            }
         }
         Vector::MultiHot(l, _) => {
             for (o, &r) in out.iter_mut().zip(items) {
