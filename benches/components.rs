@@ -63,8 +63,13 @@ impl Fixture {
             .unwrap();
         // Batchers start on the runtime that is current while loading.
         let _runtime = rt.enter();
+        // Each state with an event log of its own (one process per folder).
+        let state_dir =
+            |n: u32| std::env::temp_dir().join(format!("cascade-bench-{}-{n}", std::process::id()));
+        config.state.dir = state_dir(0);
         let state = AppState::load(config.clone()).expect("shipped models load");
         config.ranking.cache.enabled = false;
+        config.state.dir = state_dir(1);
         let uncached = AppState::load(config).expect("shipped models load");
         drop(_runtime);
         Fixture {

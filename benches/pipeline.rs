@@ -17,6 +17,7 @@ fn pipeline(c: &mut Criterion) {
     let mut config = Config::default();
     config.models.repository = root.join("models");
     config.ranking.catalog = root.join("models/catalog");
+    config.state.dir = std::env::temp_dir().join(format!("cascade-bench-{}", std::process::id()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::index::{HnswParams, IndexKind};
+use crate::events::StateConfig;
 use crate::model::BackendKind;
 use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::experiments::ExperimentsConfig;
@@ -53,6 +54,8 @@ pub struct Config {
     pub experiments: ExperimentsConfig,
     /// Shadow models (`[shadow]`); the list also `PUT /admin/shadow`.
     pub shadow: ShadowConfig,
+    /// Live state from `POST /v1/events` (`[state]`).
+    pub state: StateConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -486,6 +489,21 @@ impl Config {
         }
         if !(1..=16).contains(&self.shadow.threads) {
             return Err(invalid("shadow.threads", "must be between 1 and 16"));
+        }
+        if self.state.backend != "embedded" {
+            return Err(invalid(
+                "state.backend",
+                format!(
+                    "\"{}\" is not available; \"embedded\" is (Redis comes with a later release)",
+                    self.state.backend
+                ),
+            ));
+        }
+        if self.state.max_batch_events == 0 {
+            return Err(invalid("state.max_batch_events", "must be at least 1"));
+        }
+        if self.state.max_history == 0 {
+            return Err(invalid("state.max_history", "must be at least 1"));
         }
         let mon = &self.monitoring;
         if !(0.0..=1.0).contains(&mon.sample_rate) {

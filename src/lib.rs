@@ -13,6 +13,8 @@
 //! - [`data`]: the app's declared data — schema, catalog snapshot, context,
 //!   and the feature language compiled into plans.
 //! - [`catalog`]: the loaded catalog and the vector index over it.
+//! - [`events`]: live events (`POST /v1/events`): the write-ahead log and
+//!   the in-process view ranking reads.
 //! - [`telemetry`]: logging, metric names, drift.
 //!
 //! [`eval`] replays held-out requests offline; [`offline`] computes declared
@@ -25,6 +27,7 @@ pub mod catalog;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod events;
 pub(crate) mod http;
 pub mod model;
 pub mod offline;

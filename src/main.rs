@@ -293,7 +293,12 @@ fn features(args: FeaturesArgs) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let config = Config::load(Some(&args.config), std::env::vars())?;
+    let mut config = Config::load(Some(&args.config), std::env::vars())?;
+    // The replay ranks against the snapshot alone: an empty event log of
+    // its own, never a running server's.
+    let scratch = std::env::temp_dir().join(format!("cascade-eval-{}", std::process::id()));
+    config.state.dir = scratch.clone();
+    let _cleanup = RemoveOnDrop(scratch);
     config.validate()?;
     cascade::telemetry::init_logging(&config.logging);
     let cases = cascade::eval::read_cases(&args.requests)?;
@@ -390,4 +395,13 @@ fn index_build(args: IndexBuildArgs) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Removes a scratch folder when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

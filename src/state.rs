@@ -34,6 +34,9 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Set when shutdown starts: readiness drops so balancers drain us.
     pub draining: AtomicBool,
+    /// The write-ahead log of accepted events (with ranking on). One batch
+    /// at a time: deduplicate, append (and fsync), apply.
+    pub events: Option<std::sync::Mutex<crate::events::log::EventLog>>,
 }
 
 impl AppState {
@@ -83,8 +86,13 @@ impl AppState {
             ),
             None => None,
         };
+        let events = match &pipeline {
+            Some(p) => Some(std::sync::Mutex::new(open_events(&config, p)?)),
+            None => None,
+        };
         metrics::gauge!(crate::telemetry::metrics::READY).set(1.0);
         Ok(AppState {
+            events,
             admission: Arc::new(Semaphore::new(config.server.max_in_flight)),
             config,
             registry,
@@ -190,6 +198,36 @@ impl AppState {
             }
         });
     }
+}
+
+/// Opens the event log and replays it into the pipeline's live view.
+fn open_events(
+    config: &Config,
+    pipeline: &Pipeline,
+) -> Result<crate::events::log::EventLog, StartupError> {
+    let started = std::time::Instant::now();
+    let (log, recovered) =
+        crate::events::log::EventLog::open(&config.state.dir, config.state.fsync)
+            .map_err(StartupError::Ranking)?;
+    let mut events = 0;
+    for batch in &recovered.batches {
+        events += pipeline.online.apply(&pipeline.catalog, batch).accepted;
+    }
+    if recovered.torn_bytes > 0 {
+        tracing::warn!(
+            bytes = recovered.torn_bytes,
+            "event log: a torn last record (never acknowledged) was cut off"
+        );
+    }
+    tracing::info!(
+        batches = recovered.batches.len(),
+        events,
+        log_bytes = recovered.log_bytes,
+        millis = started.elapsed().as_millis() as u64,
+        "event log replayed"
+    );
+    metrics::gauge!(crate::telemetry::metrics::EVENT_LOG_BYTES).set(recovered.log_bytes as f64);
+    Ok(log)
 }
 
 /// Folder names under the repository that hold a `config.toml`.

@@ -375,6 +375,10 @@ fields.age = {{ type = "number", min = 0, max = 130 }}
 fields.gender = {{ type = "category", vocabulary = "gender", unknown = "missing" }}
 fields.occupation = {{ type = "category", vocabulary = "occupation", unknown = "missing" }}
 
+[events]
+# What POST /v1/events interactions may be.
+kinds = ["rating"]
+
 [retrieval]
 item_vector = "embedding"
 user_vector = "embedding"

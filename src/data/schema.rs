@@ -19,6 +19,9 @@
 //! fields.hour = { type = "integer", min = 0, max = 23, default = "now.hour" }
 //! fields.colour = { type = "category", vocabulary = "colour", unknown = "missing" }
 //!
+//! [events]
+//! kinds = ["view", "purchase"]   # what POST /v1/events interactions may be
+//!
 //! [retrieval]
 //! item_vector = "embedding"      # searched by the ANN stage
 //! user_vector = "embedding"      # a known user's query
@@ -207,6 +210,8 @@ pub struct Schema {
     pub users: Entity,
     pub context: Vec<Field>,
     pub retrieval: Retrieval,
+    /// Interaction kinds `POST /v1/events` accepts.
+    pub event_kinds: Vec<String>,
 }
 
 // ---- the file's shape ----
@@ -223,6 +228,15 @@ struct SchemaFile {
     context: Option<ContextFile>,
     #[serde(default)]
     retrieval: RetrievalFile,
+    #[serde(default)]
+    events: EventsFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EventsFile {
+    #[serde(default)]
+    kinds: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -332,7 +346,16 @@ impl Schema {
             vocabularies,
             context: Vec::new(),
             retrieval: Retrieval::default(),
+            event_kinds: Vec::new(),
         };
+        for (i, k) in file.events.kinds.iter().enumerate() {
+            if !valid_name(k) || file.events.kinds[..i].contains(k) {
+                return Err(format!(
+                    "events.kinds[{i}]: \"{k}\" must be a name of letters, digits and '_', listed once"
+                ));
+            }
+        }
+        schema.event_kinds = file.events.kinds.clone();
         schema.items.fields = schema.fields("items", &file.items.fields, false)?;
         if let Some(users) = &file.users {
             schema.users.fields = schema.fields("users", &users.fields, true)?;

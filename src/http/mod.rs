@@ -4,11 +4,13 @@
 //!
 //! - [`oip`] + [`oip_codec`]: the Open Inference Protocol (`/v2/*`).
 //! - [`rank`]: the ranking API (`/v1/rank`, `/v1/rank/batch`).
+//! - [`events`]: live events (`/v1/events`).
 //! - [`ops`]: health, readiness and the admin API.
 //! - [`body`], [`error`]: limits, content types, the error bodies.
 
 pub mod body;
 pub mod error;
+pub mod events;
 pub mod oip;
 pub mod oip_codec;
 pub mod ops;
@@ -146,6 +148,7 @@ async fn dispatch(
 ) -> Response<Full<Bytes>> {
     let result = match (listener, segments) {
         (Listener::Public, ["v2", rest @ ..]) => oip::route(state, req, rest).await,
+        (Listener::Public, ["v1", "events"]) => events::route(state, req).await,
         (Listener::Public, ["v1", rest @ ..]) => rank::route(state, req, rest, request_id).await,
         (_, ["healthz"]) | (_, ["readyz"]) => ops::health(state, req.method(), segments[0]),
         (Listener::Admin, ["admin", rest @ ..]) => ops::admin(state, req, rest).await,
@@ -236,6 +239,7 @@ fn route_template(segments: &[&str]) -> &'static str {
         }
         ["v1", "rank"] => "/v1/rank",
         ["v1", "rank", "batch"] => "/v1/rank/batch",
+        ["v1", "events"] => "/v1/events",
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",

@@ -58,6 +58,9 @@ pub struct CacheKey {
     exclude: Vec<String>,
     k: usize,
     deadline_ms: u64,
+    /// Live-state versions the answer depends on: item availability and
+    /// this user's event history (see `events::online`).
+    live: (u64, u64),
 }
 
 impl CacheKey {
@@ -75,7 +78,13 @@ impl CacheKey {
 
     /// `versions` names the serving version of every stage model, e.g.
     /// `filter@1,ranker@3,cold_start@1`.
-    pub fn new(variant: &str, versions: String, req: &ValidRequest, subject: &Subject) -> CacheKey {
+    pub fn new(
+        variant: &str,
+        versions: String,
+        req: &ValidRequest,
+        subject: &Subject,
+        live: (u64, u64),
+    ) -> CacheKey {
         let mut exclude = req.exclude.clone();
         exclude.sort_unstable();
         exclude.dedup();
@@ -89,6 +98,7 @@ impl CacheKey {
             exclude,
             k: req.k,
             deadline_ms: req.deadline_ms,
+            live,
         }
     }
 }

@@ -99,6 +99,8 @@ pub struct Pipeline {
     cache: Option<ResponseCache>,
     score_cache: Option<ScoreCache>,
     rules: rules::Rules,
+    /// Live state from events: histories, availability.
+    pub online: Arc<crate::events::online::Online>,
 }
 
 /// Candidates with the score of the stage that ordered them last.
@@ -168,6 +170,7 @@ impl Pipeline {
                 .enabled
                 .then(|| ScoreCache::new(&ranking.score_cache)),
             rules,
+            online: Arc::new(crate::events::online::Online::new(config.state.max_history)),
         };
         for (key, r) in [
             ("ranking.filter_model", &pipeline.filter),

@@ -38,7 +38,8 @@ impl Pipeline {
         let result = match self.cache.as_ref().filter(|_| !req.debug) {
             None => self.rank_for(subject, plan, req).await,
             Some(cache) => {
-                let key = CacheKey::new(&plan.variant, plan.versions(), &req, &subject);
+                let live = self.online.versions(req.user_id.as_deref());
+                let key = CacheKey::new(&plan.variant, plan.versions(), &req, &subject, live);
                 let request_id = req.request_id.clone();
                 match cache
                     .get_or_compute(key, self.rank_for(subject, plan, req))
@@ -114,11 +115,19 @@ impl Pipeline {
 
         // 1. retrieve
         let t = Instant::now();
+        // Never an excluded item, nor one an event made unavailable.
         let excluded: HashSet<u32> = req
             .exclude
             .iter()
             .filter_map(|id| self.catalog.items.row(id))
+            .chain(self.online.unavailable())
             .collect();
+        // What the user did since the snapshot (events), newest first.
+        let history = req
+            .user_id
+            .as_deref()
+            .map(|u| self.online.history(u))
+            .unwrap_or_default();
         let mut current: Scored = match &req.candidates {
             Some(ids) => stages::caller_candidates(&self.catalog, &subject, ids, &excluded),
             None => stages::retrieve(
@@ -126,6 +135,7 @@ impl Pipeline {
                 self.index.as_ref(),
                 &subject,
                 &req.recent_items,
+                &history,
                 &excluded,
                 plan.retrieve_n,
                 self.config.exclude_seen,

@@ -55,23 +55,34 @@ fn base_score(catalog: &Catalog, subject: &Subject, row: u32) -> f32 {
     }
 }
 
+/// Items of a cold-start user's event history that seed retrieval when the
+/// request names no `recent_items`.
+const RECENT_FROM_HISTORY: usize = 10;
+
 /// Retrieval for a known user (their embedding), a cold-start user with
-/// recent items (the mean of those items' embeddings), or anyone else (the
+/// recent items (the mean of those items' embeddings; without any in the
+/// request, the latest of their event `history`), or anyone else (the
 /// popularity list). Returns up to `n` items, never an excluded one, never
-/// one the user has already seen (when `exclude_seen`), never a recent item.
+/// one the user has already seen — in the snapshot or since, by events —
+/// (when `exclude_seen`), never a recent item.
+#[allow(clippy::too_many_arguments)]
 pub fn retrieve(
     catalog: &Catalog,
     index: &dyn VectorIndex,
     subject: &Subject,
     recent_items: &[String],
+    history: &[u32],
     excluded: &HashSet<u32>,
     n: usize,
     exclude_seen: bool,
 ) -> Vec<(u32, f32)> {
-    let recent: Vec<u32> = recent_items
+    let mut recent: Vec<u32> = recent_items
         .iter()
         .filter_map(|id| catalog.items.row(id))
         .collect();
+    if recent.is_empty() && subject.user.is_none() {
+        recent.extend(history.iter().take(RECENT_FROM_HISTORY));
+    }
     let query: Option<Vec<f32>> = match subject.user {
         Some(u) if !catalog.user_vector(u).is_empty() => Some(catalog.user_vector(u).to_vec()),
         None if !recent.is_empty() && catalog.dim() > 0 => {
@@ -89,10 +100,12 @@ pub fn retrieve(
         Some(u) if exclude_seen => catalog.seen(u),
         _ => &[],
     };
+    let since: &[u32] = if exclude_seen { history } else { &[] };
     // One sorted list of every row to skip: the index asks about each node
     // it visits, and a binary search over a few hundred rows beats hashing.
     let mut skipped: Vec<u32> = seen
         .iter()
+        .chain(since)
         .chain(&recent)
         .chain(excluded.iter())
         .copied()

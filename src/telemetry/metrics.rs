@@ -91,6 +91,15 @@ pub const OPEN_CONNECTIONS: &str = "cascade_open_connections";
 /// Ranking and inference requests admitted and not yet answered (a batch
 /// counts each ranking it holds), against `server.max_in_flight`.
 pub const IN_FLIGHT: &str = "cascade_in_flight_requests";
+/// Events by type and outcome (`accepted`, `duplicate`, `rejected`).
+pub const EVENTS_TOTAL: &str = "cascade_events_total";
+/// Time from an events call arriving to its batch applied (log write and
+/// fsync included).
+pub const EVENT_APPLY_SECONDS: &str = "cascade_event_apply_seconds";
+/// Size of the event write-ahead log.
+pub const EVENT_LOG_BYTES: &str = "cascade_event_log_bytes";
+/// Failed writes to the event log (each a 500 to the caller).
+pub const EVENT_LOG_ERRORS_TOTAL: &str = "cascade_event_log_errors_total";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 

@@ -34,8 +34,23 @@ pub fn shipped_model_names() -> Vec<String> {
     names
 }
 
+/// A state folder of its own for one server (event log and lock), under
+/// cargo's scratch folder for integration tests.
+pub fn fresh_state_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "state-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 pub fn config_for(repo: &Path) -> Config {
     let mut config = Config::default();
+    config.state.dir = fresh_state_dir();
     config.models.repository = repo.to_path_buf();
     config.ranking.catalog = shipped_models().join("catalog");
     config.server.shutdown_grace_ms = 5_000;
@@ -54,7 +69,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(config: Config) -> TestServer {
+    pub async fn start(mut config: Config) -> TestServer {
+        // Every server its own event log (several may share one config).
+        config.state.dir = fresh_state_dir();
         let state = Arc::new(AppState::load(config).expect("models load"));
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -274,6 +274,7 @@ fn shop_config() -> cascade::config::Config {
     c.models.repository = root.join(&c.models.repository);
     c.ranking.catalog = root.join(&c.ranking.catalog);
     c.server.drain_delay_ms = 0;
+    c.state.dir = crate::common::fresh_state_dir();
     c
 }
 
@@ -453,6 +454,7 @@ fn the_shop_app_starts_with_one_command() {
                 "127.0.0.1:0",
             ])
             .current_dir(project_root())
+            .env("CASCADE_STATE__DIR", crate::common::fresh_state_dir())
             .env("RUST_LOG", "info")
             .env("CASCADE_SERVER__DRAIN_DELAY_MS", "0")
             .stderr(std::process::Stdio::piped())

@@ -164,6 +164,7 @@ pub fn spawn_binary_with(env: &[(&str, &str)]) -> (Reaped, SocketAddr, SocketAdd
             "127.0.0.1:0",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CASCADE_STATE__DIR", crate::common::fresh_state_dir())
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
@@ -319,6 +320,7 @@ fn a_busy_port_fails_before_anything_loads() {
     let out = Command::new(env!("CARGO_BIN_EXE_cascade"))
         .args(["serve", "--listen", &port, "--admin-listen", "127.0.0.1:0"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CASCADE_STATE__DIR", crate::common::fresh_state_dir())
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
@@ -447,6 +449,7 @@ fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
             "127.0.0.1:0",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CASCADE_STATE__DIR", crate::common::fresh_state_dir())
         .env("CASCADE_LOGGING__FORMAT", "json")
         .env("CASCADE_SERVER__DRAIN_DELAY_MS", "0")
         // Debug shows the per-request lines that info leaves out.

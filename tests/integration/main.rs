@@ -7,6 +7,7 @@ mod common;
 mod data;
 mod deploy;
 mod errors;
+mod events;
 mod experiments;
 mod hardening;
 mod lifecycle;

@@ -1,0 +1,234 @@
+//! Live events (`POST /v1/events`, API.md §2): what users do and what the
+//! catalog holds, applied to an in-process view that `/v1/rank` reads, and
+//! made durable first in an embedded write-ahead log.
+//!
+//! - [`log`]: the write-ahead log — framed, checksummed, fsynced batches;
+//!   replayed at start, a torn tail cut and reported.
+//! - [`online`]: the view: each user's recent interactions (newest first,
+//!   bounded), items made unavailable, the ids already applied, and the
+//!   versions the response cache keys by.
+//!
+//! This is the first slice of the live-events work: interactions (user
+//! histories, `exclude_seen`, a cold-start user's recent items) and item
+//! availability. Windowed counters, new items and field updates, snapshots
+//! and Redis come next; an event this slice cannot apply is a 400 that says
+//! so, never silently dropped.
+
+pub mod log;
+pub mod online;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::catalog::Catalog;
+
+/// `[state]`: where live state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// `embedded` (the only one yet): a write-ahead log in `dir`.
+    pub backend: String,
+    /// The log's folder (created if needed; one process at a time).
+    pub dir: std::path::PathBuf,
+    /// fsync every acknowledged batch before answering 200 (`true`), or
+    /// leave it to the kernel (`false`: an OS crash may lose the last few
+    /// seconds; a process crash loses nothing either way).
+    pub fsync: bool,
+    /// Most events in one `POST /v1/events`.
+    pub max_batch_events: usize,
+    /// Interactions kept per user, newest first.
+    pub max_history: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: "embedded".into(),
+            dir: ".cache/state".into(),
+            fsync: true,
+            max_batch_events: 1000,
+            max_history: 500,
+        }
+    }
+}
+
+/// One event, validated. Ids are the caller's; rows are the catalog's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Interaction {
+        id: String,
+        user_id: String,
+        item_id: String,
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<f64>,
+        timestamp: i64,
+    },
+    Item {
+        id: String,
+        item_id: String,
+        available: bool,
+        timestamp: i64,
+    },
+}
+
+impl Event {
+    pub fn id(&self) -> &str {
+        match self {
+            Event::Interaction { id, .. } | Event::Item { id, .. } => id,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::Interaction { .. } => "interaction",
+            Event::Item { .. } => "item",
+        }
+    }
+}
+
+/// `{"events": [...]}` as the caller sent it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsBody {
+    pub events: Vec<Map<String, Value>>,
+}
+
+fn id_field(e: &Map<String, Value>, key: &str, at: &str) -> Result<String, String> {
+    match e.get(key) {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => Ok(s.clone()),
+        None | Some(Value::Null) => Err(format!("{at}.{key}: missing")),
+        Some(v) => Err(format!(
+            "{at}.{key}: must be a string of 1 to 128 characters, got {v}"
+        )),
+    }
+}
+
+/// Checks every event of a batch against the catalog; the first problem is
+/// an error naming it (`events[2].item_id: …`) and nothing is applied.
+/// `now_ms` is the default timestamp.
+pub fn validate(
+    body: EventsBody,
+    catalog: &Catalog,
+    max_events: usize,
+    now_ms: i64,
+) -> Result<Vec<Event>, String> {
+    if body.events.is_empty() {
+        return Err("events: must hold at least one event".into());
+    }
+    if body.events.len() > max_events {
+        return Err(format!(
+            "events: at most {max_events} events per call, got {}",
+            body.events.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(body.events.len());
+    for (i, e) in body.events.iter().enumerate() {
+        let at = format!("events[{i}]");
+        let allowed: &[&str] = match e.get("type").and_then(Value::as_str) {
+            Some("interaction") => &[
+                "type",
+                "id",
+                "user_id",
+                "item_id",
+                "kind",
+                "value",
+                "timestamp",
+            ],
+            Some("item") => &["type", "id", "item_id", "available", "timestamp", "fields"],
+            Some("user") => {
+                return Err(format!(
+                    "{at}.type: user events (field updates) are not supported yet"
+                ))
+            }
+            Some(t) => {
+                return Err(format!(
+                    "{at}.type: \"{t}\" is not one of interaction, item, user"
+                ))
+            }
+            None => return Err(format!("{at}.type: missing (interaction, item or user)")),
+        };
+        if let Some(k) = e.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(format!("{at}.{k}: unknown field"));
+        }
+        let id = id_field(e, "id", &at)?;
+        let timestamp = match e.get("timestamp") {
+            None | Some(Value::Null) => now_ms,
+            Some(v) => match v.as_i64() {
+                Some(t) if t > 0 => t,
+                _ => {
+                    return Err(format!(
+                        "{at}.timestamp: must be epoch milliseconds (a positive integer), got {v}"
+                    ))
+                }
+            },
+        };
+        let item_id = id_field(e, "item_id", &at)?;
+        let known = catalog.items.row(&item_id).is_some();
+        out.push(match e["type"].as_str() {
+            Some("interaction") => {
+                let user_id = id_field(e, "user_id", &at)?;
+                if !known {
+                    return Err(format!(
+                        "{at}.item_id: \"{item_id}\" is not in the catalog"
+                    ));
+                }
+                let kind = match e.get("kind") {
+                    Some(Value::String(k)) if catalog.schema.event_kinds.contains(k) => k.clone(),
+                    other => {
+                        return Err(format!(
+                            "{at}.kind: must be one of the schema's events.kinds {:?}, got {}",
+                            catalog.schema.event_kinds,
+                            other.map_or("nothing".into(), Value::to_string)
+                        ))
+                    }
+                };
+                let value = match e.get("value") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(
+                        v.as_f64()
+                            .filter(|x| x.is_finite())
+                            .ok_or_else(|| format!("{at}.value: must be a finite number, got {v}"))?,
+                    ),
+                };
+                Event::Interaction {
+                    id,
+                    user_id,
+                    item_id,
+                    kind,
+                    value,
+                    timestamp,
+                }
+            }
+            _ => {
+                if e.get("fields").is_some() {
+                    return Err(format!(
+                        "{at}.fields: item field updates are not supported yet"
+                    ));
+                }
+                if !known {
+                    return Err(format!(
+                        "{at}.item_id: \"{item_id}\" is not in the catalog (new items are not supported yet)"
+                    ));
+                }
+                let available = match e.get("available") {
+                    Some(Value::Bool(b)) => *b,
+                    None => {
+                        return Err(format!(
+                            "{at}.available: missing (true or false)"
+                        ))
+                    }
+                    Some(v) => return Err(format!("{at}.available: must be true or false, got {v}")),
+                };
+                Event::Item {
+                    id,
+                    item_id,
+                    available,
+                    timestamp,
+                }
+            }
+        });
+    }
+    Ok(out)
+}

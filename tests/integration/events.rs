@@ -1,0 +1,235 @@
+//! Live events (`POST /v1/events`): what users do changes their next
+//! ranking at once, unavailable items never come back, a batch is all or
+//! nothing, ids make events idempotent, and an acknowledged event survives
+//! kill -9.
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+
+use crate::common::{send, Resp, TestServer};
+
+async fn post(addr: SocketAddr, path: &str, body: &Value) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap();
+    send(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        &bytes,
+    )
+    .await
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn rating(id: &str, user: &str, item: &str) -> Value {
+    json!({"type": "interaction", "id": id, "user_id": user, "item_id": item, "kind": "rating", "value": 5})
+}
+
+#[tokio::test]
+async fn an_interaction_removes_the_item_from_the_users_next_answer() {
+    let s = TestServer::shipped().await;
+    let ask = json!({"user_id": "1", "k": 10, "context": {"hour": 3, "weekday": 1}});
+    let before = s.post_json("/v1/rank", &ask).await.json();
+    let top = ids(&before)[0].clone();
+    // Cached now: the event must still show in the next answer.
+    assert_eq!(s.post_json("/v1/rank", &ask).await.json()["cached"], true);
+    let r = post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [rating("e-1", "1", &top)]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"accepted": 1, "duplicates": 0}));
+    let after = s.post_json("/v1/rank", &ask).await.json();
+    assert_eq!(
+        after["cached"], false,
+        "the event made the cached answer stale"
+    );
+    assert!(!ids(&after).contains(&top), "{top} still offered: {after}");
+    // Another user's cached answer is untouched by this user's event.
+    let other = json!({"user_id": "2", "k": 10, "context": {"hour": 3, "weekday": 1}});
+    s.post_json("/v1/rank", &other).await;
+    post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [rating("e-2", "1", &ids(&after)[0])]}),
+    )
+    .await;
+    assert_eq!(s.post_json("/v1/rank", &other).await.json()["cached"], true);
+    // A user the catalog does not know: their interactions seed and shape
+    // their cold-start answers.
+    let r = post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [rating("e-3", "newbie", "50"), rating("e-4", "newbie", "181")]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v = s
+        .post_json("/v1/rank", &json!({"user_id": "newbie", "k": 20}))
+        .await
+        .json();
+    assert_eq!(v["fallback"], "cold_start");
+    let got = ids(&v);
+    assert!(
+        !got.contains(&"50".to_string()) && !got.contains(&"181".to_string()),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_item_is_never_returned_until_it_is_available_again() {
+    let s = TestServer::shipped().await;
+    let item = "50";
+    let set = |available: bool, id: &str| json!({"events": [{"type": "item", "id": id, "item_id": item, "available": available}]});
+    let asks = [
+        json!({"k": 50}),
+        json!({"user_id": "1", "k": 50, "candidates": [item, "181", "100"]}),
+        json!({"k": 10, "recent_items": ["181"]}),
+    ];
+    let r = s.post_json("/v1/rank", &asks[1]).await.json();
+    assert!(ids(&r).contains(&item.to_string()));
+    assert_eq!(
+        post(s.public, "/v1/events", &set(false, "off-1"))
+            .await
+            .status,
+        200
+    );
+    for ask in &asks {
+        let v = s.post_json("/v1/rank", ask).await.json();
+        assert!(!ids(&v).contains(&item.to_string()), "{ask}: {v}");
+    }
+    assert_eq!(
+        post(s.public, "/v1/events", &set(true, "on-1"))
+            .await
+            .status,
+        200
+    );
+    let v = s.post_json("/v1/rank", &asks[1]).await.json();
+    assert!(ids(&v).contains(&item.to_string()), "{v}");
+}
+
+#[tokio::test]
+async fn ids_make_events_idempotent_and_a_bad_batch_applies_nothing() {
+    let s = TestServer::shipped().await;
+    let ask = json!({"user_id": "1", "k": 10, "context": {"hour": 3, "weekday": 1}});
+    let top = ids(&s.post_json("/v1/rank", &ask).await.json())[0].clone();
+    // The first two are fine, the third names no catalog item: nothing lands.
+    let bad = json!({"events": [rating("b-1", "1", &top), rating("b-2", "1", "1"), rating("b-3", "1", "no-such-item")]});
+    let r = post(s.public, "/v1/events", &bad).await;
+    assert_eq!(r.status, 400);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.starts_with("events[2].item_id: \"no-such-item\" is not in the catalog"),
+        "{msg}"
+    );
+    assert!(ids(&s.post_json("/v1/rank", &ask).await.json()).contains(&top));
+    // Twice the same batch, and a repeat inside one.
+    let batch = json!({"events": [rating("d-1", "1", &top), rating("d-2", "1", "1"), rating("d-1", "1", &top)]});
+    let r = post(s.public, "/v1/events", &batch).await;
+    assert_eq!(r.json(), json!({"accepted": 2, "duplicates": 1}));
+    let r = post(s.public, "/v1/events", &batch).await;
+    assert_eq!(r.json(), json!({"accepted": 0, "duplicates": 3}));
+    // Every rejection names the event and the field.
+    for (event, want) in [
+        (
+            json!({"type": "interaction", "id": "x", "user_id": "1", "item_id": "1", "kind": "click"}),
+            "events[0].kind: must be one of the schema's events.kinds [\"rating\"]",
+        ),
+        (
+            json!({"type": "interaction", "user_id": "1", "item_id": "1", "kind": "rating"}),
+            "events[0].id: missing",
+        ),
+        (
+            json!({"type": "interaction", "id": "x", "user_id": "1", "item_id": "1", "kind": "rating", "timestamp": "now"}),
+            "events[0].timestamp: must be epoch milliseconds",
+        ),
+        (
+            json!({"type": "interaction", "id": "x", "user_id": "1", "item_id": "1", "kind": "rating", "value": "5"}),
+            "events[0].value: must be a finite number",
+        ),
+        (
+            json!({"type": "item", "id": "x", "item_id": "1"}),
+            "events[0].available: missing",
+        ),
+        (
+            json!({"type": "user", "id": "x", "user_id": "1", "fields": {}}),
+            "events[0].type: user events",
+        ),
+        (
+            json!({"type": "click", "id": "x"}),
+            "events[0].type: \"click\" is not one of",
+        ),
+        (
+            json!({"type": "item", "id": "x", "item_id": "1", "available": true, "colour": 1}),
+            "events[0].colour: unknown field",
+        ),
+    ] {
+        let r = post(s.public, "/v1/events", &json!({"events": [event]})).await;
+        assert_eq!(r.status, 400);
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.starts_with(want), "{msg}");
+    }
+    let r = post(s.public, "/v1/events", &json!({"events": []})).await;
+    assert_eq!(r.status, 400);
+}
+
+/// An acknowledged event survives kill -9: the restarted process replays
+/// the log, and a torn last record (a crash mid-write) is cut, not applied.
+#[test]
+fn acknowledged_events_survive_kill_9() {
+    use crate::lifecycle::spawn_binary_with;
+    let dir = crate::common::fresh_state_dir();
+    let dir_s = dir.to_string_lossy().to_string();
+    let env = [("CASCADE_STATE__DIR", dir_s.as_str())];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ask = json!({"user_id": "1", "k": 10, "context": {"hour": 3, "weekday": 1}});
+    let (mut child, public, _) = spawn_binary_with(&env);
+    let top = rt.block_on(async {
+        let top = ids(&post(public, "/v1/rank", &ask).await.json())[0].clone();
+        let r = post(
+            public,
+            "/v1/events",
+            &json!({"events": [rating("k-1", "1", &top)]}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        top
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Half a record at the end, as a crash in the middle of a write leaves.
+    let log = dir.join("events.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let half = bytes[..bytes.len() / 2].to_vec();
+    bytes.extend_from_slice(&half);
+    std::fs::write(&log, bytes).unwrap();
+    let (mut child, public, _) = spawn_binary_with(&env);
+    rt.block_on(async {
+        let v = post(public, "/v1/rank", &ask).await.json();
+        assert!(
+            !ids(&v).contains(&top),
+            "the acknowledged event was lost: {v}"
+        );
+        // Idempotent across restarts too.
+        let r = post(
+            public,
+            "/v1/events",
+            &json!({"events": [rating("k-1", "1", &top)]}),
+        )
+        .await;
+        assert_eq!(r.json(), json!({"accepted": 0, "duplicates": 1}));
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
