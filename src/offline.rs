@@ -24,7 +24,7 @@ use crate::catalog::Catalog;
 use crate::data::context::Context;
 use crate::data::features::{FeatureDecl, FeatureSet, Subject};
 use crate::data::parquet::{millis, numbers, read_batches, strings, write, Out};
-use crate::data::schema::{FieldType, Unknown};
+use crate::data::schema::FieldType;
 
 /// One row's inputs, as the file gives them.
 struct Row {
@@ -146,24 +146,16 @@ fn read_rows(
             )
         };
         ctx.push(match &f.ty {
-            FieldType::Category(vocab) => {
+            FieldType::Category(_) => {
                 let values = strings(a.as_ref()).ok_or_else(bad_type)?;
                 let mut codes = Vec::with_capacity(n);
                 for (r, v) in values.into_iter().enumerate() {
                     codes.push(match v {
                         None => None,
-                        Some(s) => match (vocab.code(&s), &f.unknown) {
-                            (Some(c), _) => Some(c as f32),
-                            (None, Unknown::Bucket(c)) => Some(*c as f32),
-                            (None, Unknown::Missing) => None,
-                            (None, Unknown::Error) => {
-                                return Err(err(
-                                    &f.name,
-                                    r,
-                                    format!("\"{s}\" is not in vocabulary \"{}\"", vocab.name),
-                                ))
-                            }
-                        },
+                        Some(s) => f
+                            .code_of(&s, false)
+                            .map_err(|e| err(&f.name, r, e))?
+                            .map(|c| c as f32),
                     });
                 }
                 codes

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use super::schema::{Default, Field, FieldType, Schema, Unknown};
+use super::schema::{Default, Field, FieldType, Schema};
 
 /// Validated context values, one per declared context field, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,10 +55,9 @@ impl Context {
                     let s = v
                         .as_str()
                         .ok_or_else(|| format!("{key} must be a string, got {v}"))?;
-                    match (vocab.code(s), f.unknown.clone()) {
-                        (Some(c), _) | (None, Unknown::Bucket(c)) => Some(c as f32),
-                        (None, Unknown::Missing) => None,
-                        (None, Unknown::Error) => {
+                    match f.code_of(s, false) {
+                        Ok(code) => code.map(|c| c as f32),
+                        Err(_) => {
                             let values = vocab.values();
                             let shown: Vec<&String> = values.iter().take(20).collect();
                             let more = if values.len() > 20 { ", …" } else { "" };

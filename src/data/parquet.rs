@@ -21,7 +21,7 @@ use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::ids::Ids;
-use super::schema::{Default, Entity, Field, FieldType, Unknown};
+use super::schema::{Default, Entity, Field, FieldType};
 use super::table::{Column, Csr, Table};
 use super::DataError;
 
@@ -162,7 +162,7 @@ impl Builder {
                     });
                 }
             }
-            (Builder::Scalars(out), FieldType::Category(vocab)) => {
+            (Builder::Scalars(out), FieldType::Category(_)) => {
                 for (r, v) in strings(array)
                     .ok_or_else(type_error)?
                     .into_iter()
@@ -170,17 +170,10 @@ impl Builder {
                 {
                     out.push(match v {
                         None => default,
-                        Some(s) => match (vocab.code_or_add(&s), field.unknown.clone()) {
-                            (Some(c), _) => c as f32,
-                            (None, Unknown::Missing) => f32::NAN,
-                            (None, Unknown::Bucket(c)) => c as f32,
-                            (None, Unknown::Error) => {
-                                return Err((
-                                    Some(r),
-                                    format!("\"{s}\" is not in vocabulary \"{}\"", vocab.name),
-                                ))
-                            }
-                        },
+                        Some(s) => field
+                            .code_of(&s, true)
+                            .map_err(|e| (Some(r), e))?
+                            .map_or(f32::NAN, |c| c as f32),
                     });
                 }
             }
@@ -207,22 +200,13 @@ impl Builder {
                     }
                 }
             }
-            (Builder::Lists(csr), FieldType::Categories(vocab)) => {
+            (Builder::Lists(csr), FieldType::Categories(_)) => {
                 let (rows, values) = lists(array).ok_or_else(type_error)?;
                 let flat = strings(values.as_ref()).ok_or_else(type_error)?;
                 for (r, range) in rows.into_iter().enumerate() {
                     let mut codes = Vec::new();
                     for s in range.map_or(&[][..], |(a, b)| &flat[a..b]).iter().flatten() {
-                        match (vocab.code_or_add(s), field.unknown.clone()) {
-                            (Some(c), _) | (None, Unknown::Bucket(c)) => codes.push(c),
-                            (None, Unknown::Missing) => {}
-                            (None, Unknown::Error) => {
-                                return Err((
-                                    Some(r),
-                                    format!("\"{s}\" is not in vocabulary \"{}\"", vocab.name),
-                                ))
-                            }
-                        }
+                        codes.extend(field.code_of(s, true).map_err(|e| (Some(r), e))?);
                     }
                     // A set: sorted codes, so sums over it run in code order.
                     codes.sort_unstable();
@@ -379,36 +363,27 @@ fn lists(array: &dyn Array) -> Option<(Vec<Option<(usize, usize)>>, ArrayRef)> {
 
 /// A timestamp column of any unit, or integers (epoch ms), as ms.
 pub(crate) fn millis(array: &dyn Array) -> Option<Vec<Option<f64>>> {
-    let scale = match array.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => 1e3,
-        DataType::Timestamp(TimeUnit::Millisecond, _) => 1.0,
-        DataType::Timestamp(TimeUnit::Microsecond, _) => 1e-3,
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => 1e-6,
-        DataType::Int64 | DataType::Int32 | DataType::Float64 => 1.0,
+    fn raw<T: ArrowPrimitiveType<Native = i64>>(a: &dyn Array) -> Option<Vec<Option<f64>>> {
+        Some(
+            a.as_primitive_opt::<T>()?
+                .iter()
+                .map(|v| v.map(|x| x as f64))
+                .collect(),
+        )
+    }
+    let (raw, scale) = match array.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => (raw::<TimestampSecondType>(array)?, 1e3),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            (raw::<TimestampMillisecondType>(array)?, 1.0)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            (raw::<TimestampMicrosecondType>(array)?, 1e-3)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            (raw::<TimestampNanosecondType>(array)?, 1e-6)
+        }
+        DataType::Int64 | DataType::Int32 | DataType::Float64 => (numbers(array)?, 1.0),
         _ => return None,
-    };
-    let raw: Vec<Option<f64>> = match array.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => array
-            .as_primitive_opt::<TimestampSecondType>()?
-            .iter()
-            .map(|v| v.map(|x| x as f64))
-            .collect(),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => array
-            .as_primitive_opt::<TimestampMillisecondType>()?
-            .iter()
-            .map(|v| v.map(|x| x as f64))
-            .collect(),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => array
-            .as_primitive_opt::<TimestampMicrosecondType>()?
-            .iter()
-            .map(|v| v.map(|x| x as f64))
-            .collect(),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => array
-            .as_primitive_opt::<TimestampNanosecondType>()?
-            .iter()
-            .map(|v| v.map(|x| x as f64))
-            .collect(),
-        _ => numbers(array)?,
     };
     Some(raw.into_iter().map(|v| v.map(|x| x * scale)).collect())
 }

@@ -194,6 +194,31 @@ impl Entity {
     }
 }
 
+impl Field {
+    /// The code of category value `s` under this field's `unknown` rule:
+    /// `Ok(Some(code))`, `Ok(None)` when it counts as missing, or an error
+    /// naming the value and the vocabulary. With `grow`, an open
+    /// vocabulary takes in a new value (snapshot loading only).
+    pub fn code_of(&self, s: &str, grow: bool) -> Result<Option<u32>, String> {
+        let (FieldType::Category(vocab) | FieldType::Categories(vocab)) = &self.ty else {
+            return Err(format!("{} is not a category field", self.name));
+        };
+        let known = if grow {
+            vocab.code_or_add(s)
+        } else {
+            vocab.code(s)
+        };
+        match (known, &self.unknown) {
+            (Some(c), _) => Ok(Some(c)),
+            (None, Unknown::Bucket(c)) => Ok(Some(*c)),
+            (None, Unknown::Missing) => Ok(None),
+            (None, Unknown::Error) => {
+                Err(format!("\"{s}\" is not in vocabulary \"{}\"", vocab.name))
+            }
+        }
+    }
+}
+
 /// Which fields the retrieval stage uses.
 #[derive(Debug, Clone, Default)]
 pub struct Retrieval {
