@@ -167,13 +167,6 @@ impl Table {
         self.slots[field]
     }
 
-    /// Every field of row `r` held in the row table.
-    #[inline]
-    pub fn packed(&self, r: u32) -> &[f32] {
-        let at = r as usize * self.width;
-        &self.row[at..at + self.width]
-    }
-
     /// The value at offset `at` of row `r` of the row table.
     #[inline]
     pub fn scalar(&self, r: u32, at: usize) -> f32 {

@@ -129,15 +129,6 @@ impl Online {
             .clone()
     }
 
-    pub fn is_unavailable(&self, row: u32) -> bool {
-        self.view
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .unavailable
-            .binary_search(&row)
-            .is_ok()
-    }
-
     /// (availability version, the user's history version): what a cached
     /// answer for this user depends on.
     pub fn versions(&self, user_id: Option<&str>) -> (u64, u64) {
@@ -146,15 +137,6 @@ impl Online {
             .and_then(|u| view.users.get(u))
             .map_or(0, |h| h.version);
         (view.availability_version, user)
-    }
-
-    /// Events applied so far (ids remembered for idempotency).
-    pub fn applied(&self) -> usize {
-        self.view
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .applied
-            .len()
     }
 }
 

@@ -69,7 +69,6 @@ pub enum BatchError {
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
     label: String,
-    policy: BatchPolicy,
     stats: Arc<Stats>,
 }
 
@@ -104,7 +103,7 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(policy.queue_capacity.max(1));
         let stats = Arc::new(Stats::default());
         let actor = Actor {
-            policy: policy.clone(),
+            policy,
             pool,
             output: output.to_string(),
             label: label.to_string(),
@@ -115,14 +114,8 @@ impl Batcher {
         Batcher {
             tx,
             label: label.to_string(),
-            policy,
             stats,
         }
-    }
-
-    /// The policy this batcher was built with (its model version's `[batching]`).
-    pub fn policy(&self) -> &BatchPolicy {
-        &self.policy
     }
 
     /// Rows run through the model, and rows dropped before running.
@@ -450,7 +443,6 @@ mod tests {
         let batcher = Batcher {
             tx,
             label: "filter".into(),
-            policy: policy(64, 0),
             stats: Default::default(),
         };
         let model = filter();
