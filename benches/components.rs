@@ -10,6 +10,9 @@
 //! - `cache/*`: `rank_cached` for a request answered from the response
 //!   cache vs the same request with the cache off;
 //! - `retrieval/*`: exact top-300 over the 1,682 × 32 item embeddings;
+//! - `live/*`: three features read from live-event counters vs three
+//!   stored fields, for 300 candidates, with 100k interactions applied;
+//!   applying a batch of 100 interactions to the live view;
 //! - `catalog_1m/*`: feature assembly and id lookups on a generated
 //!   1M-item catalog, where rows scattered over 256 MB of embeddings miss
 //!   the CPU caches (set `CASCADE_BENCH_SKIP_1M=1` to skip: it generates
@@ -144,8 +147,7 @@ fn bench_assembly<'a>(
         b.iter(|| {
             missing.fill(0);
             set.assemble(
-                &catalog.items,
-                &catalog.users,
+                &catalog.sources(),
                 subject,
                 rows(),
                 &mut matrix,
@@ -164,8 +166,7 @@ fn ranker_rows(fx: &Fixture, stage: &StageModel, n: usize) -> Vec<f32> {
     let (mut matrix, mut missing) = (Vec::new(), vec![0u32; set.width()]);
     let rows = candidate_rows(n, pipeline.catalog.items.ids.len());
     set.assemble(
-        &pipeline.catalog.items,
-        &pipeline.catalog.users,
+        &pipeline.catalog.sources(),
         &subject,
         &rows,
         &mut matrix,
@@ -384,6 +385,7 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
         user: Some(12_345),
         ctx,
         now_ms: 0.0,
+        user_id: None,
     };
     // Random rows (a fixed xorshift), as retrieval from a million returns.
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -441,7 +443,110 @@ fn components(c: &mut Criterion) {
     batcher(c, &fx);
     cache(c, &fx);
     retrieval(c, &fx);
+    live(c, &fx);
     catalog_1m(c, &fx);
+}
+
+/// Counter features against stored ones, and the cost of applying events.
+fn live(c: &mut Criterion, fx: &Fixture) {
+    use cascade::data::features::{FeatureDecl, Sources};
+    use cascade::events::online::Online;
+    use cascade::events::Event;
+    let pipeline = fx.state.pipeline.as_ref().unwrap();
+    let catalog = &pipeline.catalog;
+    let items = catalog.items.ids.len();
+    let day = 86_400_000i64;
+    let now = 1_000 * day;
+    // 100k ratings by 1,000 users over the last 60 days, skewed to the
+    // low rows the way popularity is.
+    let interaction = |i: u64, t: i64| Event::Interaction {
+        id: format!("e{i}"),
+        user_id: format!("u{}", i % 1000),
+        item_id: catalog
+            .items
+            .ids
+            .get(((i * i) % items as u64 / 3) as u32)
+            .to_string(),
+        kind: "rating".into(),
+        value: Some((1 + i % 5) as f64),
+        timestamp: t,
+    };
+    let online = Online::new(catalog, 500);
+    let history: Vec<Event> = (0..100_000u64)
+        .map(|i| interaction(i, now - 60 * day + (i as i64 * 60 * day) / 100_000))
+        .collect();
+    for batch in history.chunks(1000) {
+        online.apply(catalog, batch);
+    }
+    let decls = |exprs: [&str; 3]| -> Vec<FeatureDecl> {
+        exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| FeatureDecl {
+                name: format!("f{i}"),
+                expr: e.to_string(),
+                default: 0.0,
+            })
+            .collect()
+    };
+    let stored = FeatureSet::compile(
+        &decls(["item.popularity", "item.recent_popularity", "item.pos_rate"]),
+        &catalog.tables(),
+    )
+    .unwrap();
+    let counters = FeatureSet::compile(
+        &decls([
+            "count(item, kind = 'rating', min_value = 4, last = '30d')",
+            "count(item, kind = 'rating', last = '7d')",
+            "recency(item, kind = 'rating')",
+        ]),
+        &catalog.tables(),
+    )
+    .unwrap();
+    let mut subject = pipeline.subject(&validate(&fx.state, &known_user_request()));
+    subject.now_ms = now as f64;
+    let rows = candidate_rows(300, items);
+    let mut group = c.benchmark_group("live");
+    group.throughput(Throughput::Elements(300));
+    let (mut matrix, mut missing) = (Vec::new(), vec![0u32; 3]);
+    group.bench_function(BenchmarkId::new("features/stored_3", 300), |b| {
+        b.iter(|| {
+            stored.assemble(
+                &catalog.sources(),
+                &subject,
+                &rows,
+                &mut matrix,
+                &mut missing,
+            );
+            black_box(&matrix);
+        })
+    });
+    group.bench_function(BenchmarkId::new("features/counters_3", 300), |b| {
+        b.iter(|| {
+            online.read(|view| {
+                let src = Sources {
+                    live: Some(view),
+                    ..catalog.sources()
+                };
+                counters.assemble(&src, &subject, &rows, &mut matrix, &mut missing);
+            });
+            black_box(&matrix);
+        })
+    });
+    group.throughput(Throughput::Elements(100));
+    let mut next = 100_000u64;
+    group.bench_function(BenchmarkId::new("apply", 100), |b| {
+        b.iter_batched(
+            || {
+                let batch: Vec<Event> = (next..next + 100).map(|i| interaction(i, now)).collect();
+                next += 100;
+                batch
+            },
+            |batch| online.apply(catalog, &batch),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
 }
 
 criterion_group! {

@@ -79,6 +79,11 @@ struct FeaturesArgs {
     /// Parquet rows: item_id, user_id, timestamp and context columns.
     #[arg(long)]
     rows: PathBuf,
+    /// Parquet interactions (user_id, item_id, kind, value, timestamp)
+    /// replayed in time order for count() and recency(): each row sees
+    /// the ones before its timestamp.
+    #[arg(long)]
+    events: Option<PathBuf>,
     /// Where the Parquet matrix goes (one float32 column per feature).
     #[arg(long)]
     out: PathBuf,
@@ -280,8 +285,14 @@ fn features(args: FeaturesArgs) -> anyhow::Result<()> {
     let input = spec
         .input
         .ok_or_else(|| anyhow::anyhow!("{shown}: the model declares no [input] features"))?;
-    let n = cascade::offline::run(&catalog, &input.features, &args.rows, &args.out)
-        .map_err(anyhow::Error::msg)?;
+    let n = cascade::offline::run(
+        &catalog,
+        &input.features,
+        &args.rows,
+        args.events.as_deref(),
+        &args.out,
+    )
+    .map_err(anyhow::Error::msg)?;
     eprintln!(
         "{n} rows × {} features of {} written to {} in {:.1} s",
         input.features.len(),

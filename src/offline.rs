@@ -14,6 +14,20 @@
 //! The output is a Parquet file with one `float32` column per feature, in
 //! the model's order, row for row (what `pandas.read_parquet` returns as
 //! the training matrix).
+//!
+//! Features that read live state (`count()`, `recency()`) need the
+//! interactions that led up to each row: `--events`, a Parquet file of
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `user_id`, `item_id` | string | who did it to what (items must be in the catalog) |
+//! | `kind` | string, optional | one of `events.kinds` (default: the only kind, when there is one) |
+//! | `value` | number, nullable, optional | e.g. the rating |
+//! | `timestamp` | timestamp or int64 ms | when |
+//!
+//! They are replayed in time order through the same live view the server
+//! keeps, and each row sees exactly the events before its own timestamp —
+//! what the server had applied when it ranked at that moment.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,24 +36,29 @@ use arrow_array::RecordBatch;
 
 use crate::catalog::Catalog;
 use crate::data::context::Context;
-use crate::data::features::{FeatureDecl, FeatureSet, Subject};
+use crate::data::features::{FeatureDecl, FeatureSet, Sources, Subject};
 use crate::data::parquet::{millis, numbers, read_batches, strings, write, Out};
 use crate::data::schema::FieldType;
+use crate::events::online::Online;
+use crate::events::Event;
 
 /// One row's inputs, as the file gives them.
 struct Row {
     item: u32,
     user: Option<u32>,
+    user_id: Option<String>,
     ctx: Vec<Option<f32>>,
     at_ms: f64,
 }
 
-/// Computes `decls` for every row of `rows` against `catalog` and writes
-/// the matrix to `out`. Returns the number of rows.
+/// Computes `decls` for every row of `rows` against `catalog` (and the
+/// interactions of `events`, replayed) and writes the matrix to `out`.
+/// Returns the number of rows.
 pub fn run(
     catalog: &Catalog,
     decls: &[FeatureDecl],
     rows: &Path,
+    events: Option<&Path>,
     out: &Path,
 ) -> Result<usize, String> {
     let set = FeatureSet::compile(decls, &catalog.tables())?;
@@ -54,12 +73,21 @@ pub fn run(
     for batch in &batches {
         read_rows(catalog, batch, parsed.len(), now_ms, &shown, &mut parsed)?;
     }
+    let history = match events {
+        Some(path) => read_events(catalog, path)?,
+        None if set.live.item || set.live.user => return Err(
+            "the features read live state (count, recency): give the interactions with --events"
+                .into(),
+        ),
+        None => Vec::new(),
+    };
+    let online = Online::new(catalog, 1);
     let width = set.width();
-    let mut columns: Vec<Vec<f32>> = vec![Vec::with_capacity(parsed.len()); width];
-    let (mut matrix, mut missing) = (Vec::new(), vec![0u32; width]);
     let schema = &catalog.schema;
     // Consecutive rows of one subject (same user, context and time) are
-    // assembled together, as a served request's candidates are.
+    // assembled together, as a served request's candidates are; subjects
+    // go in time order, so that the replay only moves forward.
+    let mut groups = Vec::new();
     let mut start = 0;
     while start < parsed.len() {
         let first = &parsed[start];
@@ -67,31 +95,45 @@ pub fn run(
             + parsed[start..]
                 .iter()
                 .take_while(|r| {
-                    r.user == first.user && r.ctx == first.ctx && r.at_ms == first.at_ms
+                    r.user_id == first.user_id && r.ctx == first.ctx && r.at_ms == first.at_ms
                 })
                 .count();
+        groups.push(start..end);
+        start = end;
+    }
+    groups.sort_by(|a, b| parsed[a.start].at_ms.total_cmp(&parsed[b.start].at_ms));
+    let mut matrix = vec![0f32; parsed.len() * width];
+    let (mut block, mut missing) = (Vec::new(), vec![0u32; width]);
+    let mut applied = 0;
+    for group in groups {
+        let first = &parsed[group.start];
+        let before = history[applied..].partition_point(|e| match e {
+            Event::Interaction { timestamp, .. } => (*timestamp as f64) < first.at_ms,
+            Event::Item { .. } => true,
+        });
+        online.apply(catalog, &history[applied..applied + before]);
+        applied += before;
         let at = UNIX_EPOCH + Duration::from_millis(first.at_ms.max(0.0) as u64);
         let subject = Subject {
             user: first.user,
             ctx: Context(first.ctx.clone()).resolve(schema, at),
             now_ms: first.at_ms,
+            user_id: first.user_id.clone(),
         };
-        let items: Vec<u32> = parsed[start..end].iter().map(|r| r.item).collect();
-        set.assemble(
-            &catalog.items,
-            &catalog.users,
-            &subject,
-            &items,
-            &mut matrix,
-            &mut missing,
-        );
-        for r in 0..items.len() {
-            for (j, col) in columns.iter_mut().enumerate() {
-                col.push(matrix[r * width + j]);
-            }
-        }
-        start = end;
+        let items: Vec<u32> = parsed[group.clone()].iter().map(|r| r.item).collect();
+        online.read(|view| {
+            let src = Sources {
+                items: &catalog.items,
+                users: &catalog.users,
+                live: Some(view),
+            };
+            set.assemble(&src, &subject, &items, &mut block, &mut missing)
+        });
+        matrix[group.start * width..group.end * width].copy_from_slice(&block);
     }
+    let columns: Vec<Vec<f32>> = (0..width)
+        .map(|j| matrix.iter().skip(j).step_by(width).copied().collect())
+        .collect();
     write(
         out,
         set.names
@@ -101,6 +143,86 @@ pub fn run(
             .collect(),
     )?;
     Ok(parsed.len())
+}
+
+/// The interactions of an `--events` file, checked, in time order.
+fn read_events(catalog: &Catalog, path: &Path) -> Result<Vec<Event>, String> {
+    let shown = path
+        .file_name()
+        .map_or("events".into(), |n| n.to_string_lossy().into_owned());
+    let kinds = &catalog.schema.event_kinds;
+    let mut out = Vec::new();
+    for batch in read_batches(path, &shown).map_err(|e| e.to_string())? {
+        let n = batch.num_rows();
+        let column = |name: &str| batch.column_by_name(name);
+        let text = |name: &str| -> Result<Option<Vec<Option<String>>>, String> {
+            column(name)
+                .map(|a| {
+                    strings(a.as_ref())
+                        .ok_or_else(|| format!("{shown}: column \"{name}\" must hold strings"))
+                })
+                .transpose()
+        };
+        let need = |name: &str, v: Option<Vec<Option<String>>>| {
+            v.ok_or_else(|| format!("{shown}: needs a {name} column of strings"))
+        };
+        let users = need("user_id", text("user_id")?)?;
+        let items = need("item_id", text("item_id")?)?;
+        let kind = text("kind")?;
+        let values = match column("value") {
+            Some(a) => numbers(a.as_ref())
+                .ok_or_else(|| format!("{shown}: column \"value\" must hold numbers"))?,
+            None => vec![None; n],
+        };
+        let times = column("timestamp")
+            .and_then(|a| millis(a.as_ref()))
+            .ok_or_else(|| {
+                format!("{shown}: needs a timestamp column (a timestamp or epoch milliseconds)")
+            })?;
+        for r in 0..n {
+            let at = out.len();
+            let bad =
+                |column: &str, why: &str| format!("{shown}: column \"{column}\", row {at}: {why}");
+            let user_id = users[r].clone().ok_or_else(|| bad("user_id", "is null"))?;
+            let item_id = items[r].clone().ok_or_else(|| bad("item_id", "is null"))?;
+            if catalog.items.row(&item_id).is_none() {
+                return Err(bad(
+                    "item_id",
+                    &format!("item \"{item_id}\" is not in the catalog"),
+                ));
+            }
+            let kind = match (&kind, kinds.as_slice()) {
+                (Some(k), _) => k[r].clone().ok_or_else(|| bad("kind", "is null"))?,
+                (None, [only]) => only.clone(),
+                (None, _) => {
+                    return Err(format!(
+                        "{shown}: needs a kind column (the schema has {} interaction kinds)",
+                        kinds.len()
+                    ))
+                }
+            };
+            if !kinds.contains(&kind) {
+                return Err(bad(
+                    "kind",
+                    &format!("\"{kind}\" is not one of events.kinds {kinds:?}"),
+                ));
+            }
+            let timestamp = times[r].ok_or_else(|| bad("timestamp", "is null"))? as i64;
+            out.push(Event::Interaction {
+                id: at.to_string(),
+                user_id,
+                item_id,
+                kind,
+                value: values[r].filter(|v| v.is_finite()),
+                timestamp,
+            });
+        }
+    }
+    let at = |e: &Event| match e {
+        Event::Interaction { timestamp, .. } | Event::Item { timestamp, .. } => *timestamp,
+    };
+    out.sort_by_key(at);
+    Ok(out)
 }
 
 fn read_rows(
@@ -178,6 +300,7 @@ fn read_rows(
         out.push(Row {
             item,
             user: users[r].as_deref().and_then(|u| catalog.users.row(u)),
+            user_id: users[r].clone(),
             ctx: ctx.iter().map(|c| c[r]).collect(),
             at_ms: times[r].unwrap_or(now_ms),
         });

@@ -227,6 +227,7 @@ fn open_events(
         "event log replayed"
     );
     metrics::gauge!(crate::telemetry::metrics::EVENT_LOG_BYTES).set(recovered.log_bytes as f64);
+    pipeline.online.report_size();
     Ok(log)
 }
 

@@ -378,12 +378,20 @@ fields.occupation = {{ type = "category", vocabulary = "occupation", unknown = "
 [events]
 # What POST /v1/events interactions may be.
 kinds = ["rating"]
+# Windowed counters that count(item|user, ...) reads: positive ratings (4 or 5) and all
+# ratings, counted by day, kept 60 days.
+counters = [
+  {{ kind = "rating", min_value = 4, bucket = "1d", keep = "60d" }},
+  {{ kind = "rating", bucket = "1d", keep = "60d" }},
+]
 
 [retrieval]
 item_vector = "embedding"
 user_vector = "embedding"
 popularity = "popularity"
 seen = "seen"
+# Cold start: the items rated 4+ most in the last 30 days (live events), ahead of popularity.
+trending = {{ kind = "rating", min_value = 4, last = "30d" }}
 """
 
 

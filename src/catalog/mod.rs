@@ -122,6 +122,15 @@ impl Catalog {
         }
     }
 
+    /// What assembly reads, without live state.
+    pub fn sources(&self) -> crate::data::features::Sources<'_> {
+        crate::data::features::Sources {
+            items: &self.items,
+            users: &self.users,
+            live: None,
+        }
+    }
+
     /// The item vectors the index searches, `[items, dim]`, and `dim`.
     pub fn item_vectors(&self) -> Option<(&Arc<[f32]>, usize)> {
         self.items.vectors()

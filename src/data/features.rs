@@ -20,7 +20,8 @@ use std::cell::RefCell;
 
 use serde::{Deserialize, Serialize};
 
-use super::expr::eval::{column, scalar, Env, Pool};
+use super::expr::compile::LiveReads;
+use super::expr::eval::{column, scalar, Env, Live, Pool};
 use super::expr::{self, Num, Reach, Tables};
 use super::table::Table;
 
@@ -44,6 +45,18 @@ pub struct Subject {
     /// The request's time (epoch milliseconds): "now", or a historical
     /// row's timestamp offline.
     pub now_ms: f64,
+    /// The request's user id, known to the snapshot or not: live state
+    /// (`count(user, …)`) is by id.
+    pub user_id: Option<String>,
+}
+
+/// What assembly reads: the snapshot's tables and, when there is any, live
+/// state from events.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    pub items: &'a Table,
+    pub users: &'a Table,
+    pub live: Option<&'a dyn Live>,
 }
 
 /// A model's features, compiled against the catalog.
@@ -53,8 +66,11 @@ pub struct FeatureSet {
     plans: Vec<Num>,
     defaults: Vec<f32>,
     /// Context positions read by any feature, sorted: with the user, the
-    /// item and the model version, they fix every value (score cache keys).
+    /// item and the model version, they fix every value (score cache keys)
+    /// — with the live state in `live`.
     pub context_reads: Vec<usize>,
+    /// What of live state (counters, recency) the features read.
+    pub live: LiveReads,
 }
 
 thread_local! {
@@ -67,6 +83,7 @@ impl FeatureSet {
     pub fn compile(decls: &[FeatureDecl], tables: &Tables<'_>) -> Result<FeatureSet, String> {
         let mut plans = Vec::with_capacity(decls.len());
         let mut context_reads = Vec::new();
+        let mut live = LiveReads::default();
         for (i, d) in decls.iter().enumerate() {
             if decls[..i].iter().any(|e| e.name == d.name) {
                 return Err(format!("feature \"{}\" is declared twice", d.name));
@@ -77,6 +94,7 @@ impl FeatureSet {
             let plan =
                 expr::plan(&d.expr, tables).map_err(|e| format!("feature \"{}\": {e}", d.name))?;
             plan.context_reads(&mut context_reads);
+            plan.live_reads(&mut live);
             plans.push(plan);
         }
         context_reads.sort_unstable();
@@ -86,6 +104,7 @@ impl FeatureSet {
             defaults: decls.iter().map(|d| d.default).collect(),
             plans,
             context_reads,
+            live,
         })
     }
 
@@ -97,8 +116,7 @@ impl FeatureSet {
     /// how many rows took its default into `missing` (`width()` long).
     pub fn assemble(
         &self,
-        items: &Table,
-        users: &Table,
+        src: &Sources<'_>,
         subject: &Subject,
         rows: &[u32],
         out: &mut Vec<f32>,
@@ -108,11 +126,13 @@ impl FeatureSet {
         out.clear();
         out.resize(rows.len() * width, 0.0);
         let env = Env {
-            items,
-            users,
+            items: src.items,
+            users: src.users,
             user: subject.user,
             ctx: &subject.ctx,
             now_ms: subject.now_ms,
+            live: src.live,
+            user_id: subject.user_id.as_deref(),
         };
         SCRATCH.with(|scratch| {
             let (pool, col) = &mut *scratch.borrow_mut();
@@ -232,14 +252,12 @@ mod tests {
         };
         let set = FeatureSet::compile(&decls, &tables).unwrap();
         let (mut out, mut missing) = (Vec::new(), vec![0; set.width()]);
-        set.assemble(
-            &f.items,
-            &f.users,
-            subject,
-            &[0, 1, 2],
-            &mut out,
-            &mut missing,
-        );
+        let src = Sources {
+            items: &f.items,
+            users: &f.users,
+            live: None,
+        };
+        set.assemble(&src, subject, &[0, 1, 2], &mut out, &mut missing);
         (out, missing)
     }
 
@@ -250,6 +268,7 @@ mod tests {
             user: Some(0),
             ctx: vec![f32::NAN, 1.0],
             now_ms: 0.0,
+            user_id: None,
         };
         let (out, missing) = assemble(
             &f,
@@ -283,6 +302,7 @@ mod tests {
             user: None,
             ctx: vec![25.0, 0.0],
             now_ms: 0.0,
+            user_id: None,
         };
         let (out, missing) = assemble(
             &f,
@@ -329,7 +349,15 @@ mod tests {
                 "'sailor' is not in vocabulary \"job\", at character 13",
             ),
             ("user.taste", "a feature is a number, this is a vector of 3"),
-            ("count(item, 'click')", "reads online state"),
+            (
+                "count(item, kind = 'click')",
+                "kind 'click' is not one of the schema's events.kinds",
+            ),
+            ("count(item.price)", "count() takes item or user"),
+            (
+                "recency(user, last = '1d')",
+                "recency() takes no named argument \"last\"",
+            ),
             ("frobnicate(1)", "no function \"frobnicate\""),
             ("ctx.device", "the context has no field \"device\""),
             ("item.price +", "the expression ends too early"),

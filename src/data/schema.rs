@@ -21,12 +21,17 @@
 //!
 //! [events]
 //! kinds = ["view", "purchase"]   # what POST /v1/events interactions may be
+//! # Windowed counters that count() reads, per item and per user: one kind,
+//! # optionally only values >= min_value, in buckets of `bucket`, kept `keep`.
+//! counters = [{ kind = "purchase", bucket = "1d", keep = "90d" }]
 //!
 //! [retrieval]
 //! item_vector = "embedding"      # searched by the ANN stage
 //! user_vector = "embedding"      # a known user's query
 //! popularity = "popularity"      # orders the cold-start list
 //! seen = "seen"                  # never retrieved again for that user
+//! # The cold-start list from live counters, ahead of `popularity`:
+//! trending = { kind = "purchase", last = "7d" }
 //! ```
 //!
 //! Types: `number` (f32), `integer`, `category` (a code in a vocabulary),
@@ -226,6 +231,66 @@ pub struct Retrieval {
     pub user_vector: Option<String>,
     pub popularity: Option<String>,
     pub seen: Option<String>,
+    /// Items most counted by a counter over a window: the cold-start list
+    /// from live events, ahead of the static popularity order.
+    pub trending: Option<Window>,
+}
+
+/// A windowed counter `[events] counters` declares: interactions of one
+/// kind (and with a value of at least `min_value`, when given), counted per
+/// item and per user in time buckets of `bucket_ms`, kept for `keep`
+/// buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counter {
+    pub kind: String,
+    pub min_value: Option<f64>,
+    pub bucket_ms: i64,
+    pub keep: u32,
+}
+
+impl Counter {
+    /// Whether an interaction counts.
+    pub fn counts(&self, kind: &str, value: Option<f64>) -> bool {
+        kind == self.kind
+            && match self.min_value {
+                None => true,
+                Some(min) => value.is_some_and(|v| v >= min),
+            }
+    }
+
+    /// The bucket holding epoch millisecond `t`.
+    pub fn bucket(&self, t: i64) -> i64 {
+        t.div_euclid(self.bucket_ms)
+    }
+}
+
+/// A counter read over its last `buckets` buckets (the one holding "now"
+/// included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub counter: usize,
+    pub buckets: u32,
+}
+
+/// `"90s"`, `"15m"`, `"12h"`, `"30d"`, `"2w"` as milliseconds.
+pub fn duration_ms(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let unit_ms: i64 = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => 0,
+    };
+    match n.parse::<i64>() {
+        Ok(n) if n > 0 && unit_ms > 0 && n <= 100_000 => Ok(n * unit_ms),
+        _ => Err(format!(
+            "\"{text}\" is not a duration (a positive whole number and s, m, h, d or w: \"30d\")"
+        )),
+    }
 }
 
 #[derive(Debug)]
@@ -237,6 +302,8 @@ pub struct Schema {
     pub retrieval: Retrieval,
     /// Interaction kinds `POST /v1/events` accepts.
     pub event_kinds: Vec<String>,
+    /// Windowed counters live state keeps (`count()` reads them).
+    pub counters: Vec<Counter>,
 }
 
 // ---- the file's shape ----
@@ -262,6 +329,36 @@ struct SchemaFile {
 struct EventsFile {
     #[serde(default)]
     kinds: Vec<String>,
+    #[serde(default)]
+    counters: Vec<CounterFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterFile {
+    kind: String,
+    min_value: Option<f64>,
+    #[serde(default = "default_bucket")]
+    bucket: String,
+    #[serde(default = "default_keep")]
+    keep: String,
+}
+
+fn default_bucket() -> String {
+    "1h".into()
+}
+
+fn default_keep() -> String {
+    "30d".into()
+}
+
+/// `trending = { kind = "…", min_value = …, last = "7d" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowFile {
+    kind: String,
+    min_value: Option<f64>,
+    last: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +394,7 @@ struct RetrievalFile {
     user_vector: Option<String>,
     popularity: Option<String>,
     seen: Option<String>,
+    trending: Option<WindowFile>,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +470,7 @@ impl Schema {
             context: Vec::new(),
             retrieval: Retrieval::default(),
             event_kinds: Vec::new(),
+            counters: Vec::new(),
         };
         for (i, k) in file.events.kinds.iter().enumerate() {
             if !valid_name(k) || file.events.kinds[..i].contains(k) {
@@ -381,6 +480,43 @@ impl Schema {
             }
         }
         schema.event_kinds = file.events.kinds.clone();
+        for (i, c) in file.events.counters.iter().enumerate() {
+            let key = format!("events.counters[{i}]");
+            if !schema.event_kinds.contains(&c.kind) {
+                return Err(format!(
+                    "{key}.kind: \"{}\" is not one of events.kinds {:?}",
+                    c.kind, schema.event_kinds
+                ));
+            }
+            if c.min_value.is_some_and(|v| !v.is_finite()) {
+                return Err(format!("{key}.min_value: must be a finite number"));
+            }
+            let bucket_ms = duration_ms(&c.bucket).map_err(|e| format!("{key}.bucket: {e}"))?;
+            let keep_ms = duration_ms(&c.keep).map_err(|e| format!("{key}.keep: {e}"))?;
+            if keep_ms % bucket_ms != 0 || keep_ms / bucket_ms > 100_000 {
+                return Err(format!(
+                    "{key}.keep: {} must be a whole number of buckets of {} (at most 100000)",
+                    c.keep, c.bucket
+                ));
+            }
+            let counter = Counter {
+                kind: c.kind.clone(),
+                min_value: c.min_value,
+                bucket_ms,
+                keep: (keep_ms / bucket_ms) as u32,
+            };
+            if schema
+                .counters
+                .iter()
+                .any(|d| d.kind == counter.kind && d.min_value == counter.min_value)
+            {
+                return Err(format!(
+                    "{key}: a counter of kind \"{}\" with this min_value is declared twice",
+                    c.kind
+                ));
+            }
+            schema.counters.push(counter);
+        }
         schema.items.fields = schema.fields("items", &file.items.fields, false)?;
         if let Some(users) = &file.users {
             schema.users.fields = schema.fields("users", &users.fields, true)?;
@@ -555,6 +691,41 @@ impl Schema {
         })
     }
 
+    /// The counter of `kind` with exactly `min_value`, read over `last`
+    /// (default: all it keeps); errors say what to declare.
+    pub fn window(
+        &self,
+        kind: &str,
+        min_value: Option<f64>,
+        last: Option<&str>,
+    ) -> Result<Window, String> {
+        let Some((counter, c)) = self
+            .counters
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.kind == kind && c.min_value == min_value)
+        else {
+            return Err(format!(
+                "no counter of kind '{kind}'{} is declared (add it to schema.toml's [events] counters)",
+                min_value.map_or(String::new(), |v| format!(" with min_value {v}"))
+            ));
+        };
+        let buckets = match last {
+            None => c.keep,
+            Some(text) => {
+                let ms = duration_ms(text)?;
+                if ms % c.bucket_ms != 0 || ms / c.bucket_ms > c.keep as i64 {
+                    return Err(format!(
+                        "last = '{text}' must be a whole number of the counter's buckets ({} ms) and at most what it keeps ({} buckets)",
+                        c.bucket_ms, c.keep
+                    ));
+                }
+                (ms / c.bucket_ms) as u32
+            }
+        };
+        Ok(Window { counter, buckets })
+    }
+
     fn retrieval_roles(&self, r: RetrievalFile) -> Result<Retrieval, String> {
         let vector = |key: &str, entity: &Entity, name: &Option<String>| -> Result<(), String> {
             let Some(name) = name else { return Ok(()) };
@@ -625,11 +796,19 @@ impl Schema {
                 ));
             }
         }
+        let trending = match &r.trending {
+            None => None,
+            Some(t) => Some(
+                self.window(&t.kind, t.min_value, t.last.as_deref())
+                    .map_err(|e| format!("retrieval.trending: {e}"))?,
+            ),
+        };
         Ok(Retrieval {
             item_vector: r.item_vector,
             user_vector: r.user_vector,
             popularity: r.popularity,
             seen: r.seen,
+            trending,
         })
     }
 
@@ -667,11 +846,19 @@ mod tests {
         fields.hour = { type = "integer", min = 0, max = 23, default = "now.hour" }
         fields.colour = { type = "category", vocabulary = "colour", unknown = "missing" }
 
+        [events]
+        kinds = ["view", "purchase"]
+        counters = [
+          { kind = "purchase", bucket = "1d", keep = "60d" },
+          { kind = "view", min_value = 30, bucket = "1h" },
+        ]
+
         [retrieval]
         item_vector = "embedding"
         user_vector = "embedding"
         popularity = "price"
         seen = "seen"
+        trending = { kind = "purchase", last = "7d" }
     "#;
 
     #[test]
@@ -694,6 +881,44 @@ mod tests {
         assert_eq!(s.vocabularies["colour"].code_or_add("blue"), None);
         assert_eq!(s.context[0].default, Some(Default::NowHour));
         assert_eq!(s.retrieval.seen.as_deref(), Some("seen"));
+        assert_eq!(
+            s.counters[1],
+            Counter {
+                kind: "view".into(),
+                min_value: Some(30.0),
+                bucket_ms: 3_600_000,
+                keep: 720
+            }
+        );
+        assert_eq!(
+            s.retrieval.trending,
+            Some(Window {
+                counter: 0,
+                buckets: 7
+            })
+        );
+        assert_eq!(s.window("view", Some(30.0), Some("2h")).unwrap().buckets, 2);
+        assert!(s.counters[1].counts("view", Some(31.0)));
+        assert!(!s.counters[1].counts("view", None));
+        assert_eq!(s.counters[0].bucket(-1), -1);
+        for (bad, want) in [
+            (
+                ("view", None, None),
+                "no counter of kind 'view' is declared",
+            ),
+            (
+                ("view", Some(30.0), Some("90m")),
+                "whole number of the counter's buckets",
+            ),
+            (
+                ("purchase", None, Some("61d")),
+                "at most what it keeps (60 buckets)",
+            ),
+            (("purchase", None, Some("7 days")), "is not a duration"),
+        ] {
+            let e = s.window(bad.0, bad.1, bad.2).unwrap_err();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
     }
 
     #[test]
@@ -730,6 +955,22 @@ mod tests {
             (
                 ("dim = 4 }", "dim = 4, colour = 1 }"),
                 "items.fields.embedding",
+            ),
+            (
+                ("kind = \"purchase\", bucket", "kind = \"buy\", bucket"),
+                "events.counters[0].kind: \"buy\" is not one of events.kinds",
+            ),
+            (
+                ("keep = \"60d\"", "keep = \"36h\""),
+                "events.counters[0].keep: 36h must be a whole number of buckets of 1d",
+            ),
+            (
+                ("bucket = \"1h\"", "bucket = \"1x\""),
+                "events.counters[1].bucket: \"1x\" is not a duration",
+            ),
+            (
+                ("last = \"7d\"", "last = \"7h\""),
+                "retrieval.trending: last = '7h' must be a whole number",
             ),
         ] {
             let text = SHOP.replacen(change.0, change.1, 1);

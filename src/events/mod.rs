@@ -5,15 +5,18 @@
 //! - [`log`]: the write-ahead log — framed, checksummed, fsynced batches;
 //!   replayed at start, a torn tail cut and reported.
 //! - [`online`]: the view: each user's recent interactions (newest first,
-//!   bounded), items made unavailable, the ids already applied, and the
-//!   versions the response cache keys by.
+//!   bounded), per item and per user the declared windowed counters and
+//!   last-interaction times, items made unavailable, the ids already
+//!   applied, and the versions the caches key by.
+//! - [`counters`]: bucketed cumulative counts behind `count()`.
 //!
-//! This is the first slice of the live-events work: interactions (user
-//! histories, `exclude_seen`, a cold-start user's recent items) and item
-//! availability. Windowed counters, new items and field updates, snapshots
-//! and Redis come next; an event this slice cannot apply is a 400 that says
-//! so, never silently dropped.
+//! Built so far: interactions (user histories, `exclude_seen`, a
+//! cold-start user's recent items, counters for `count()`/`recency()`, the
+//! trending list) and item availability. New items and field updates,
+//! snapshots and Redis come next; an event that cannot be applied yet is a
+//! 400 that says so, never silently dropped.
 
+pub mod counters;
 pub mod log;
 pub mod online;
 

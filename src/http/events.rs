@@ -61,6 +61,7 @@ pub async fn route(
             metrics::gauge!(m::EVENT_LOG_BYTES).increment(written as f64);
         }
         let applied = pipeline.online.apply(&pipeline.catalog, &fresh);
+        pipeline.online.report_size();
         for e in &fresh {
             metrics::counter!(m::EVENTS_TOTAL, "type" => e.type_name(), "outcome" => "accepted")
                 .increment(1);

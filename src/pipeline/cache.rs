@@ -58,9 +58,10 @@ pub struct CacheKey {
     exclude: Vec<String>,
     k: usize,
     deadline_ms: u64,
-    /// Live-state versions the answer depends on: item availability and
-    /// this user's event history (see `events::online`).
-    live: (u64, u64),
+    /// Live state the answer depends on: item availability, this user's
+    /// events, the items' counters and the clock's bucket when something
+    /// reads them, the trending list (see `Pipeline::live_key`).
+    live: [u64; 5],
 }
 
 impl CacheKey {
@@ -83,7 +84,7 @@ impl CacheKey {
         versions: String,
         req: &ValidRequest,
         subject: &Subject,
-        live: (u64, u64),
+        live: [u64; 5],
     ) -> CacheKey {
         let mut exclude = req.exclude.clone();
         exclude.sort_unstable();

@@ -143,6 +143,10 @@ impl Pipeline {
                 .increment(0);
         }
         let rules = rules::Rules::compile(&ranking.rules, &catalog)?;
+        let online = Arc::new(crate::events::online::Online::new(
+            &catalog,
+            config.state.max_history,
+        ));
         let pipeline = Pipeline {
             limits: ranking.limits(),
             filter: model_ref("filter_model", &ranking.filter_model)?,
@@ -170,7 +174,7 @@ impl Pipeline {
                 .enabled
                 .then(|| ScoreCache::new(&ranking.score_cache)),
             rules,
-            online: Arc::new(crate::events::online::Online::new(config.state.max_history)),
+            online,
         };
         for (key, r) in [
             ("ranking.filter_model", &pipeline.filter),
@@ -286,6 +290,7 @@ impl Pipeline {
             now_ms: now
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_millis() as f64),
+            user_id: req.user_id.clone(),
         }
     }
 }

@@ -17,7 +17,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
-use crate::data::expr::eval::{column, Env, Pool};
+use crate::data::expr::compile::LiveReads;
+use crate::data::expr::eval::{column, Env, Live, Pool};
 use crate::data::expr::{self, Num};
 use crate::data::features::Subject;
 use crate::data::schema::FieldType;
@@ -42,6 +43,8 @@ pub struct DiversityConfig {
 #[derive(Debug, Default)]
 pub struct Rules {
     drop: Vec<Num>,
+    /// What of live state the drop rules read.
+    live: LiveReads,
     /// Row-table offset of each diversity field, and its quota.
     diversity: Vec<(usize, usize)>,
 }
@@ -50,7 +53,7 @@ impl Rules {
     /// Compiles `config`; errors name the key (`ranking.rules.drop[0]: …`).
     pub fn compile(config: &RulesConfig, catalog: &Catalog) -> Result<Rules, String> {
         let tables = catalog.tables();
-        let drop = config
+        let drop: Vec<Num> = config
             .drop
             .iter()
             .enumerate()
@@ -80,17 +83,31 @@ impl Rules {
             }
             diversity.push((at, d.max));
         }
-        Ok(Rules { drop, diversity })
+        let mut live = LiveReads::default();
+        for rule in &drop {
+            rule.live_reads(&mut live);
+        }
+        Ok(Rules {
+            drop,
+            live,
+            diversity,
+        })
     }
 
     pub fn has_drop(&self) -> bool {
         !self.drop.is_empty()
     }
 
+    /// What of live state the drop rules read (`count(item, …) > 100`).
+    pub fn live_reads(&self) -> &LiveReads {
+        &self.live
+    }
+
     /// Removes the candidates a drop rule applies to.
     pub fn drop_candidates(
         &self,
         catalog: &Catalog,
+        live: Option<&dyn Live>,
         subject: &Subject,
         rows: &mut Vec<(u32, f32)>,
     ) {
@@ -103,6 +120,8 @@ impl Rules {
             user: subject.user,
             ctx: &subject.ctx,
             now_ms: subject.now_ms,
+            live,
+            user_id: subject.user_id.as_deref(),
         };
         let items: Vec<u32> = rows.iter().map(|(r, _)| *r).collect();
         let mut keep = vec![true; items.len()];

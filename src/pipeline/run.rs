@@ -17,7 +17,9 @@ use super::shadow::ShadowJob;
 use super::stages::{self, StageError, StageModel};
 use super::{Pipeline, RankError, Scored};
 use crate::config::OnOverload;
+use crate::data::expr::compile::LiveReads;
 use crate::data::features::Subject;
+use crate::events::online::Trending;
 use crate::model::executor::InferencePool;
 use crate::model::Registry;
 use crate::telemetry::metrics as m;
@@ -35,14 +37,15 @@ impl Pipeline {
         let subject = self.subject(&req);
         let plan = self.plan(registry, &req, &subject);
         let variant = plan.variant.clone();
+        let trending = self.trending_for(&req, &subject);
         let result = match self.cache.as_ref().filter(|_| !req.debug) {
-            None => self.rank_for(subject, plan, req).await,
+            None => self.rank_for(subject, plan, req, trending).await,
             Some(cache) => {
-                let live = self.online.versions(req.user_id.as_deref());
+                let live = self.live_key(&plan, &req, &subject, trending.as_deref());
                 let key = CacheKey::new(&plan.variant, plan.versions(), &req, &subject, live);
                 let request_id = req.request_id.clone();
                 match cache
-                    .get_or_compute(key, self.rank_for(subject, plan, req))
+                    .get_or_compute(key, self.rank_for(subject, plan, req, trending))
                     .await
                 {
                     Ok((mut response, hit)) => {
@@ -87,7 +90,45 @@ impl Pipeline {
     ) -> Result<RankResponse, RankError> {
         let subject = self.subject(&req);
         let plan = self.plan(registry, &req, &subject);
-        self.rank_for(subject, plan, req).await
+        let trending = self.trending_for(&req, &subject);
+        self.rank_for(subject, plan, req, trending).await
+    }
+
+    /// The trending list, for a request that may retrieve from it: a
+    /// cold-start one without candidates, when the schema declares one.
+    fn trending_for(&self, req: &ValidRequest, subject: &Subject) -> Option<Arc<Trending>> {
+        let window = self.catalog.schema.retrieval.trending?;
+        (subject.user.is_none() && req.candidates.is_none())
+            .then(|| self.online.trending(window, subject.now_ms))
+    }
+
+    /// What of live state a cached answer depends on, beyond the request:
+    /// availability and the user's own events always; every item's live
+    /// state and the clock's bucket when a stage model or a rule reads
+    /// counters; the trending list it retrieved from.
+    fn live_key(
+        &self,
+        plan: &Plan,
+        req: &ValidRequest,
+        subject: &Subject,
+        trending: Option<&Trending>,
+    ) -> [u64; 5] {
+        let versions = self.online.versions(req.user_id.as_deref());
+        let mut reads = self.rules.live_reads().clone();
+        for m in [&plan.filter, &plan.rerank].into_iter().flatten().flatten() {
+            let r = &m.features().live;
+            reads.item |= r.item;
+            reads.counters.extend(&r.counters);
+        }
+        let LiveReads { item, counters, .. } = reads;
+        let trending = trending.map_or((0, 0), |t| t.key);
+        [
+            versions.availability,
+            versions.user,
+            if item { versions.items } else { 0 },
+            self.online.time_key(&counters, subject.now_ms),
+            trending.0 ^ (trending.1 as u64).rotate_left(32),
+        ]
     }
 
     async fn rank_for(
@@ -95,6 +136,7 @@ impl Pipeline {
         subject: Subject,
         plan: Plan,
         req: ValidRequest,
+        trending: Option<Arc<Trending>>,
     ) -> Result<RankResponse, RankError> {
         let started = Instant::now();
         // Model stages must finish before `deadline`, which keeps the
@@ -132,13 +174,16 @@ impl Pipeline {
             Some(ids) => stages::caller_candidates(&self.catalog, &subject, ids, &excluded),
             None => stages::retrieve(
                 &self.catalog,
-                self.index.as_ref(),
                 &subject,
                 &req.recent_items,
-                &history,
-                &excluded,
-                plan.retrieve_n,
-                self.config.exclude_seen,
+                &stages::Retrieval {
+                    index: self.index.as_ref(),
+                    history: &history,
+                    trending: trending.as_deref(),
+                    excluded: &excluded,
+                    n: plan.retrieve_n,
+                    exclude_seen: self.config.exclude_seen,
+                },
             ),
         };
         let asked = req.candidates.as_ref().map_or(plan.retrieve_n, Vec::len);
@@ -153,8 +198,16 @@ impl Pipeline {
         if self.rules.has_drop() {
             let t = Instant::now();
             let n_in = current.len();
-            self.rules
-                .drop_candidates(&self.catalog, &subject, &mut current);
+            let reads = self.rules.live_reads();
+            if reads.item || reads.user {
+                self.online.read(|view| {
+                    self.rules
+                        .drop_candidates(&self.catalog, Some(view), &subject, &mut current)
+                });
+            } else {
+                self.rules
+                    .drop_candidates(&self.catalog, None, &subject, &mut current);
+            }
             report(&mut reports, &variant, Stage::Rules, n_in, current.len(), t);
         }
         if current.is_empty() {
@@ -279,6 +332,7 @@ impl Pipeline {
         keep_matrix: bool,
     ) -> Result<stages::StageScores, StageError> {
         let batcher = if rerank { self.batcher(model) } else { None };
+        let reads = &model.features().live;
         let cached = self
             .score_cache
             .as_ref()
@@ -287,11 +341,19 @@ impl Pipeline {
                 model: model.id(),
                 user,
                 context: score_cache::context_key(&subject.ctx, &model.features().context_reads),
+                // The user's own events, and the clock's bucket for
+                // windows, when the features read them.
+                live: if reads.user {
+                    self.online.versions(subject.user_id.as_deref()).user
+                } else {
+                    0
+                } ^ self.online.time_key(&reads.counters, subject.now_ms),
             }));
         let Some((cache, key)) = cached else {
             return model
                 .score(
                     &self.catalog,
+                    &self.online,
                     batcher.as_ref(),
                     &self.pool,
                     subject,
@@ -301,13 +363,22 @@ impl Pipeline {
                 )
                 .await;
         };
-        let (known, missing) = cache.lookup(key, rows);
+        // Each item's live-state stamp, read before scoring: a score is
+        // never stored under a stamp newer than the state it saw.
+        let stamps: Vec<u32> = if reads.item {
+            self.online
+                .read(|view| rows.iter().map(|&r| view.stamp(r)).collect())
+        } else {
+            Vec::new()
+        };
+        let (known, missing, missing_stamps) = cache.lookup(key, rows, &stamps);
         let fresh = if missing.is_empty() {
             Vec::new()
         } else {
             model
                 .score(
                     &self.catalog,
+                    &self.online,
                     batcher.as_ref(),
                     &self.pool,
                     subject,
@@ -318,7 +389,7 @@ impl Pipeline {
                 .await?
                 .scores
         };
-        cache.insert(key, &missing, &fresh);
+        cache.insert(key, &missing, &fresh, &missing_stamps);
         Ok(stages::StageScores {
             scores: score_cache::merge(known, &fresh),
             matrix: None,
@@ -355,9 +426,10 @@ impl Pipeline {
             } else {
                 let mut own = Vec::new();
                 let mut missing = vec![0u32; model.features().width()];
-                model.features().assemble(
-                    &self.catalog.items,
-                    &self.catalog.users,
+                stages::assemble(
+                    model.features(),
+                    &self.catalog,
+                    &self.online,
                     subject,
                     rows,
                     &mut own,

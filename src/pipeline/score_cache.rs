@@ -15,6 +15,13 @@
 //! 64-bit fingerprint of exactly those values (see [`context_key`]). Only
 //! known users are cached. The model part of the key is the prepared
 //! version's id, so a reload can never serve a score of the old version.
+//!
+//! Features may also read live state (`count()`, `recency()`): the user's
+//! own events and the clock's bucket then join the key (`live`), and each
+//! cached score carries its item's live-state stamp from before it was
+//! computed; a score whose item has moved on since is a miss, so an event
+//! invalidates exactly the scores of the items and the user it touched.
+//! (Days since an event, like `days_since()`, drift within the TTL.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +62,9 @@ pub struct ScoreKey {
     pub user: u32,
     /// [`context_key`] of the context values the model reads.
     pub context: u64,
+    /// The user's live-state version and the windows' time bucket, when
+    /// the features read them (else 0).
+    pub live: u64,
 }
 
 /// A fingerprint of `ctx` at `positions` (the values a model's features
@@ -73,8 +83,8 @@ pub fn context_key(ctx: &[f32], positions: &[usize]) -> u64 {
     h
 }
 
-/// Items and their scores, sorted by item.
-type Scores = Arc<Vec<(u32, f32)>>;
+/// Items, their scores and the items' live-state stamps, sorted by item.
+type Scores = Arc<Vec<(u32, f32, u32)>>;
 
 pub struct ScoreCache {
     cache: Cache<ScoreKey, Scores>,
@@ -102,19 +112,29 @@ impl ScoreCache {
     }
 
     /// Splits `rows` into the scores already known (by position) and the
-    /// rows still to score.
-    pub fn lookup(&self, key: ScoreKey, rows: &[u32]) -> (Vec<Option<f32>>, Vec<u32>) {
+    /// rows still to score, with their stamps. `stamps` are the rows'
+    /// current live-state stamps (empty: all 0); a score stored under
+    /// another stamp is stale.
+    pub fn lookup(
+        &self,
+        key: ScoreKey,
+        rows: &[u32],
+        stamps: &[u32],
+    ) -> (Vec<Option<f32>>, Vec<u32>, Vec<u32>) {
         let entry = self.cache.get(&key);
         let mut known = Vec::with_capacity(rows.len());
-        let mut missing = Vec::new();
-        for &item in rows {
+        let (mut missing, mut missing_stamps) = (Vec::new(), Vec::new());
+        for (n, &item) in rows.iter().enumerate() {
+            let stamp = stamps.get(n).copied().unwrap_or(0);
             let hit = entry.as_ref().and_then(|e| {
-                e.binary_search_by_key(&item, |&(i, _)| i)
+                e.binary_search_by_key(&item, |&(i, _, _)| i)
                     .ok()
+                    .filter(|&at| e[at].2 == stamp)
                     .map(|at| e[at].1)
             });
             if hit.is_none() {
                 missing.push(item);
+                missing_stamps.push(stamp);
             }
             known.push(hit);
         }
@@ -126,7 +146,7 @@ impl ScoreCache {
             .increment(hits);
         metrics::counter!(m::CACHE_REQUESTS_TOTAL, "cache" => "score", "result" => "miss")
             .increment(missing.len() as u64);
-        (known, missing)
+        (known, missing, missing_stamps)
     }
 
     /// Rows found and rows not found so far.
@@ -142,13 +162,20 @@ impl ScoreCache {
     /// fresh rows are sorted and merged in one pass, so an insert costs
     /// the entry's length, at most `max_scores_per_context`; a context
     /// that would pass it keeps only the fresh rows.
-    pub fn insert(&self, key: ScoreKey, rows: &[u32], scores: &[f32]) {
+    /// `stamps` are the rows' stamps as [`ScoreCache::lookup`] gave them
+    /// (empty: all 0).
+    pub fn insert(&self, key: ScoreKey, rows: &[u32], scores: &[f32], stamps: &[u32]) {
         if rows.is_empty() {
             return;
         }
-        let mut fresh: Vec<(u32, f32)> = rows.iter().copied().zip(scores.iter().copied()).collect();
-        fresh.sort_unstable_by_key(|&(item, _)| item);
-        fresh.dedup_by_key(|&mut (item, _)| item);
+        let mut fresh: Vec<(u32, f32, u32)> = rows
+            .iter()
+            .zip(scores)
+            .enumerate()
+            .map(|(n, (&item, &score))| (item, score, stamps.get(n).copied().unwrap_or(0)))
+            .collect();
+        fresh.sort_unstable_by_key(|&(item, _, _)| item);
+        fresh.dedup_by_key(|&mut (item, _, _)| item);
         fresh.truncate(self.per_context);
         let entry = match self.cache.get(&key) {
             Some(old) if old.len() + fresh.len() <= self.per_context => merge_sorted(&old, &fresh),
@@ -162,7 +189,7 @@ impl ScoreCache {
 
 /// The union of two lists sorted by item with no repeats, sorted; where
 /// both hold an item, `new`'s score wins.
-fn merge_sorted(old: &[(u32, f32)], new: &[(u32, f32)]) -> Vec<(u32, f32)> {
+fn merge_sorted(old: &[(u32, f32, u32)], new: &[(u32, f32, u32)]) -> Vec<(u32, f32, u32)> {
     let mut out = Vec::with_capacity(old.len() + new.len());
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
     while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
@@ -200,20 +227,21 @@ mod tests {
             model,
             user: 7,
             context: context_key(&[20.0, 2.0], &[0, 1]),
+            live: 0,
         }
     }
 
     #[test]
     fn hits_and_misses_keep_their_positions() {
         let c = ScoreCache::new(&ScoreCacheConfig::default());
-        c.insert(key(1), &[10, 12], &[0.5, 0.25]);
-        let (known, missing) = c.lookup(key(1), &[11, 10, 13, 12]);
+        c.insert(key(1), &[10, 12], &[0.5, 0.25], &[]);
+        let (known, missing, _) = c.lookup(key(1), &[11, 10, 13, 12], &[]);
         assert_eq!(known, [None, Some(0.5), None, Some(0.25)]);
         assert_eq!(missing, [11, 13]);
         assert_eq!(merge(known, &[0.9, 0.1]), [0.9, 0.5, 0.1, 0.25]);
         // New rows join the context's entry; old ones stay.
-        c.insert(key(1), &[13, 11], &[0.1, 0.9]);
-        let (known, missing) = c.lookup(key(1), &[10, 11, 12, 13]);
+        c.insert(key(1), &[13, 11], &[0.1, 0.9], &[]);
+        let (known, missing, _) = c.lookup(key(1), &[10, 11, 12, 13], &[]);
         assert!(missing.is_empty());
         assert_eq!(merge(known, &[]), [0.5, 0.9, 0.25, 0.1]);
         assert_eq!(c.stats(), (6, 2));
@@ -223,34 +251,40 @@ mod tests {
     fn merged_entries_stay_sorted_and_a_full_context_starts_over() {
         assert_eq!(
             merge_sorted(
-                &[(1, 0.1), (4, 0.4), (9, 0.9)],
-                &[(0, 0.0), (4, 4.0), (10, 1.0)]
+                &[(1, 0.1, 0), (4, 0.4, 0), (9, 0.9, 0)],
+                &[(0, 0.0, 0), (4, 4.0, 1), (10, 1.0, 0)]
             ),
-            [(0, 0.0), (1, 0.1), (4, 4.0), (9, 0.9), (10, 1.0)]
+            [
+                (0, 0.0, 0),
+                (1, 0.1, 0),
+                (4, 4.0, 1),
+                (9, 0.9, 0),
+                (10, 1.0, 0)
+            ]
         );
-        assert_eq!(merge_sorted(&[], &[(3, 0.3)]), [(3, 0.3)]);
+        assert_eq!(merge_sorted(&[], &[(3, 0.3, 0)]), [(3, 0.3, 0)]);
         let c = ScoreCache::new(&ScoreCacheConfig {
             max_scores_per_context: 5,
             ..ScoreCacheConfig::default()
         });
-        c.insert(key(1), &[30, 10, 20], &[3.0, 1.0, 2.0]);
-        c.insert(key(1), &[40, 10], &[4.0, 1.0]);
-        let (known, missing) = c.lookup(key(1), &[10, 20, 30, 40]);
+        c.insert(key(1), &[30, 10, 20], &[3.0, 1.0, 2.0], &[]);
+        c.insert(key(1), &[40, 10], &[4.0, 1.0], &[]);
+        let (known, missing, _) = c.lookup(key(1), &[10, 20, 30, 40], &[]);
         assert!(missing.is_empty());
         assert_eq!(merge(known, &[]), [1.0, 2.0, 3.0, 4.0]);
         // 4 + 2 > 5: only the fresh rows stay.
-        c.insert(key(1), &[60, 50], &[6.0, 5.0]);
-        assert_eq!(c.lookup(key(1), &[10, 50, 60]).1, [10]);
+        c.insert(key(1), &[60, 50], &[6.0, 5.0], &[]);
+        assert_eq!(c.lookup(key(1), &[10, 50, 60], &[]).1, [10]);
         // More fresh rows than the cap: the first five by item are kept.
-        c.insert(key(2), &[7, 6, 5, 4, 3, 2, 1], &[0.0; 7]);
-        assert_eq!(c.lookup(key(2), &[1, 5, 6, 7]).1, [6, 7]);
+        c.insert(key(2), &[7, 6, 5, 4, 3, 2, 1], &[0.0; 7], &[]);
+        assert_eq!(c.lookup(key(2), &[1, 5, 6, 7], &[]).1, [6, 7]);
     }
 
     #[test]
     fn another_model_version_or_context_misses() {
         let c = ScoreCache::new(&ScoreCacheConfig::default());
-        c.insert(key(1), &[10], &[0.5]);
-        assert_eq!(c.lookup(key(2), &[10]).1, [10]);
+        c.insert(key(1), &[10], &[0.5], &[]);
+        assert_eq!(c.lookup(key(2), &[10], &[]).1, [10]);
         let other = context_key(&[21.0, 2.0], &[0, 1]);
         assert_eq!(
             c.lookup(
@@ -258,11 +292,33 @@ mod tests {
                     context: other,
                     ..key(1)
                 },
-                &[10]
+                &[10],
+                &[]
             )
             .1,
             [10]
         );
-        assert!(c.lookup(key(1), &[10]).1.is_empty());
+        assert!(c.lookup(key(1), &[10], &[]).1.is_empty());
+        let live = ScoreKey { live: 9, ..key(1) };
+        assert_eq!(
+            c.lookup(live, &[10], &[]).1,
+            [10],
+            "the user's events moved on"
+        );
+    }
+
+    #[test]
+    fn a_score_is_stale_once_its_item_stamp_moves() {
+        let c = ScoreCache::new(&ScoreCacheConfig::default());
+        let (_, missing, stamps) = c.lookup(key(1), &[10, 11], &[3, 5]);
+        assert_eq!(
+            (missing.as_slice(), stamps.as_slice()),
+            (&[10, 11][..], &[3, 5][..])
+        );
+        c.insert(key(1), &missing, &[0.5, 0.6], &stamps);
+        // Item 11 had an event since: only its score is recomputed.
+        let (known, missing, stamps) = c.lookup(key(1), &[10, 11], &[3, 6]);
+        assert_eq!(known, [Some(0.5), None]);
+        assert_eq!((missing, stamps), (vec![11], vec![6]));
     }
 }

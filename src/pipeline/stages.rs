@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::catalog::{index, Catalog, VectorIndex};
-use crate::data::features::{FeatureSet, Subject};
+use crate::data::features::{FeatureSet, Sources, Subject};
+use crate::events::online::{Online, Trending};
 use crate::model::batcher::{BatchError, Batcher};
 use crate::model::executor::InferencePool;
 use crate::model::{LoadedModel, Tensor, TensorData};
@@ -59,23 +60,32 @@ fn base_score(catalog: &Catalog, subject: &Subject, row: u32) -> f32 {
 /// request names no `recent_items`.
 const RECENT_FROM_HISTORY: usize = 10;
 
+/// What retrieval reads besides the catalog and the request.
+pub struct Retrieval<'a> {
+    pub index: &'a dyn VectorIndex,
+    /// What the user did since the snapshot (events), newest first.
+    pub history: &'a [u32],
+    /// The most-counted items of `[retrieval] trending`, when declared.
+    pub trending: Option<&'a Trending>,
+    pub excluded: &'a HashSet<u32>,
+    pub n: usize,
+    pub exclude_seen: bool,
+}
+
 /// Retrieval for a known user (their embedding), a cold-start user with
 /// recent items (the mean of those items' embeddings; without any in the
 /// request, the latest of their event `history`), or anyone else (the
-/// popularity list). Returns up to `n` items, never an excluded one, never
-/// one the user has already seen — in the snapshot or since, by events —
-/// (when `exclude_seen`), never a recent item.
-#[allow(clippy::too_many_arguments)]
+/// trending list from live counters, then the popularity list). Returns up
+/// to `n` items, never an excluded one, never one the user has already
+/// seen — in the snapshot or since, by events — (when `exclude_seen`),
+/// never a recent item.
 pub fn retrieve(
     catalog: &Catalog,
-    index: &dyn VectorIndex,
     subject: &Subject,
     recent_items: &[String],
-    history: &[u32],
-    excluded: &HashSet<u32>,
-    n: usize,
-    exclude_seen: bool,
+    r: &Retrieval<'_>,
 ) -> Vec<(u32, f32)> {
+    let (index, history, excluded, n) = (r.index, r.history, r.excluded, r.n);
     let mut recent: Vec<u32> = recent_items
         .iter()
         .filter_map(|id| catalog.items.row(id))
@@ -97,10 +107,10 @@ pub fn retrieve(
         _ => None,
     };
     let seen: &[u32] = match subject.user {
-        Some(u) if exclude_seen => catalog.seen(u),
+        Some(u) if r.exclude_seen => catalog.seen(u),
         _ => &[],
     };
-    let since: &[u32] = if exclude_seen { history } else { &[] };
+    let since: &[u32] = if r.exclude_seen { history } else { &[] };
     // One sorted list of every row to skip: the index asks about each node
     // it visits, and a binary search over a few hundred rows beats hashing.
     let mut skipped: Vec<u32> = seen
@@ -123,14 +133,66 @@ pub fn retrieve(
             }
         }
     }
-    catalog
-        .popular
+    // What is counted most right now first, scored by its count (above
+    // any static popularity), then the snapshot's popularity order.
+    let trending = r.trending.map_or(&[][..], |t| &t.rows[..]);
+    let mut out: Vec<(u32, f32)> = trending
         .iter()
-        .copied()
-        .filter(|&r| !skip(r))
+        .filter(|&&(row, _)| !skip(row))
         .take(n)
-        .map(|r| (r, catalog.popularity(r)))
-        .collect()
+        .map(|&(row, count)| (row, count as f32))
+        .collect();
+    if out.len() < n {
+        let taken: HashSet<u32> = out.iter().map(|(row, _)| *row).collect();
+        let after_trending = !out.is_empty();
+        let rest = catalog
+            .popular
+            .iter()
+            .copied()
+            .filter(|&row| !skip(row) && !taken.contains(&row))
+            .take(n - out.len());
+        // Below every trending item, in popularity order, whatever the
+        // popularity field's scale.
+        out.extend(rest.enumerate().map(|(i, row)| {
+            let score = if after_trending {
+                -1.0 - i as f32
+            } else {
+                catalog.popularity(row)
+            };
+            (row, score)
+        }));
+    }
+    out
+}
+
+/// `features` for `rows`, reading live state (under one read of the view)
+/// only when a feature asks for it.
+pub fn assemble(
+    features: &FeatureSet,
+    catalog: &Catalog,
+    online: &Online,
+    subject: &Subject,
+    rows: &[u32],
+    out: &mut Vec<f32>,
+    missing: &mut [u32],
+) {
+    if features.live.item || features.live.user {
+        online.read(|view| {
+            let src = Sources {
+                items: &catalog.items,
+                users: &catalog.users,
+                live: Some(view),
+            };
+            features.assemble(&src, subject, rows, out, missing)
+        })
+    } else {
+        let src = Sources {
+            items: &catalog.items,
+            users: &catalog.users,
+            live: None,
+        };
+        features.assemble(&src, subject, rows, out, missing)
+    }
 }
 
 /// Why a scoring stage produced nothing.
@@ -261,6 +323,7 @@ impl StageModel {
     pub async fn score(
         &self,
         catalog: &Catalog,
+        online: &Online,
         batcher: Option<&Batcher>,
         pool: &InferencePool,
         subject: &Subject,
@@ -285,9 +348,10 @@ impl StageModel {
         let width = self.features.width();
         let mut matrix = Vec::new();
         let mut missing = vec![0u32; width];
-        self.features.assemble(
-            &catalog.items,
-            &catalog.users,
+        assemble(
+            &self.features,
+            catalog,
+            online,
             subject,
             rows,
             &mut matrix,

@@ -100,6 +100,9 @@ pub const EVENT_APPLY_SECONDS: &str = "cascade_event_apply_seconds";
 pub const EVENT_LOG_BYTES: &str = "cascade_event_log_bytes";
 /// Failed writes to the event log (each a 500 to the caller).
 pub const EVENT_LOG_ERRORS_TOTAL: &str = "cascade_event_log_errors_total";
+/// Live state held in memory, by part: `users` and `items` with events,
+/// `buckets` of their windowed counters.
+pub const LIVE_STATE_SIZE: &str = "cascade_live_state_size";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 

@@ -100,7 +100,7 @@ fn offline_features_reproduce_the_golden_inputs() {
         let out = dir.path().join(format!("{role}.parquet"));
         let n = golden_rows(role, &rows);
         assert_eq!(
-            cascade::offline::run(&catalog, &decls(role), &rows, &out),
+            cascade::offline::run(&catalog, &decls(role), &rows, None, &out),
             Ok(n)
         );
         let (names, matrix) = read_matrix(&out);
@@ -429,7 +429,7 @@ fn the_shop_golden_inputs_are_what_the_features_command_computes() {
         )
         .unwrap();
         let out = dir.path().join("out.parquet");
-        cascade::offline::run(&catalog, &spec.input.unwrap().features, &rows, &out).unwrap();
+        cascade::offline::run(&catalog, &spec.input.unwrap().features, &rows, None, &out).unwrap();
         let (_, matrix) = read_matrix(&out);
         for (got, want) in matrix.iter().zip(&g.inputs) {
             for (a, b) in got.iter().zip(want) {
@@ -489,4 +489,101 @@ fn the_shop_app_starts_with_one_command() {
         .unwrap();
     assert!(status.success());
     assert!(child.wait().unwrap().success());
+}
+
+/// `cascade features --events`: live features for historical rows replay
+/// the interactions in time order, and each row sees exactly the ones
+/// before its own timestamp.
+#[test]
+fn offline_live_features_replay_the_interactions_before_each_row() {
+    let catalog = Catalog::load(&shipped_models().join("catalog")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400_000.0;
+    let t0 = 1.0e12; // a day boundary is not needed: buckets are whole UTC days
+    let events = dir.path().join("events.parquet");
+    // (user, item, value, time)
+    let log = [
+        ("a", "1", 5.0, t0),
+        ("b", "1", 4.0, t0 + 1.0),
+        ("c", "1", 2.0, t0 + 2.0),
+        ("a", "2", 5.0, t0 + 3.0 * day),
+        ("b", "1", 5.0, t0 + 40.0 * day),
+    ];
+    write(
+        &events,
+        vec![
+            (
+                "user_id",
+                Out::Strings(log.iter().map(|e| e.0.into()).collect()),
+            ),
+            (
+                "item_id",
+                Out::Strings(log.iter().map(|e| e.1.into()).collect()),
+            ),
+            ("value", Out::F32(log.iter().map(|e| e.2 as f32).collect())),
+            (
+                "timestamp",
+                Out::OptF64(log.iter().map(|e| Some(e.3)).collect()),
+            ),
+        ],
+    )
+    .unwrap();
+    // Rows out of time order, to show the replay sorts them.
+    let rows_at = [
+        ("a", "1", t0 + 41.0 * day),
+        ("a", "1", t0 + 2.0),
+        ("z", "2", t0 + 4.0 * day),
+        ("a", "1", t0),
+    ];
+    let rows = dir.path().join("rows.parquet");
+    write(
+        &rows,
+        vec![
+            (
+                "user_id",
+                Out::Strings(rows_at.iter().map(|r| r.0.to_string()).collect()),
+            ),
+            (
+                "item_id",
+                Out::Strings(rows_at.iter().map(|r| r.1.to_string()).collect()),
+            ),
+            (
+                "timestamp",
+                Out::OptF64(rows_at.iter().map(|r| Some(r.2)).collect()),
+            ),
+        ],
+    )
+    .unwrap();
+    let decls: Vec<cascade::data::features::FeatureDecl> = [
+        (
+            "pos30",
+            "count(item, kind = 'rating', min_value = 4, last = '30d')",
+        ),
+        ("all60", "count(item, kind = 'rating')"),
+        ("mine", "count(user, kind = 'rating', last = '7d')"),
+        ("idle", "recency(user, kind = 'rating')"),
+    ]
+    .iter()
+    .map(|(name, expr)| cascade::data::features::FeatureDecl {
+        name: name.to_string(),
+        expr: expr.to_string(),
+        default: -1.0,
+    })
+    .collect();
+    let out = dir.path().join("out.parquet");
+    let run = |events| cascade::offline::run(&catalog, &decls, &rows, events, &out);
+    let e = run(None).unwrap_err();
+    assert!(e.contains("--events"), "{e}");
+    assert_eq!(run(Some(&events)), Ok(4));
+    let (_, m) = read_matrix(&out);
+    let days = |ms: f64| (ms / day) as f32;
+    // Day 41: the day-0 ratings left the 30-day window (not the 60-day
+    // one of all ratings); day 40's is in.
+    assert_eq!(m[0], [1.0, 4.0, 0.0, days(38.0 * day)]);
+    // Two ms in: the ratings at 0 and 1 ms only (the one at 2 ms is the
+    // row's own moment, not before it).
+    assert_eq!(m[1], [2.0, 2.0, 1.0, days(2.0)]);
+    // A user with no events: counts 0, recency missing (the default).
+    assert_eq!(m[2], [1.0, 1.0, 0.0, -1.0]);
+    assert_eq!(m[3], [0.0, 0.0, 0.0, -1.0]);
 }

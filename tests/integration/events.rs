@@ -233,3 +233,178 @@ fn acknowledged_events_survive_kill_9() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A re-ranker whose score is the sum of two declared live features: the
+/// item's positive ratings in the last 30 days, and half the user's
+/// ratings. The shipped schema declares both counters.
+fn trend_repo() -> tempfile::TempDir {
+    let repo = crate::common::temp_repo();
+    crate::common::add_ranker_like(repo.path(), "trend", "sum_ranker_2");
+    std::fs::write(
+        repo.path().join("trend/config.toml"),
+        r#"
+role = "ranker"
+description = "score = positive ratings in 30 days + half the user's ratings"
+
+[input]
+name = "features"
+features = [
+  { name = "positive_30d", expr = "count(item, kind = 'rating', min_value = 4, last = '30d')" },
+  { name = "user_ratings", expr = "0.5 * count(user, kind = 'rating')" },
+]
+
+[output]
+name = "score"
+"#,
+    )
+    .unwrap();
+    repo
+}
+
+fn scores(v: &Value) -> Vec<(String, f64)> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["item_id"].as_str().unwrap().to_string(),
+                i["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn rated(id: &str, user: &str, item: &str, value: f64) -> Value {
+    json!({"type": "interaction", "id": id, "user_id": user, "item_id": item, "kind": "rating", "value": value})
+}
+
+/// Counters reach features at once, through both caches: the response
+/// cache keys by the items' live state, and a cached score is dropped
+/// exactly when its item (or its user) had an event.
+#[tokio::test]
+async fn live_counters_move_scores_and_no_cache_serves_a_stale_one() {
+    let repo = trend_repo();
+    let mut config = crate::common::config_for(repo.path());
+    config.ranking.ranker_model = Some("trend".into());
+    let s = TestServer::start(config).await;
+    let ask = |k: usize, candidates: &[&str]| json!({"user_id": "1", "k": k, "candidates": candidates, "context": {"hour": 3, "weekday": 1}});
+    let before = s
+        .post_json("/v1/rank", &ask(3, &["10", "20", "30"]))
+        .await
+        .json();
+    assert!(
+        scores(&before).iter().all(|(_, x)| *x == 0.0),
+        "nothing happened yet: {before}"
+    );
+    assert_eq!(
+        s.post_json("/v1/rank", &ask(3, &["10", "20", "30"]))
+            .await
+            .json()["cached"],
+        true
+    );
+    let r = post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [
+            rated("p-1", "u-a", "30", 5.0),
+            rated("p-2", "u-b", "30", 4.0),
+            rated("p-3", "u-c", "20", 3.0), // below min_value: not positive
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let after = s
+        .post_json("/v1/rank", &ask(3, &["10", "20", "30"]))
+        .await
+        .json();
+    assert_eq!(after["cached"], false, "{after}");
+    assert_eq!(
+        scores(&after),
+        [("30".into(), 2.0), ("10".into(), 0.0), ("20".into(), 0.0)]
+    );
+    let stats = || {
+        let pipeline = s.state.pipeline.as_ref().unwrap();
+        pipeline.score_cache_stats().unwrap()
+    };
+    // Another request shape (a response-cache miss) over the same items:
+    // the score cache holds 10 and 20, which no event touched...
+    let (hits, _) = stats();
+    let v = s
+        .post_json("/v1/rank", &ask(2, &["20", "10", "30"]))
+        .await
+        .json();
+    assert_eq!(scores(&v), [("30".into(), 2.0), ("10".into(), 0.0)]);
+    let (hits_after, _) = stats();
+    assert_eq!(hits_after - hits, 3, "every score was still good");
+    // ...and one more positive rating of 10 invalidates only 10's score.
+    post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [rated("p-4", "u-d", "10", 5.0)]}),
+    )
+    .await;
+    let (hits, misses) = stats();
+    let v = s
+        .post_json("/v1/rank", &ask(1, &["20", "10", "30"]))
+        .await
+        .json();
+    assert_eq!(scores(&v), [("30".into(), 2.0)]);
+    let (hits_after, misses_after) = stats();
+    assert_eq!((hits_after - hits, misses_after - misses), (2, 1));
+    // The user's own rating moves every one of their scores by 0.5.
+    post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [rated("p-5", "1", "500", 2.0)]}),
+    )
+    .await;
+    let v = s
+        .post_json("/v1/rank", &ask(3, &["10", "20", "30"]))
+        .await
+        .json();
+    assert_eq!(
+        scores(&v),
+        [("30".into(), 2.5), ("10".into(), 1.5), ("20".into(), 0.5)]
+    );
+}
+
+/// `[retrieval] trending`: a cold-start request retrieves what was rated
+/// well most recently ahead of the snapshot's popularity order, and an
+/// unavailable item leaves that list too.
+#[tokio::test]
+async fn cold_start_retrieves_what_is_trending_now() {
+    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    // The retrieval order itself, not a model's.
+    config.ranking.cold_start_model = None;
+    let s = TestServer::start(config).await;
+    let ask = json!({"k": 5});
+    let before = ids(&s.post_json("/v1/rank", &ask).await.json());
+    let obscure = "1682"; // one rating in the whole dataset
+    assert!(!before.contains(&obscure.to_string()));
+    let r = post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [
+            rated("t-1", "u-a", obscure, 5.0),
+            rated("t-2", "u-b", obscure, 4.0),
+            rated("t-3", "u-c", "1681", 5.0),
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v = s.post_json("/v1/rank", &ask).await.json();
+    assert_eq!(v["cached"], false);
+    let got = ids(&v);
+    assert_eq!(&got[..2], [obscure, "1681"], "{v}");
+    assert_eq!(&got[2..], &before[..3], "then the popularity order");
+    post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [{"type": "item", "id": "off", "item_id": obscure, "available": false}]}),
+    )
+    .await;
+    let got = ids(&s.post_json("/v1/rank", &ask).await.json());
+    assert_eq!(got[0], "1681");
+    assert!(!got.contains(&obscure.to_string()));
+}

@@ -308,8 +308,7 @@ async fn served_features_match_the_training_scripts_golden_inputs() {
             let mut out = Vec::new();
             let mut missing = vec![0; set.width()];
             set.assemble(
-                &pipeline.catalog.items,
-                &pipeline.catalog.users,
+                &pipeline.catalog.sources(),
                 &subject,
                 &[item],
                 &mut out,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::parse::{err, Ast, BinOp, Error, Expr, Scope};
-use crate::data::schema::{FieldType, Schema, Vocabulary};
+use crate::data::schema::{FieldType, Schema, Vocabulary, Window};
 use crate::data::table::{Slot, Table};
 
 /// Items or users: the tables a plan reads rows of.
@@ -70,6 +70,20 @@ pub enum Num {
     Has(List, Box<Num>),
     Len(List),
     DaysSince(Src, usize),
+    /// A windowed counter of the item or the user (live state).
+    Count(Src, Window),
+    /// Days since the item's or user's last interaction of a kind (by its
+    /// index in `events.kinds`; any kind when `None`) (live state).
+    Recency(Src, Option<usize>),
+}
+
+/// What of live state a feature set reads: whether anything of the items'
+/// or the user's, and which counters (whose buckets move with time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveReads {
+    pub item: bool,
+    pub user: bool,
+    pub counters: Vec<usize>,
 }
 
 /// A vector per row.
@@ -127,7 +141,9 @@ impl Num {
     pub fn scope(&self) -> Reach {
         match self {
             Num::Const(_) => Reach::Const,
-            Num::Read(s, _) | Num::DaysSince(s, _) => src_scope(*s),
+            Num::Read(s, _) | Num::DaysSince(s, _) | Num::Count(s, _) | Num::Recency(s, _) => {
+                src_scope(*s)
+            }
             Num::Ctx(_) => Reach::Request,
             Num::Unary(_, a) => a.scope(),
             Num::Binary(_, a, b) => a.scope().max(b.scope()),
@@ -137,6 +153,34 @@ impl Num {
             Num::Index(v, i) => v.scope().max(i.scope()),
             Num::Has(l, c) => src_scope(l.src).max(c.scope()),
             Num::Len(l) => src_scope(l.src),
+        }
+    }
+
+    /// Adds what of live state the value reads to `out` (for cache keys).
+    pub fn live_reads(&self, out: &mut LiveReads) {
+        let mut mark = |s: &Src| match s {
+            Src::Item => out.item = true,
+            Src::User => out.user = true,
+        };
+        match self {
+            Num::Count(s, w) => {
+                mark(s);
+                if !out.counters.contains(&w.counter) {
+                    out.counters.push(w.counter);
+                }
+            }
+            Num::Recency(s, _) => mark(s),
+            Num::Unary(_, a) | Num::Index(_, a) | Num::Has(_, a) => a.live_reads(out),
+            Num::Binary(_, a, b) => {
+                a.live_reads(out);
+                b.live_reads(out);
+            }
+            Num::If(c, a, b) => {
+                c.live_reads(out);
+                a.live_reads(out);
+                b.live_reads(out);
+            }
+            _ => {}
         }
     }
 
@@ -281,12 +325,113 @@ fn code_of(v: &Vocabulary, s: &str, pos: usize) -> Result<Num, Error> {
     }
 }
 
-/// Reserved for online state (windowed counters, recency): they arrive
-/// with live events.
-const ONLINE: [&str; 3] = ["count", "recency", "trending"];
-
 const FUNCTIONS: &str = "log1p, ln, exp, sqrt, abs, min, max, clip, if, is_missing, coalesce, \
-    dot, cosine, sum, multihot, has, len, code, days_since";
+    dot, cosine, sum, multihot, has, len, code, days_since, count, recency";
+
+/// `count(item|user, kind = '…', min_value = …, last = '…')` and
+/// `recency(item|user, kind = '…')`: live state, from events.
+fn live(
+    name: &str,
+    args: &[Expr],
+    named: &[(String, Expr)],
+    pos: usize,
+    t: &Tables<'_>,
+) -> Result<Typed, Error> {
+    let src = match args {
+        [Expr {
+            ast: Ast::Entity(Scope::Item),
+            ..
+        }] => Src::Item,
+        [Expr {
+            ast: Ast::Entity(Scope::User),
+            ..
+        }] => Src::User,
+        _ => {
+            return err(
+                pos,
+                format!(
+                "{name}() takes item or user, then named arguments: {name}(item, kind = 'click'{})",
+                if name == "count" { ", last = '7d'" } else { "" }
+            ),
+            )
+        }
+    };
+    let allowed: &[&str] = if name == "count" {
+        &["kind", "min_value", "last"]
+    } else {
+        &["kind"]
+    };
+    let (mut kind, mut min_value, mut last) = (None, None, None);
+    for (key, value) in named {
+        let text = match &value.ast {
+            Ast::Str(s) => Some(s.clone()),
+            _ => None,
+        };
+        let number = match &value.ast {
+            Ast::Num(x) => Some(*x),
+            Ast::Neg(inner) => match inner.ast {
+                Ast::Num(x) => Some(-x),
+                _ => None,
+            },
+            _ => None,
+        };
+        match key.as_str() {
+            k if !allowed.contains(&k) => {
+                return err(
+                    value.pos,
+                    format!(
+                        "{name}() takes no named argument \"{key}\" (it takes {})",
+                        allowed.join(", ")
+                    ),
+                )
+            }
+            "kind" | "last" => {
+                let Some(text) = text else {
+                    let example = if key == "kind" { "'click'" } else { "'7d'" };
+                    return err(value.pos, format!("{key} is a text, e.g. {example}"));
+                };
+                if key == "kind" {
+                    kind = Some(text);
+                } else {
+                    last = Some(text);
+                }
+            }
+            _ => match number {
+                Some(x) => min_value = Some(x),
+                None => return err(value.pos, "min_value is a constant number"),
+            },
+        }
+    }
+    if let Some(k) = &kind {
+        if !t.schema.event_kinds.contains(k) {
+            return err(
+                pos,
+                format!(
+                    "kind '{k}' is not one of the schema's events.kinds {:?}",
+                    t.schema.event_kinds
+                ),
+            );
+        }
+    }
+    if name == "recency" {
+        let kind = kind.map(|k| {
+            t.schema
+                .event_kinds
+                .iter()
+                .position(|e| *e == k)
+                .expect("checked")
+        });
+        return Ok(Typed::Num(Num::Recency(src, kind)));
+    }
+    let Some(kind) = kind else {
+        return err(pos, "count() needs kind = '…'");
+    };
+    let window = t
+        .schema
+        .window(&kind, min_value, last.as_deref())
+        .or_else(|e| err(pos, e))?;
+    Ok(Typed::Num(Num::Count(src, window)))
+}
 
 fn typed(e: &Expr, t: &Tables<'_>) -> Result<Typed, Error> {
     let pos = e.pos;
@@ -351,11 +496,8 @@ fn typed(e: &Expr, t: &Tables<'_>) -> Result<Typed, Error> {
             )
         }
         Ast::Call(name, args, named) => {
-            if ONLINE.contains(&name.as_str()) {
-                return err(
-                    pos,
-                    format!("{name}() reads online state (windowed counters, recency), which arrives with live events; it is not available yet"),
-                );
+            if name == "count" || name == "recency" {
+                return live(name, args, named, pos, t);
             }
             if let Some((key, value)) = named.first() {
                 return err(value.pos, format!("{name}() takes no named argument \"{key}\""));

@@ -11,7 +11,27 @@
 //! the same plan gives the same bits offline and online.
 
 use super::compile::{Bin, List, Num, Reach, Src, Un, Vector};
+use crate::data::schema::Window;
 use crate::data::table::Table;
+
+/// Whose live state: an item (by row) or a user (by id: a user the
+/// snapshot does not know may have events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who<'a> {
+    Item(u32),
+    User(&'a str),
+}
+
+/// Live state from events that `count()` and `recency()` read: served
+/// from the events view, or replayed offline from historical interactions.
+pub trait Live {
+    /// Interactions the window's counter holds for `who` in its last
+    /// `buckets` buckets, the one holding `now_ms` included.
+    fn count(&self, who: Who<'_>, window: Window, now_ms: f64) -> u32;
+    /// Epoch milliseconds of `who`'s last interaction of `kind` (an index
+    /// into `events.kinds`; any kind when `None`).
+    fn last(&self, who: Who<'_>, kind: Option<usize>) -> Option<i64>;
+}
 
 /// What a plan reads: the tables, the request's user row and context.
 pub struct Env<'a> {
@@ -21,6 +41,24 @@ pub struct Env<'a> {
     pub ctx: &'a [f32],
     /// The request's time, epoch milliseconds.
     pub now_ms: f64,
+    /// Live state, when there is any.
+    pub live: Option<&'a dyn Live>,
+    /// The user's id, known or not (live state is by id).
+    pub user_id: Option<&'a str>,
+}
+
+/// `count()` for `who`: 0 without live state (nothing happened).
+fn count(env: &Env<'_>, who: Who<'_>, w: Window) -> f32 {
+    env.live.map_or(0.0, |l| l.count(who, w, env.now_ms) as f32)
+}
+
+/// `recency()` for `who`: days since, never negative; missing when there
+/// was none.
+fn recency(env: &Env<'_>, who: Who<'_>, kind: Option<usize>) -> f32 {
+    match env.live.and_then(|l| l.last(who, kind)) {
+        Some(t) => ((env.now_ms - t as f64).max(0.0) / 86_400_000.0) as f32,
+        None => f32::NAN,
+    }
 }
 
 /// Reusable scratch columns.
@@ -278,6 +316,13 @@ pub fn scalar(n: &Num, env: &Env<'_>) -> f32 {
         Num::DaysSince(src, i) => request_row(env, *src).map_or(f32::NAN, |r| {
             (env.now_ms - table(env, *src).time(*i, r)) as f32 / 86_400_000.0
         }),
+        // An anonymous request has no user state: missing, not zero.
+        Num::Count(_, w) => env
+            .user_id
+            .map_or(f32::NAN, |u| count(env, Who::User(u), *w)),
+        Num::Recency(_, kind) => env
+            .user_id
+            .map_or(f32::NAN, |u| recency(env, Who::User(u), *kind)),
     }
 }
 
@@ -400,6 +445,16 @@ pub fn column(n: &Num, env: &Env<'_>, items: &[u32], out: &mut [f32], pool: &mut
             let t = table(env, *src);
             for (o, &r) in out.iter_mut().zip(items) {
                 *o = (env.now_ms - t.time(*i, r)) as f32 / 86_400_000.0;
+            }
+        }
+        Num::Count(_, w) => {
+            for (o, &r) in out.iter_mut().zip(items) {
+                *o = count(env, Who::Item(r), *w);
+            }
+        }
+        Num::Recency(_, kind) => {
+            for (o, &r) in out.iter_mut().zip(items) {
+                *o = recency(env, Who::Item(r), *kind);
             }
         }
         Num::Const(_) | Num::Ctx(_) => unreachable!("request scope, handled above"),

@@ -10,8 +10,9 @@
 //! `by = "<vocabulary>"`, by a category of it: `item.lift[user.job]`),
 //! strings as category values (`user.colour == 'red'`), and the functions
 //! `log1p ln exp sqrt abs min max clip if is_missing coalesce dot cosine
-//! sum multihot has len code days_since`. `count`, `recency` and `trending`
-//! are reserved for online state.
+//! sum multihot has len code days_since`, and over live state from events
+//! `count(item|user, kind = '…', min_value = …, last = '…')` (a windowed
+//! counter the schema declares) and `recency(item|user, kind = '…')`.
 
 pub mod compile;
 pub mod eval;
