@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Everything the test suite needs beyond cargo, from PyPI only:
+# Everything the test suite needs beyond cargo, from the package registries:
 #  - .venv with Python onnxruntime (the reference the backends are checked
 #    against) and the Triton HTTP client (a standard Open Inference Protocol
-#    client, used unchanged against Cascade);
-#  - .ort/libonnxruntime.so for the `ort` backend.
+#    client, used unchanged against Cascade), from PyPI;
+#  - .ort/libonnxruntime.so for the `ort` backend, from PyPI;
+#  - Debian's redis-server, which the replica tests start on loopback ports
+#    of their own (never as a service).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,3 +14,15 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import onnxruntime, trito
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 bash scripts/fetch-onnxruntime.sh
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's redis-server for the replica tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q redis-server >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+    # The package may start a system service; the tests start their own.
+    if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
+  else
+    echo "redis-server is missing and cannot be installed here: the Redis replica tests will say SKIPPED"
+  fi
+fi

@@ -490,13 +490,32 @@ impl Config {
         if !(1..=16).contains(&self.shadow.threads) {
             return Err(invalid("shadow.threads", "must be between 1 and 16"));
         }
-        if self.state.backend != "embedded" {
+        match (self.state.backend.as_str(), &self.state.redis_url) {
+            ("embedded", _) => {}
+            ("redis", Some(url)) if url.starts_with("redis://") => {}
+            ("redis", _) => {
+                return Err(invalid(
+                    "state.redis_url",
+                    "backend \"redis\" needs redis_url = \"redis://host:port/db\"",
+                ))
+            }
+            (other, _) => {
+                return Err(invalid(
+                    "state.backend",
+                    format!("\"{other}\" is not one of \"embedded\", \"redis\""),
+                ))
+            }
+        }
+        if self.state.redis_prefix.is_empty()
+            || !self
+                .state
+                .redis_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-:.".contains(c))
+        {
             return Err(invalid(
-                "state.backend",
-                format!(
-                    "\"{}\" is not available; \"embedded\" is (Redis comes with a later release)",
-                    self.state.backend
-                ),
+                "state.redis_prefix",
+                "letters, digits and _ - : . only, at least one",
             ));
         }
         if self.state.max_batch_events == 0 {
@@ -759,5 +778,35 @@ mod tests {
             e.starts_with("models.backend: ") && e.contains("onnx"),
             "{e}"
         );
+
+        for (backend, url, prefix, want) in [
+            (
+                "redis",
+                None,
+                "cascade",
+                "state.redis_url: backend \"redis\" needs",
+            ),
+            ("redis", Some("http://x"), "cascade", "state.redis_url:"),
+            (
+                "sqlite",
+                None,
+                "cascade",
+                "state.backend: \"sqlite\" is not one of",
+            ),
+            (
+                "redis",
+                Some("redis://127.0.0.1:6379/0"),
+                "a b",
+                "state.redis_prefix:",
+            ),
+        ] {
+            let mut c = Config::default();
+            c.ranking.enabled = false;
+            c.state.backend = backend.into();
+            c.state.redis_url = url.map(String::from);
+            c.state.redis_prefix = prefix.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
     }
 }

@@ -34,9 +34,10 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Set when shutdown starts: readiness drops so balancers drain us.
     pub draining: AtomicBool,
-    /// The write-ahead log of accepted events (with ranking on). One batch
-    /// at a time: deduplicate, append (and fsync), apply.
-    pub events: Option<std::sync::Mutex<crate::events::log::EventLog>>,
+    /// Where accepted events are recorded before they are applied (with
+    /// ranking on): the embedded write-ahead log, or the log replicas
+    /// share in Redis.
+    pub events: Option<crate::events::Store>,
 }
 
 impl AppState {
@@ -87,7 +88,7 @@ impl AppState {
             None => None,
         };
         let events = match &pipeline {
-            Some(p) => Some(std::sync::Mutex::new(open_events(&config, p)?)),
+            Some(p) => Some(open_events(&config, p)?),
             None => None,
         };
         metrics::gauge!(crate::telemetry::metrics::READY).set(1.0);
@@ -200,12 +201,31 @@ impl AppState {
     }
 }
 
-/// Opens the event log and replays it into the pipeline's live view.
-fn open_events(
-    config: &Config,
-    pipeline: &Pipeline,
-) -> Result<crate::events::log::EventLog, StartupError> {
+/// Opens the state store and loads what it holds into the pipeline's live
+/// view: the embedded log is replayed; the Redis log is read (when Redis
+/// answers) and then followed.
+fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::Store, StartupError> {
     let started = std::time::Instant::now();
+    if config.state.backend == "redis" {
+        let url = config.state.redis_url.as_deref().unwrap_or_default();
+        let store = crate::events::redis::RedisStore::new(url, &config.state.redis_prefix)
+            .map_err(StartupError::Ranking)?;
+        let mut last = "0-0".to_string();
+        match store.catch_up(&pipeline.catalog, &pipeline.online, &mut last) {
+            Ok(events) => tracing::info!(
+                events,
+                millis = started.elapsed().as_millis() as u64,
+                "shared event log (Redis) read"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "state store (Redis) unavailable at start: ranking on the snapshot alone until it answers"
+            ),
+        }
+        pipeline.online.report_size();
+        store.follow(pipeline.catalog.clone(), pipeline.online.clone(), last);
+        return Ok(crate::events::Store::Redis(Box::new(store)));
+    }
     let (log, recovered) =
         crate::events::log::EventLog::open(&config.state.dir, config.state.fsync)
             .map_err(StartupError::Ranking)?;
@@ -228,7 +248,7 @@ fn open_events(
     );
     metrics::gauge!(crate::telemetry::metrics::EVENT_LOG_BYTES).set(recovered.log_bytes as f64);
     pipeline.online.report_size();
-    Ok(log)
+    Ok(crate::events::Store::Embedded(std::sync::Mutex::new(log)))
 }
 
 /// Folder names under the repository that hold a `config.toml`.

@@ -21,6 +21,8 @@ pub enum ScenarioName {
     Rank,
     /// POST /v2/models/{model}/infer with `--batch` golden feature rows.
     Infer,
+    /// POST /v1/events with `--batch` interactions per request.
+    Events,
 }
 
 /// Open-loop HTTP load generator for Cascade: requests leave at a fixed rate
@@ -92,7 +94,7 @@ pub struct Args {
     /// [infer] Model to call.
     #[arg(long, default_value = "ranker")]
     pub model: String,
-    /// [infer] Rows per request.
+    /// [infer] Rows per request; [events] events per request.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
 
@@ -126,6 +128,7 @@ pub struct Args {
 pub enum ScenarioConfig {
     Rank(RankMix),
     Infer { model: String, batch: usize },
+    Events { batch: usize },
 }
 
 /// Validated settings of one run.
@@ -201,6 +204,7 @@ impl Args {
                 batch: self.batch,
             },
             ScenarioName::Rank => ScenarioConfig::Rank(self.rank_mix()?),
+            ScenarioName::Events => ScenarioConfig::Events { batch: self.batch },
         };
         Ok(Config {
             target_url: self.target.clone(),

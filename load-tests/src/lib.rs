@@ -35,7 +35,7 @@ use anyhow::Context as _;
 
 use cli::{Config, ScenarioConfig};
 use report::{FindMaxSummary, Header, Summary};
-use scenario::{infer::InferSource, rank, Source};
+use scenario::{events::EventsSource, infer::InferSource, rank, Source};
 
 /// Extra time, after the last request's timeout, before the run is cut off.
 pub const GRACE: Duration = Duration::from_secs(1);
@@ -126,6 +126,14 @@ fn scenario(config: &Config) -> anyhow::Result<(Box<dyn Source>, serde_json::Val
             Box::new(InferSource::new(&config.models_dir, model, *batch)?),
             serde_json::json!({"model": model, "batch": batch}),
         ),
+        ScenarioConfig::Events { batch } => (
+            Box::new(EventsSource::new(
+                rank::Catalog::load(&config.models_dir)?,
+                *batch,
+                config.seed,
+            )?),
+            serde_json::json!({"batch": batch}),
+        ),
         ScenarioConfig::Rank(mix) => {
             let catalog = rank::Catalog::load(&config.models_dir)?;
             (
@@ -164,6 +172,7 @@ fn header(config: &Config, params: serde_json::Value) -> Header {
     let scenario = match config.scenario {
         ScenarioConfig::Rank(_) => "rank",
         ScenarioConfig::Infer { .. } => "infer",
+        ScenarioConfig::Events { .. } => "events",
     };
     Header {
         target: config.target_url.clone(),

@@ -19,6 +19,7 @@
 pub mod counters;
 pub mod log;
 pub mod online;
+pub mod redis;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -29,8 +30,15 @@ use crate::catalog::Catalog;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
-    /// `embedded` (the only one yet): a write-ahead log in `dir`.
+    /// `embedded`: a write-ahead log in `dir`, one process. `redis`: a log
+    /// shared by every replica in the Redis at `redis_url` (see
+    /// [`redis`]).
     pub backend: String,
+    /// `redis://host:port/db`, for `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys (`<prefix>:events`, `<prefix>:ids`): one
+    /// per app sharing a Redis.
+    pub redis_prefix: String,
     /// The log's folder (created if needed; one process at a time).
     pub dir: std::path::PathBuf,
     /// fsync every acknowledged batch before answering 200 (`true`), or
@@ -47,12 +55,22 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             backend: "embedded".into(),
+            redis_url: None,
+            redis_prefix: "cascade".into(),
             dir: ".cache/state".into(),
             fsync: true,
             max_batch_events: 1000,
             max_history: 500,
         }
     }
+}
+
+/// Where accepted events go before they are applied.
+pub enum Store {
+    /// The write-ahead log in `state.dir`; one batch at a time.
+    Embedded(std::sync::Mutex<log::EventLog>),
+    /// The log every replica shares.
+    Redis(Box<redis::RedisStore>),
 }
 
 /// One event, validated. Ids are the caller's; rows are the catalog's.

@@ -42,7 +42,11 @@ pub struct View {
     kinds: Vec<String>,
     applied: HashSet<String>,
     users: HashMap<String, History>,
-    items: HashMap<u32, ItemState>,
+    /// By item row, allocated on an item's first event: a lookup per
+    /// candidate row is an index, not a hash.
+    items: Vec<Option<Box<ItemState>>>,
+    /// Items with live state.
+    items_held: usize,
     /// Moves with every change of any item's live state.
     items_version: u64,
     /// Counter buckets held by every user and item.
@@ -55,14 +59,18 @@ pub struct View {
 impl View {
     /// The item's stamp: a cached score computed at another stamp is stale.
     pub fn stamp(&self, row: u32) -> u32 {
-        self.items.get(&row).map_or(0, |s| s.stamp)
+        self.item(row).map_or(0, |s| s.stamp)
+    }
+
+    fn item(&self, row: u32) -> Option<&ItemState> {
+        self.items.get(row as usize)?.as_deref()
     }
 }
 
 impl Live for View {
     fn count(&self, who: Who<'_>, w: Window, now_ms: f64) -> u32 {
         let tally = match who {
-            Who::Item(row) => self.items.get(&row).map(|s| &s.tally),
+            Who::Item(row) => self.item(row).map(|s| &s.tally),
             Who::User(id) => self.users.get(id).map(|h| &h.tally),
         };
         tally.map_or(0, |t| t.count(&self.counters, w.counter, w.buckets, now_ms))
@@ -70,7 +78,7 @@ impl Live for View {
 
     fn last(&self, who: Who<'_>, kind: Option<usize>) -> Option<i64> {
         match who {
-            Who::Item(row) => self.items.get(&row)?.tally.last(kind),
+            Who::Item(row) => self.item(row)?.tally.last(kind),
             Who::User(id) => self.users.get(id)?.tally.last(kind),
         }
     }
@@ -201,7 +209,16 @@ impl Online {
                         .tally
                         .add(&view.counters, kinds, k, kind, *value, *timestamp);
                     h.version += 1;
-                    let item = view.items.entry(row).or_default();
+                    let at = row as usize;
+                    if view.items.len() <= at {
+                        view.items
+                            .resize_with(catalog.items.len().max(at + 1), || None);
+                    }
+                    let slot = &mut view.items[at];
+                    if slot.is_none() {
+                        view.items_held += 1;
+                    }
+                    let item = slot.get_or_insert_with(Box::default);
                     grew += item
                         .tally
                         .add(&view.counters, kinds, k, kind, *value, *timestamp);
@@ -298,11 +315,15 @@ impl Online {
             let mut rows: Vec<(u32, u32)> = view
                 .items
                 .iter()
-                .map(|(&row, s)| {
-                    let n = s
-                        .tally
-                        .count(&view.counters, window.counter, window.buckets, now_ms);
-                    (row, n)
+                .enumerate()
+                .filter_map(|(row, s)| {
+                    let n = s.as_ref()?.tally.count(
+                        &view.counters,
+                        window.counter,
+                        window.buckets,
+                        now_ms,
+                    );
+                    Some((row as u32, n))
                 })
                 .filter(|&(_, n)| n > 0)
                 .collect();
@@ -322,7 +343,7 @@ impl Online {
 
     /// Users and items with live state, and the counter buckets they hold.
     pub fn size(&self) -> (usize, usize, usize) {
-        self.read(|view| (view.users.len(), view.items.len(), view.buckets))
+        self.read(|view| (view.users.len(), view.items_held, view.buckets))
     }
 
     /// Sets the live-state size gauges.

@@ -99,6 +99,17 @@ impl ApiError {
         e
     }
 
+    /// 503 when the shared state store cannot record events.
+    pub fn store_unavailable() -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_store_unavailable",
+            "the shared state store is unavailable; nothing was recorded, retry (ids make retries safe)",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn model_not_ready(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_not_ready", message)
     }

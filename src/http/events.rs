@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::body::{self, json_response};
 use super::error::ApiError;
-use crate::events::{self, EventsBody};
+use crate::events::{self, EventsBody, Store};
 use crate::state::AppState;
 use crate::telemetry::metrics as m;
 
@@ -47,30 +47,54 @@ pub async fn route(
     })?;
     let _admitted = state.admit(1)?;
     let state = state.clone();
-    // Logging (and fsync) blocks: off the reactor.
+    // Logging (fsync, or a Redis round trip) blocks: off the reactor.
     let outcome = tokio::task::spawn_blocking(move || {
         let pipeline = state.pipeline.as_ref().expect("checked above");
-        let log = state.events.as_ref().expect("ranking on: a log");
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-        let (fresh, duplicates) = pipeline.online.fresh(batch);
-        if !fresh.is_empty() {
-            let written = log.append(&fresh).inspect_err(|e| {
-                metrics::counter!(m::EVENT_LOG_ERRORS_TOTAL).increment(1);
-                tracing::error!(error = %e, "event log write failed; batch not applied");
-            })?;
-            metrics::gauge!(m::EVENT_LOG_BYTES).increment(written as f64);
-        }
-        let applied = pipeline.online.apply(&pipeline.catalog, &fresh);
+        let store = state.events.as_ref().expect("ranking on: a store");
+        let mut duplicates = 0;
+        let accepted = match store {
+            Store::Embedded(log) => {
+                // One batch at a time: deduplicate, append (and fsync),
+                // apply, so the log's order is the view's.
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                let (fresh, dups) = pipeline.online.fresh(batch);
+                duplicates += dups;
+                if !fresh.is_empty() {
+                    let written = log.append(&fresh).map_err(|e| {
+                        metrics::counter!(m::EVENT_LOG_ERRORS_TOTAL).increment(1);
+                        tracing::error!(error = %e, "event log write failed; batch not applied");
+                        ApiError::internal("events could not be stored")
+                    })?;
+                    metrics::gauge!(m::EVENT_LOG_BYTES).increment(written as f64);
+                }
+                pipeline.online.apply(&pipeline.catalog, &fresh);
+                fresh
+            }
+            Store::Redis(redis) => {
+                // Redis decides which ids are new, across replicas.
+                let (fresh, dups) = pipeline.online.fresh(batch);
+                duplicates += dups;
+                let n = fresh.len();
+                let recorded = redis.append(fresh).map_err(|e| {
+                    tracing::debug!(error = %e, "events refused");
+                    ApiError::store_unavailable()
+                })?;
+                duplicates += n - recorded.len();
+                // Accepted, whoever applies it first (this call or the
+                // follower reading it back).
+                pipeline.online.apply(&pipeline.catalog, &recorded);
+                recorded
+            }
+        };
         pipeline.online.report_size();
-        for e in &fresh {
+        for e in &accepted {
             metrics::counter!(m::EVENTS_TOTAL, "type" => e.type_name(), "outcome" => "accepted")
                 .increment(1);
         }
-        Ok::<_, std::io::Error>((applied.accepted, duplicates + applied.duplicates))
+        Ok::<_, ApiError>((accepted.len(), duplicates))
     })
     .await
-    .map_err(|_| ApiError::internal("events could not be stored"))?
-    .map_err(|_| ApiError::internal("events could not be stored"))?;
+    .map_err(|_| ApiError::internal("events could not be stored"))??;
     let (accepted, duplicates) = outcome;
     if duplicates > 0 {
         metrics::counter!(m::EVENTS_TOTAL, "type" => "any", "outcome" => "duplicate")

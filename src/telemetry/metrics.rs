@@ -100,6 +100,13 @@ pub const EVENT_APPLY_SECONDS: &str = "cascade_event_apply_seconds";
 pub const EVENT_LOG_BYTES: &str = "cascade_event_log_bytes";
 /// Failed writes to the event log (each a 500 to the caller).
 pub const EVENT_LOG_ERRORS_TOTAL: &str = "cascade_event_log_errors_total";
+/// 1 while the shared state store answers, by backend (`redis`).
+pub const STATE_STORE_UP: &str = "cascade_state_store_up";
+/// Failed state-store calls by backend and operation (`append`: an events
+/// call answered 503; `follow`: reading other replicas' events).
+pub const STATE_STORE_ERRORS_TOTAL: &str = "cascade_state_store_errors_total";
+/// From an event batch entering the shared log to this replica applying it.
+pub const EVENT_APPLY_LAG_SECONDS: &str = "cascade_event_apply_lag_seconds";
 /// Live state held in memory, by part: `users` and `items` with events,
 /// `buckets` of their windowed counters.
 pub const LIVE_STATE_SIZE: &str = "cascade_live_state_size";

@@ -106,15 +106,7 @@ impl TestServer {
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Resp {
-        let body = serde_json::to_vec(body).unwrap();
-        send(
-            self.public,
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            &body,
-        )
-        .await
+        post_json_to(self.public, path, body).await
     }
 }
 
@@ -171,6 +163,29 @@ pub async fn send(
     let mut raw = head.into_bytes();
     raw.extend_from_slice(body);
     send_raw(addr, &raw).await
+}
+
+/// `POST path` of `body` as JSON to `addr`, on a fresh connection.
+pub async fn post_json_to(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap();
+    send(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        &bytes,
+    )
+    .await
+}
+
+/// The item ids of a ranking answer, in order.
+pub fn item_ids(v: &serde_json::Value) -> Vec<String> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item_id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The Prometheus text `GET /metrics` returns on the admin listener `admin`.

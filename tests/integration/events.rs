@@ -3,32 +3,9 @@
 //! nothing, ids make events idempotent, and an acknowledged event survives
 //! kill -9.
 
-use std::net::SocketAddr;
-
 use serde_json::{json, Value};
 
-use crate::common::{send, Resp, TestServer};
-
-async fn post(addr: SocketAddr, path: &str, body: &Value) -> Resp {
-    let bytes = serde_json::to_vec(body).unwrap();
-    send(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        &bytes,
-    )
-    .await
-}
-
-fn ids(v: &Value) -> Vec<String> {
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["item_id"].as_str().unwrap().to_string())
-        .collect()
-}
+use crate::common::{item_ids as ids, post_json_to as post, TestServer};
 
 fn rating(id: &str, user: &str, item: &str) -> Value {
     json!({"type": "interaction", "id": id, "user_id": user, "item_id": item, "kind": "rating", "value": 5})

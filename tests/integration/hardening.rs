@@ -509,15 +509,7 @@ async fn coalesced_answers_keep_their_own_ids_and_deadlines() {
         async move {
             let body = json!({"request_id": id, "user_id": "1", "k": 5,
                               "context": {"hour": 2, "weekday": 1}, "deadline_ms": deadline});
-            let body = serde_json::to_vec(&body).unwrap();
-            let r = send(
-                public,
-                "POST",
-                "/v1/rank",
-                &[("Content-Type", "application/json")],
-                &body,
-            )
-            .await;
+            let r = crate::common::post_json_to(public, "/v1/rank", &body).await;
             (id, r.json())
         }
     };

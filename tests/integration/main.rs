@@ -15,3 +15,4 @@ mod metrics;
 mod oip;
 mod python_client;
 mod rank;
+mod replicas;

@@ -5,7 +5,9 @@
 //! - [`rank`]: `POST /v1/rank` with a mix of known users, cold-start users,
 //!   caller-supplied candidates and repeats (cache hits).
 //! - [`infer`]: `POST /v2/models/{model}/infer` with real feature rows.
+//! - [`events`]: `POST /v1/events` with batches of interactions.
 
+pub mod events;
 pub mod infer;
 pub mod rank;
 

@@ -147,6 +147,8 @@ pub struct Catalog {
     pub popular: Vec<String>,
     /// The context fields and how to draw each.
     pub context: Vec<ContextField>,
+    /// The interaction kinds `[events] kinds` declares.
+    pub kinds: Vec<String>,
 }
 
 /// One declared context field.
@@ -249,7 +251,18 @@ impl Catalog {
         if unknown_users.is_empty() {
             unknown_users = (0..100).map(|i| format!("new-user-{i}")).collect();
         }
+        let kinds = schema
+            .get("events")
+            .and_then(|e| e.get("kinds"))
+            .and_then(toml::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Catalog {
+            kinds,
             context: context_fields(&schema),
             users,
             unknown_users,
@@ -317,12 +330,12 @@ fn context_fields(schema: &toml::Table) -> Vec<ContextField> {
 
 /// Samples ranks `0..n` with probability proportional to `1 / (rank + 1)^s`.
 #[derive(Debug, Clone)]
-struct Zipf {
+pub(crate) struct Zipf {
     cdf: Vec<f64>,
 }
 
 impl Zipf {
-    fn new(n: usize, s: f64) -> Zipf {
+    pub(crate) fn new(n: usize, s: f64) -> Zipf {
         let mut acc = 0.0;
         let cdf = (1..=n)
             .map(|r| {
@@ -336,7 +349,7 @@ impl Zipf {
         }
     }
 
-    fn sample(&self, rng: &mut StdRng) -> usize {
+    pub(crate) fn sample(&self, rng: &mut StdRng) -> usize {
         let u: f64 = rng.random();
         self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
     }

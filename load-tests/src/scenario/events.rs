@@ -1,0 +1,111 @@
+//! `POST /v1/events` traffic: each request carries `--batch` interactions
+//! of the schema's first `[events] kinds` kind, by catalog users drawn
+//! Zipf-like (a few heavy users, a long tail), on items drawn Zipf-like
+//! over the popularity order (four in five) or uniformly over the catalog,
+//! with a rating-like `value` from 1 to 5.
+//!
+//! Event ids are `<seed>-<n>`: the same seed twice sends the same ids, and
+//! the server counts the second run as duplicates (the duplicate path).
+//! For fresh events give another `--seed` or a fresh state folder.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::rank::{Catalog, Zipf};
+use super::{Prepared, Source};
+
+pub struct EventsSource {
+    catalog: Catalog,
+    kind: String,
+    batch: usize,
+    users: Zipf,
+    popular: Zipf,
+    rng: StdRng,
+    seed: u64,
+    next_id: u64,
+    path: Arc<str>,
+}
+
+impl EventsSource {
+    pub fn new(catalog: Catalog, batch: usize, seed: u64) -> anyhow::Result<EventsSource> {
+        if !(1..=10_000).contains(&batch) {
+            bail!("--batch {batch}: between 1 and 10000 events per request");
+        }
+        let Some(kind) = catalog.kinds.first().cloned() else {
+            bail!("the catalog's schema.toml declares no [events] kinds");
+        };
+        Ok(EventsSource {
+            users: Zipf::new(catalog.users.len(), 1.0),
+            popular: Zipf::new(catalog.popular.len(), 1.0),
+            catalog,
+            kind,
+            batch,
+            rng: StdRng::seed_from_u64(seed ^ 0x0e7e_47e5),
+            seed,
+            next_id: 0,
+            path: Arc::from("/v1/events"),
+        })
+    }
+}
+
+impl Source for EventsSource {
+    fn next_request(&mut self) -> Prepared {
+        let events: Vec<serde_json::Value> = (0..self.batch)
+            .map(|_| {
+                let user = &self.catalog.users[self.users.sample(&mut self.rng)];
+                let item = if self.rng.random_bool(0.8) {
+                    &self.catalog.popular[self.popular.sample(&mut self.rng)]
+                } else {
+                    &self.catalog.items[self.rng.random_range(0..self.catalog.items.len())]
+                };
+                self.next_id += 1;
+                json!({
+                    "type": "interaction",
+                    "id": format!("{}-{}", self.seed, self.next_id),
+                    "user_id": user,
+                    "item_id": item,
+                    "kind": self.kind,
+                    "value": self.rng.random_range(1..=5),
+                })
+            })
+            .collect();
+        let body = serde_json::to_vec(&json!({ "events": events })).expect("JSON serialises");
+        Prepared {
+            path: self.path.clone(),
+            body: Bytes::from(body),
+            kind: "events",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_of_fresh_ids_from_the_catalog() {
+        let catalog = Catalog::load(&crate::scenario::models_dir(None)).unwrap();
+        let mut src = EventsSource::new(catalog.clone(), 3, 9).unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&src.next_request().body).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&src.next_request().body).unwrap();
+        let events = a["events"].as_array().unwrap();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0]["id"], "9-1");
+        assert_eq!(b["events"][0]["id"], "9-4");
+        assert_eq!(events[0]["kind"], "rating");
+        for e in events {
+            assert!(catalog
+                .items
+                .contains(&e["item_id"].as_str().unwrap().to_string()));
+            assert!(catalog
+                .users
+                .contains(&e["user_id"].as_str().unwrap().to_string()));
+        }
+        assert!(EventsSource::new(catalog, 0, 1).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! `[state] backend = "redis"`: replicas share live state through a real
+//! Redis (Debian's `redis-server`, started here on a loopback port of its
+//! own and stopped when the test ends). An event accepted by one replica
+//! is in another's rankings within a second; Redis going away never fails
+//! a ranking, refuses events with a fast 503, and both recover by
+//! themselves when it is back.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{config_for, item_ids as ids, post_json_to, shipped_models, Resp, TestServer};
+
+/// A `redis-server` child on a free loopback port, without persistence.
+struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// `None`, with a message, where `redis-server` is not installed
+    /// (`scripts/setup-test-env.sh` installs it from Debian's packages).
+    fn start() -> Option<RedisServer> {
+        let binary = PathBuf::from("/usr/bin/redis-server");
+        let found = binary.exists()
+            || Command::new("redis-server")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok();
+        if !found {
+            eprintln!("SKIPPED: redis-server is not installed (scripts/setup-test-env.sh installs Debian's redis-server)");
+            return None;
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut server = RedisServer {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.run();
+        Some(server)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn replica(redis: &RedisServer) -> TestServer {
+    let mut config = config_for(&shipped_models());
+    config.state.backend = "redis".into();
+    config.state.redis_url = Some(redis.url());
+    TestServer::start(config).await
+}
+
+fn rating(id: &str, user: &str, item: &str) -> Value {
+    json!({"events": [{"type": "interaction", "id": id, "user_id": user, "item_id": item, "kind": "rating", "value": 5}]})
+}
+
+async fn events(s: &TestServer, body: &Value) -> Resp {
+    s.post_json("/v1/events", body).await
+}
+
+/// Polls `ok` on `s`'s answer to `ask` until it holds or `within` passes;
+/// returns how long it took.
+async fn until(
+    s: &TestServer,
+    ask: &Value,
+    within: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let v = s.post_json("/v1/rank", ask).await.json();
+        if ok(&v) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_agree_within_a_second() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+    let ask = json!({"user_id": "1", "k": 10, "context": {"hour": 3, "weekday": 1}});
+    let top = ids(&b.post_json("/v1/rank", &ask).await.json())[0].clone();
+    let r = events(&a, &rating("r-1", "1", &top)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"accepted": 1, "duplicates": 0}));
+    // The accepting replica sees it at once...
+    assert!(!ids(&a.post_json("/v1/rank", &ask).await.json()).contains(&top));
+    // ...and the other within a second (its cached answer included).
+    let took = until(&b, &ask, Duration::from_secs(1), |v| !ids(v).contains(&top)).await;
+    assert!(took.is_some(), "replica b still offers {top} after 1 s");
+    // Ids are shared: the same event sent to the other replica is a duplicate.
+    let r = events(&b, &rating("r-1", "1", &top)).await;
+    assert_eq!(r.json(), json!({"accepted": 0, "duplicates": 1}));
+    // A replica started later reads the shared log before it serves.
+    let c = replica(&redis).await;
+    assert!(!ids(&c.post_json("/v1/rank", &ask).await.json()).contains(&top));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_and_back_under_load_never_fails_a_ranking() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+    let public = a.public;
+    // Rankings on replica a, all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let ask = json!({"user_id": format!("{}", 1 + n % 50), "k": 10});
+                let r = post_json_to(public, "/v1/rank", &ask).await;
+                statuses.push(r.status);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    let ask = json!({"user_id": "7", "k": 50});
+    let top = ids(&b.post_json("/v1/rank", &ask).await.json())[0].clone();
+    assert_eq!(events(&a, &rating("d-1", "8", &top)).await.status, 200);
+    redis.stop();
+    // Events are refused fast, with a reason and a retry hint.
+    let t = Instant::now();
+    let r = events(&a, &rating("d-2", "7", &top)).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["code"], "state_store_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Back (empty: this Redis keeps nothing), and events resume by
+    // themselves: the caller's retry of the refused event goes through.
+    redis.run();
+    let started = Instant::now();
+    let mut status = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        status = events(&a, &rating("d-2", "7", &top)).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "events did not resume");
+    // The other replica's follower reconnected and sees it.
+    let took = until(&b, &ask, Duration::from_secs(5), |v| !ids(v).contains(&top)).await;
+    assert!(
+        took.is_some(),
+        "replica b never saw the event after the restart"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    assert!(statuses.len() > 20, "{} rankings", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "a ranking failed while Redis was away: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    let text = crate::common::metrics_text(a.admin).await;
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("cascade_state_store_errors_total{backend=\"redis\",op=\"append\"}")
+            && !l.ends_with(" 0")),
+        "no append error counted"
+    );
+}
