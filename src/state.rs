@@ -247,6 +247,9 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
         "event log replayed"
     );
     metrics::gauge!(crate::telemetry::metrics::EVENT_LOG_BYTES).set(recovered.log_bytes as f64);
+    metrics::counter!(crate::telemetry::metrics::STATE_STORE_ERRORS_TOTAL, "backend" => "embedded", "op" => "append")
+        .increment(0);
+    crate::events::store_up("embedded", true);
     pipeline.online.report_size();
     Ok(crate::events::Store::Embedded(std::sync::Mutex::new(log)))
 }

@@ -25,6 +25,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::catalog::Catalog;
+use crate::telemetry::metrics as m;
+
+/// Sets `cascade_state_store_up{backend}`.
+pub(crate) fn store_up(backend: &'static str, up: bool) {
+    metrics::gauge!(m::STATE_STORE_UP, "backend" => backend).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts a failed store call, marks the store down, and warns (once per
+/// 10 s per backend and operation).
+pub(crate) fn store_failed(backend: &'static str, op: &'static str, e: &dyn std::fmt::Display) {
+    store_up(backend, false);
+    metrics::counter!(m::STATE_STORE_ERRORS_TOTAL, "backend" => backend, "op" => op).increment(1);
+    if let Some(suppressed) = crate::telemetry::throttle(
+        &format!("state store:{backend}:{op}"),
+        std::time::Duration::from_secs(10),
+    ) {
+        tracing::warn!(backend, op, error = %e, suppressed, "state store call failed; ranking from the in-process view");
+    }
+}
 
 /// `[state]`: where live state lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::online::Online;
-use super::Event;
+use super::{store_failed, store_up, Event};
 use crate::catalog::Catalog;
 use crate::telemetry::metrics as m;
 
@@ -75,20 +75,6 @@ pub struct RedisStore {
 #[error("the state store (Redis) is unavailable: {0}")]
 pub struct Unavailable(String);
 
-fn up(is_up: bool) {
-    metrics::gauge!(m::STATE_STORE_UP, "backend" => "redis").set(if is_up { 1.0 } else { 0.0 });
-}
-
-fn failed(op: &'static str, e: &dyn std::fmt::Display) {
-    up(false);
-    metrics::counter!(m::STATE_STORE_ERRORS_TOTAL, "backend" => "redis", "op" => op).increment(1);
-    if let Some(suppressed) =
-        crate::telemetry::throttle(&format!("redis:{op}"), Duration::from_secs(10))
-    {
-        tracing::warn!(op, error = %e, suppressed, "state store (Redis) unavailable; ranking from the in-process view");
-    }
-}
-
 impl RedisStore {
     /// A store on `url` (`redis://host:port/db`) under `prefix`; nothing
     /// is contacted yet.
@@ -98,7 +84,7 @@ impl RedisStore {
             metrics::counter!(m::STATE_STORE_ERRORS_TOTAL, "backend" => "redis", "op" => op)
                 .increment(0);
         }
-        up(false);
+        store_up("redis", false);
         Ok(RedisStore {
             client,
             writer: Mutex::new(None),
@@ -131,7 +117,7 @@ impl RedisStore {
         })();
         match result {
             Ok(at) => {
-                up(true);
+                store_up("redis", true);
                 let mut fresh: Vec<Option<Event>> = fresh.into_iter().map(Some).collect();
                 Ok(at
                     .into_iter()
@@ -142,7 +128,7 @@ impl RedisStore {
                 // Whether the script ran is unknown: the caller retries,
                 // and the ids make a retry harmless.
                 *writer = None;
-                failed("append", &e);
+                store_failed("redis", "append", &e);
                 Err(Unavailable(e.to_string()))
             }
         }
@@ -162,7 +148,7 @@ impl RedisStore {
         loop {
             let read = read(&mut con, &self.stream, last, None).map_err(|e| e.to_string())?;
             if read.is_empty() {
-                up(true);
+                store_up("redis", true);
                 return Ok(events);
             }
             events += apply(catalog, online, read, last);
@@ -192,13 +178,13 @@ impl RedisStore {
                     })();
                     match result {
                         Ok(read) => {
-                            up(true);
+                            store_up("redis", true);
                             backoff = Duration::from_millis(100);
                             apply(&catalog, &online, read, &mut last);
                         }
                         Err(e) => {
                             con = None;
-                            failed("follow", &e);
+                            store_failed("redis", "follow", &e);
                             std::thread::sleep(backoff);
                             backoff = (backoff * 2).min(Duration::from_secs(2));
                         }
@@ -305,15 +291,19 @@ fn entries(reply: redis::Value) -> Vec<Entry> {
 }
 
 /// Applies `read` to `online`, moving `last` past it; records how long
-/// each entry took to arrive here. Returns the events applied.
+/// each entry another replica accepted took from the shared log to this
+/// view. Returns the events applied.
 fn apply(catalog: &Catalog, online: &Online, read: Vec<Entry>, last: &mut String) -> usize {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let mut applied = 0;
     for (id, batch) in read {
-        applied += online.apply(catalog, &batch).accepted;
-        if let Some(ms) = id.split('-').next().and_then(|t| t.parse::<i64>().ok()) {
+        let accepted = online.apply(catalog, &batch).accepted;
+        applied += accepted;
+        // Batches this replica accepted itself were applied at once.
+        let ms = id.split('-').next().and_then(|t| t.parse::<i64>().ok());
+        if let Some(ms) = ms.filter(|_| accepted > 0) {
             metrics::histogram!(m::EVENT_APPLY_LAG_SECONDS)
                 .record((now_ms - ms).max(0) as f64 / 1000.0);
         }

@@ -62,12 +62,17 @@ pub async fn route(
                 if !fresh.is_empty() {
                     let written = log.append(&fresh).map_err(|e| {
                         metrics::counter!(m::EVENT_LOG_ERRORS_TOTAL).increment(1);
+                        events::store_failed("embedded", "append", &e);
                         tracing::error!(error = %e, "event log write failed; batch not applied");
                         ApiError::internal("events could not be stored")
                     })?;
+                    events::store_up("embedded", true);
                     metrics::gauge!(m::EVENT_LOG_BYTES).increment(written as f64);
                 }
+                let recorded = std::time::Instant::now();
                 pipeline.online.apply(&pipeline.catalog, &fresh);
+                metrics::histogram!(m::EVENT_APPLY_LAG_SECONDS)
+                    .record(recorded.elapsed().as_secs_f64());
                 fresh
             }
             Store::Redis(redis) => {

@@ -100,12 +100,13 @@ pub const EVENT_APPLY_SECONDS: &str = "cascade_event_apply_seconds";
 pub const EVENT_LOG_BYTES: &str = "cascade_event_log_bytes";
 /// Failed writes to the event log (each a 500 to the caller).
 pub const EVENT_LOG_ERRORS_TOTAL: &str = "cascade_event_log_errors_total";
-/// 1 while the shared state store answers, by backend (`redis`).
+/// 1 while the state store takes writes, by backend (`embedded`, `redis`).
 pub const STATE_STORE_UP: &str = "cascade_state_store_up";
 /// Failed state-store calls by backend and operation (`append`: an events
-/// call answered 503; `follow`: reading other replicas' events).
+/// call refused; `follow`: reading other replicas' events, Redis).
 pub const STATE_STORE_ERRORS_TOTAL: &str = "cascade_state_store_errors_total";
-/// From an event batch entering the shared log to this replica applying it.
+/// From an event batch being recorded (the embedded log, or the shared log
+/// in Redis) to this process applying it.
 pub const EVENT_APPLY_LAG_SECONDS: &str = "cascade_event_apply_lag_seconds";
 /// Live state held in memory, by part: `users` and `items` with events,
 /// `buckets` of their windowed counters.
