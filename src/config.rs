@@ -518,6 +518,12 @@ impl Config {
                 "letters, digits and _ - : . only, at least one",
             ));
         }
+        if let Err(e) = crate::data::schema::duration_ms(&self.state.dedupe_window) {
+            return Err(invalid("state.dedupe_window", e));
+        }
+        if self.state.compact_bytes < 4096 {
+            return Err(invalid("state.compact_bytes", "must be at least 4096"));
+        }
         if self.state.max_batch_events == 0 {
             return Err(invalid("state.max_batch_events", "must be at least 1"));
         }

@@ -230,6 +230,13 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
         crate::events::log::EventLog::open(&config.state.dir, config.state.fsync)
             .map_err(StartupError::Ranking)?;
     let mut events = 0;
+    if let Some(snapshot) = &recovered.snapshot {
+        let users = pipeline
+            .online
+            .restore(&pipeline.catalog, snapshot)
+            .map_err(StartupError::Ranking)?;
+        tracing::info!(users, bytes = snapshot.len(), "live-state snapshot loaded");
+    }
     for batch in &recovered.batches {
         events += pipeline.online.apply(&pipeline.catalog, batch).accepted;
     }

@@ -10,10 +10,12 @@
 //! Counts are `u32` with wrapping arithmetic: a difference stays right
 //! even after the running total wraps.
 
+use serde::{Deserialize, Serialize};
+
 use crate::data::schema::Counter;
 
 /// One entity's cumulative counts by bucket, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Buckets {
     /// The total of every bucket already dropped.
     base: u32,
@@ -68,7 +70,7 @@ impl Buckets {
 
 /// Everything counted for one item or one user: a series per declared
 /// counter, and the time of the last interaction of each kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     counts: Vec<Buckets>,
     /// Epoch ms per kind (index into `events.kinds`); `i64::MIN` = never.
@@ -76,6 +78,22 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Forgets the counts (the schema's counters changed) and, when the
+    /// kinds changed too, the last times.
+    pub fn reset(&mut self, counts: bool, last: bool) {
+        if counts {
+            self.counts.clear();
+        }
+        if last {
+            self.last.clear();
+        }
+    }
+
+    /// Buckets held across counters.
+    pub fn buckets(&self) -> usize {
+        self.counts.iter().map(|b| b.cum.len()).sum()
+    }
+
     /// Adds one interaction of kind `name` (index `kind` of `kinds`) at
     /// `t`; returns the change in buckets held.
     pub fn add(

@@ -68,6 +68,12 @@ pub struct StateConfig {
     pub max_batch_events: usize,
     /// Interactions kept per user, newest first.
     pub max_history: usize,
+    /// Past this many bytes of log, the view is written as a snapshot and
+    /// the log starts over (embedded backend).
+    pub compact_bytes: u64,
+    /// How long an event id is remembered for deduplication (`"7d"`): a
+    /// compaction forgets ids of events older than this before the newest.
+    pub dedupe_window: String,
 }
 
 impl Default for StateConfig {
@@ -80,6 +86,8 @@ impl Default for StateConfig {
             fsync: true,
             max_batch_events: 1000,
             max_history: 500,
+            compact_bytes: 64 * 1024 * 1024,
+            dedupe_window: "7d".into(),
         }
     }
 }
@@ -117,6 +125,13 @@ impl Event {
     pub fn id(&self) -> &str {
         match self {
             Event::Interaction { id, .. } | Event::Item { id, .. } => id,
+        }
+    }
+
+    /// Epoch milliseconds.
+    pub fn timestamp(&self) -> i64 {
+        match self {
+            Event::Interaction { timestamp, .. } | Event::Item { timestamp, .. } => *timestamp,
         }
     }
 

@@ -11,6 +11,8 @@
 //! live state together, one for availability.
 
 use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,7 +42,9 @@ struct ItemState {
 pub struct View {
     counters: Vec<Counter>,
     kinds: Vec<String>,
-    applied: HashSet<String>,
+    /// Ids applied, with their events' timestamps (forgotten past
+    /// `state.dedupe_window` at compaction).
+    applied: HashMap<String, i64>,
     users: HashMap<String, History>,
     /// By item row, allocated on an item's first event: a lookup per
     /// candidate row is an index, not a hash.
@@ -82,6 +86,32 @@ impl Live for View {
             Who::User(id) => self.users.get(id)?.tally.last(kind),
         }
     }
+}
+
+/// The view as a snapshot writes it: items by id (rows change between
+/// catalog snapshots), the counters' declarations to check them against.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    /// (kind, min_value, bucket ms, keep) of each counter.
+    counters: Vec<(String, Option<f64>, i64, u32)>,
+    kinds: Vec<String>,
+    applied: Vec<(String, i64)>,
+    users: Vec<UserSnapshot>,
+    /// (item id, tally, stamp).
+    items: Vec<(String, Tally, u32)>,
+    unavailable: Vec<String>,
+    items_version: u64,
+    availability_version: u64,
+}
+
+/// (user id, history newest first as (item id, ms), tally, version).
+type UserSnapshot = (String, Vec<(String, i64)>, Tally, u64);
+
+fn counter_keys(counters: &[Counter]) -> Vec<(String, Option<f64>, i64, u32)> {
+    counters
+        .iter()
+        .map(|c| (c.kind.clone(), c.min_value, c.bucket_ms, c.keep))
+        .collect()
 }
 
 /// The most-counted items of a window, as of `key`.
@@ -163,7 +193,7 @@ impl Online {
         let total = batch.len();
         let fresh: Vec<Event> = batch
             .into_iter()
-            .filter(|e| !view.applied.contains(e.id()) && ids.insert(e.id().to_string()))
+            .filter(|e| !view.applied.contains_key(e.id()) && ids.insert(e.id().to_string()))
             .collect();
         let duplicates = total - fresh.len();
         (fresh, duplicates)
@@ -177,10 +207,11 @@ impl Online {
         let view = &mut *guard;
         let mut done = Applied::default();
         for e in batch {
-            if !view.applied.insert(e.id().to_string()) {
+            if view.applied.contains_key(e.id()) {
                 done.duplicates += 1;
                 continue;
             }
+            view.applied.insert(e.id().to_string(), e.timestamp());
             done.accepted += 1;
             match e {
                 Event::Interaction {
@@ -341,6 +372,100 @@ impl Online {
         slot.list.clone()
     }
 
+    /// Forgets the ids of events more than `window_ms` older than the
+    /// newest one (duplicates older than that are no longer recognised),
+    /// then writes the view as a snapshot (JSON).
+    pub fn snapshot(&self, catalog: &Catalog, window_ms: i64) -> Vec<u8> {
+        {
+            let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+            let newest = view.applied.values().copied().max().unwrap_or(0);
+            view.applied
+                .retain(|_, t| *t >= newest.saturating_sub(window_ms));
+        }
+        self.read(|view| {
+            let id = |row: u32| catalog.items.ids.get(row).to_string();
+            let snap = Snapshot {
+                counters: counter_keys(&view.counters),
+                kinds: view.kinds.clone(),
+                applied: view.applied.iter().map(|(k, t)| (k.clone(), *t)).collect(),
+                users: view
+                    .users
+                    .iter()
+                    .map(|(u, h)| {
+                        let items = h.items.iter().map(|&(r, t)| (id(r), t)).collect();
+                        (u.clone(), items, h.tally.clone(), h.version)
+                    })
+                    .collect(),
+                items: view
+                    .items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(r, s)| {
+                        let s = s.as_ref()?;
+                        Some((id(r as u32), s.tally.clone(), s.stamp))
+                    })
+                    .collect(),
+                unavailable: view.unavailable.iter().map(|&r| id(r)).collect(),
+                items_version: view.items_version,
+                availability_version: view.availability_version,
+            };
+            serde_json::to_vec(&snap).expect("the view serialises")
+        })
+    }
+
+    /// Loads a snapshot into this (empty) view. Items the catalog no
+    /// longer holds are dropped; counters whose declarations changed start
+    /// over. Returns the users restored.
+    pub fn restore(&self, catalog: &Catalog, bytes: &[u8]) -> Result<usize, String> {
+        let snap: Snapshot = serde_json::from_slice(bytes)
+            .map_err(|e| format!("state.dir: the snapshot cannot be read: {e}"))?;
+        let mut guard = self.view.write().unwrap_or_else(|e| e.into_inner());
+        let view = &mut *guard;
+        let counters_changed = snap.counters != counter_keys(&view.counters);
+        let kinds_changed = snap.kinds != view.kinds;
+        if counters_changed || kinds_changed {
+            tracing::warn!(
+                counters_changed,
+                kinds_changed,
+                "the schema's counters or kinds changed since the snapshot: those counts start over"
+            );
+        }
+        let row = |id: &str| catalog.items.row(id);
+        view.applied = snap.applied.into_iter().collect();
+        view.buckets = 0;
+        for (user, items, mut tally, version) in snap.users {
+            tally.reset(counters_changed, kinds_changed);
+            view.buckets += tally.buckets();
+            let items = items
+                .iter()
+                .filter_map(|(i, t)| Some((row(i)?, *t)))
+                .collect();
+            view.users.insert(
+                user,
+                History {
+                    items,
+                    tally,
+                    version,
+                },
+            );
+        }
+        view.items = vec![];
+        view.items.resize_with(catalog.items.len(), || None);
+        for (item, mut tally, stamp) in snap.items {
+            let Some(r) = row(&item) else { continue };
+            tally.reset(counters_changed, kinds_changed);
+            view.buckets += tally.buckets();
+            view.items[r as usize] = Some(Box::new(ItemState { tally, stamp }));
+            view.items_held += 1;
+        }
+        view.unavailable = snap.unavailable.iter().filter_map(|i| row(i)).collect();
+        view.unavailable.sort_unstable();
+        view.unavailable.dedup();
+        view.items_version = snap.items_version;
+        view.availability_version = snap.availability_version;
+        Ok(view.users.len())
+    }
+
     /// Users and items with live state, and the counter buckets they hold.
     pub fn size(&self) -> (usize, usize, usize) {
         self.read(|view| (view.users.len(), view.items_held, view.buckets))
@@ -457,5 +582,60 @@ mod tests {
         let (users, items, buckets) = online.size();
         assert_eq!((users, items), (4, 3));
         assert!(buckets > 0);
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_view_and_forgets_old_ids() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let catalog = Catalog::load(&root.join("models/catalog")).unwrap();
+        let day = 86_400_000;
+        let now = 1_000 * day;
+        let event = |id: &str, user: &str, item: &str, t: i64| Event::Interaction {
+            id: id.into(),
+            user_id: user.into(),
+            item_id: item.into(),
+            kind: "rating".into(),
+            value: Some(5.0),
+            timestamp: t,
+        };
+        let online = Online::new(&catalog, 10);
+        online.apply(
+            &catalog,
+            &[
+                event("old", "u", "1", now - 30 * day),
+                event("a", "u", "2", now - day),
+                event("b", "v", "2", now),
+                Event::Item {
+                    id: "off".into(),
+                    item_id: "3".into(),
+                    available: false,
+                    timestamp: now,
+                },
+            ],
+        );
+        let bytes = online.snapshot(&catalog, 7 * day);
+        let back = Online::new(&catalog, 10);
+        assert_eq!(back.restore(&catalog, &bytes), Ok(2));
+        let positive = catalog
+            .schema
+            .window("rating", Some(4.0), Some("30d"))
+            .unwrap();
+        for o in [&online, &back] {
+            assert_eq!(o.history("u"), online.history("u"));
+            assert_eq!(o.unavailable(), [catalog.items.row("3").unwrap()]);
+            assert_eq!(o.versions(Some("u")), online.versions(Some("u")));
+            o.read(|v| {
+                let row = catalog.items.row("2").unwrap();
+                assert_eq!(v.count(Who::Item(row), positive, now as f64), 2);
+                assert_eq!(v.stamp(row), 2);
+            });
+            assert_eq!(o.size(), online.size());
+        }
+        // Ids within the window are still duplicates; the old one is forgotten.
+        let (fresh, dups) =
+            back.fresh(vec![event("a", "u", "2", now), event("old", "u", "1", now)]);
+        assert_eq!((fresh.len(), dups), (1, 1));
+        assert_eq!(fresh[0].id(), "old");
+        assert!(back.restore(&catalog, b"{").is_err());
     }
 }

@@ -73,6 +73,9 @@ pub async fn route(
                 pipeline.online.apply(&pipeline.catalog, &fresh);
                 metrics::histogram!(m::EVENT_APPLY_LAG_SECONDS)
                     .record(recorded.elapsed().as_secs_f64());
+                if log.bytes() > state.config.state.compact_bytes {
+                    compact(&state, pipeline, &mut log);
+                }
                 fresh
             }
             Store::Redis(redis) => {
@@ -110,4 +113,34 @@ pub async fn route(
         StatusCode::OK,
         &json!({"accepted": accepted, "duplicates": duplicates}),
     ))
+}
+
+/// Writes the view as a snapshot and starts the log over (under the log's
+/// lock: no batch is appended meanwhile). A failure leaves the log as it
+/// was; the next batch tries again.
+fn compact(
+    state: &AppState,
+    pipeline: &crate::pipeline::Pipeline,
+    log: &mut events::log::EventLog,
+) {
+    let started = Instant::now();
+    let window = crate::data::schema::duration_ms(&state.config.state.dedupe_window)
+        .unwrap_or(7 * 86_400_000);
+    let before = log.bytes();
+    let snapshot = pipeline.online.snapshot(&pipeline.catalog, window);
+    match log.compact(&snapshot) {
+        Ok(()) => {
+            metrics::gauge!(m::EVENT_LOG_BYTES).set(0.0);
+            metrics::counter!(m::STATE_COMPACTIONS_TOTAL).increment(1);
+            tracing::info!(
+                log_bytes = before,
+                snapshot_bytes = snapshot.len(),
+                millis = started.elapsed().as_millis() as u64,
+                "event log compacted into a snapshot"
+            );
+        }
+        Err(e) => {
+            events::store_failed("embedded", "compact", &e);
+        }
+    }
 }

@@ -108,6 +108,8 @@ pub const STATE_STORE_ERRORS_TOTAL: &str = "cascade_state_store_errors_total";
 /// From an event batch being recorded (the embedded log, or the shared log
 /// in Redis) to this process applying it.
 pub const EVENT_APPLY_LAG_SECONDS: &str = "cascade_event_apply_lag_seconds";
+/// Embedded log compactions (a snapshot written, the log started over).
+pub const STATE_COMPACTIONS_TOTAL: &str = "cascade_state_compactions_total";
 /// Live state held in memory, by part: `users` and `items` with events,
 /// `buckets` of their windowed counters.
 pub const LIVE_STATE_SIZE: &str = "cascade_live_state_size";

@@ -211,6 +211,73 @@ fn acknowledged_events_survive_kill_9() {
     child.wait().unwrap();
 }
 
+/// Past `state.compact_bytes` the view becomes a snapshot and the log
+/// starts over: the folder stays small, and a kill -9 after many
+/// compactions still loses nothing and forgets no id.
+#[test]
+fn compaction_keeps_the_folder_small_and_loses_nothing() {
+    use crate::lifecycle::spawn_binary_with;
+    let dir = crate::common::fresh_state_dir();
+    let dir_s = dir.to_string_lossy().to_string();
+    let env = [
+        ("CASCADE_STATE__DIR", dir_s.as_str()),
+        ("CASCADE_STATE__COMPACT_BYTES", "4096"),
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ask = json!({"user_id": "1", "k": 10, "context": {"hour": 3, "weekday": 1}});
+    let (mut child, public, _) = spawn_binary_with(&env);
+    let top = rt.block_on(async {
+        let top = ids(&post(public, "/v1/rank", &ask).await.json())[0].clone();
+        assert_eq!(
+            post(
+                public,
+                "/v1/events",
+                &json!({"events": [rating("c-0", "1", &top)]})
+            )
+            .await
+            .status,
+            200
+        );
+        // 40 batches of 10 ratings by other users: ~50 KB of log.
+        for b in 0..40 {
+            let events: Vec<Value> = (0..10)
+                .map(|i| {
+                    rating(
+                        &format!("c-{b}-{i}"),
+                        &format!("u{i}"),
+                        &format!("{}", 1 + (b * 10 + i) % 1600),
+                    )
+                })
+                .collect();
+            let r = post(public, "/v1/events", &json!({ "events": events })).await;
+            assert_eq!(r.status, 200);
+        }
+        top
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.contains(&"snapshot.bin".to_string()), "{files:?}");
+    let logs: Vec<&String> = files.iter().filter(|f| f.ends_with(".log")).collect();
+    assert_eq!(logs.len(), 1, "covered logs are deleted: {files:?}");
+    let log_bytes = std::fs::metadata(dir.join(logs[0])).unwrap().len();
+    assert!(log_bytes < 4096 + 2048, "{log_bytes} bytes of log");
+    let (mut child, public, _) = spawn_binary_with(&env);
+    rt.block_on(async {
+        let v = post(public, "/v1/rank", &ask).await.json();
+        assert!(!ids(&v).contains(&top), "the first event was lost: {v}");
+        // Ids from before every compaction are still duplicates.
+        let again = json!({"events": [rating("c-0", "1", &top), rating("c-39-9", "u9", "400")]});
+        let r = post(public, "/v1/events", &again).await;
+        assert_eq!(r.json(), json!({"accepted": 0, "duplicates": 2}));
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// A re-ranker whose score is the sum of two declared live features: the
 /// item's positive ratings in the last 30 days, and half the user's
 /// ratings. The shipped schema declares both counters.
