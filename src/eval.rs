@@ -8,6 +8,16 @@
 //! `models/train/.cache/eval_requests.jsonl`; derived from the data set, so
 //! never committed):
 //! `{"segment": "known_users", "user_id": "1", "context": {...}, "relevant": ["12", "50"]}`
+//! and optionally `"timestamp"` (epoch ms): the moment the request is
+//! ranked at.
+//!
+//! With `--events interactions.parquet` (the columns `cascade features
+//! --events` reads) the replay also plays the interactions as live events,
+//! in time order: cases are ranked in timestamp order, each after exactly
+//! the interactions before its timestamp, and as of that time — so windowed
+//! counters, recency and the trending list are measured the way they serve.
+//! Cases without a timestamp are ranked last, after every interaction, at
+//! the wall clock.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
@@ -25,6 +35,9 @@ pub struct EvalCase {
     #[serde(default)]
     pub context: serde_json::Map<String, serde_json::Value>,
     pub relevant: Vec<String>,
+    /// When the request is ranked (epoch ms); the wall clock when absent.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
 }
 
 /// Metrics of one segment, averaged over its users.
@@ -82,15 +95,28 @@ pub fn read_cases(path: &Path) -> anyhow::Result<Vec<EvalCase>> {
 /// Replays `cases` with top-`k` requests through the serving pipeline.
 pub async fn run(
     state: &AppState,
-    cases: Vec<EvalCase>,
+    mut cases: Vec<EvalCase>,
     k: usize,
+    events: Vec<crate::events::Event>,
 ) -> anyhow::Result<BTreeMap<String, SegmentScore>> {
     let pipeline = state
         .pipeline
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("ranking.enabled is false"))?;
     let mut sums: BTreeMap<String, SegmentScore> = BTreeMap::new();
+    // In time order, so that the replay only moves forward; untimed last.
+    cases.sort_by_key(|c| c.timestamp.unwrap_or(i64::MAX));
+    let mut played = 0;
     for case in cases {
+        let before =
+            events[played..].partition_point(|e| case.timestamp.is_none_or(|t| e.timestamp() < t));
+        pipeline
+            .online
+            .apply(&pipeline.catalog, &events[played..played + before]);
+        played += before;
+        let now = case.timestamp.map_or_else(std::time::SystemTime::now, |t| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64)
+        });
         let request: RankRequest = serde_json::from_value(serde_json::json!({
             "user_id": case.user_id,
             "context": case.context,
@@ -100,7 +126,9 @@ pub async fn run(
         let valid = request
             .validate(&pipeline.limits, &pipeline.catalog.schema, || "eval".into())
             .map_err(|e| anyhow::anyhow!("segment {}: {e}", case.segment))?;
-        let response = pipeline.rank(&state.registry, &state.pool, valid).await?;
+        let response = pipeline
+            .rank_at(&state.registry, &state.pool, valid, now)
+            .await?;
         let ranked: Vec<String> = response.items.into_iter().map(|i| i.item_id).collect();
         let relevant: HashSet<&str> = case.relevant.iter().map(String::as_str).collect();
         let (ndcg, recall) = ndcg_recall(&ranked, &relevant);

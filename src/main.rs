@@ -124,6 +124,11 @@ struct EvalArgs {
     /// Items per answer (recall@k).
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Parquet interactions (user_id, item_id, kind, value, timestamp)
+    /// played as live events in time order while the cases are ranked,
+    /// each case as of its `timestamp`.
+    #[arg(long)]
+    events: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Default)]
@@ -319,9 +324,15 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let state = AppState::load(config).context("loading models")?;
+        let events = match (&args.events, &state.pipeline) {
+            (Some(path), Some(p)) => {
+                cascade::offline::read_events(&p.catalog, path).map_err(anyhow::Error::msg)?
+            }
+            _ => Vec::new(),
+        };
         let started = std::time::Instant::now();
         let n = cases.len();
-        let scores = cascade::eval::run(&state, cases, args.k).await?;
+        let scores = cascade::eval::run(&state, cases, args.k, events).await?;
         println!(
             "{:<24} {:>6} {:>9} {:>10} {:>9}",
             "segment",

@@ -146,7 +146,7 @@ pub fn run(
 }
 
 /// The interactions of an `--events` file, checked, in time order.
-fn read_events(catalog: &Catalog, path: &Path) -> Result<Vec<Event>, String> {
+pub fn read_events(catalog: &Catalog, path: &Path) -> Result<Vec<Event>, String> {
     let shown = path
         .file_name()
         .map_or("events".into(), |n| n.to_string_lossy().into_owned());

@@ -280,7 +280,11 @@ impl Pipeline {
     /// Who the request is for: a known user's row (or none: cold start),
     /// and the context with its defaults applied at the request's time.
     pub fn subject(&self, req: &ValidRequest) -> Subject {
-        let now = SystemTime::now();
+        self.subject_at(req, SystemTime::now())
+    }
+
+    /// [`Pipeline::subject`] as of `now`.
+    pub fn subject_at(&self, req: &ValidRequest, now: SystemTime) -> Subject {
         Subject {
             user: req
                 .user_id

@@ -85,10 +85,23 @@ impl Pipeline {
     pub async fn rank(
         &self,
         registry: &Registry,
-        _pool: &InferencePool,
+        pool: &InferencePool,
         req: ValidRequest,
     ) -> Result<RankResponse, RankError> {
-        let subject = self.subject(&req);
+        self.rank_at(registry, pool, req, std::time::SystemTime::now())
+            .await
+    }
+
+    /// Ranks without the cache as of `now`: context defaults and the
+    /// windows of live counters read that time (offline replay).
+    pub async fn rank_at(
+        &self,
+        registry: &Registry,
+        _pool: &InferencePool,
+        req: ValidRequest,
+        now: std::time::SystemTime,
+    ) -> Result<RankResponse, RankError> {
+        let subject = self.subject_at(&req, now);
         let plan = self.plan(registry, &req, &subject);
         let trending = self.trending_for(&req, &subject);
         self.rank_for(subject, plan, req, trending).await

@@ -378,7 +378,9 @@ async fn offline_replay_scores_cases_through_the_pipeline() {
     )
     .unwrap();
     let cases = cascade::eval::read_cases(&path).unwrap();
-    let scores = cascade::eval::run(&s.state, cases, 10).await.unwrap();
+    let scores = cascade::eval::run(&s.state, cases, 10, Vec::new())
+        .await
+        .unwrap();
     let known = &scores["known_users"];
     assert_eq!(known.users, 1);
     assert!(
@@ -388,6 +390,70 @@ async fn offline_replay_scores_cases_through_the_pipeline() {
     assert!((known.recall_at_k - 1.0).abs() < 1e-9);
     assert_eq!(scores["cold_start_users"].ndcg_at_10, 0.0);
     assert_eq!(known.degraded, 0);
+}
+
+/// `cascade eval --events`: the interactions are played as live events in
+/// time order, each case ranked as of its timestamp after exactly the
+/// interactions before it — here through the trending cold-start list.
+#[tokio::test]
+async fn offline_replay_plays_the_interactions_up_to_each_case() {
+    use cascade::data::parquet::{write, Out};
+    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    config.ranking.cold_start_model = None; // the retrieval order itself
+    let s = TestServer::start(config).await;
+    let day = 86_400_000i64;
+    let t = 1_000_000_000_000i64;
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.parquet");
+    let log = [
+        ("a", "1682", t - day),
+        ("b", "1682", t - day / 2),
+        ("c", "1681", t + day), // after the first case: not for it
+    ];
+    write(
+        &events,
+        vec![
+            (
+                "user_id",
+                Out::Strings(log.iter().map(|e| e.0.into()).collect()),
+            ),
+            (
+                "item_id",
+                Out::Strings(log.iter().map(|e| e.1.into()).collect()),
+            ),
+            ("value", Out::F32(vec![5.0; 3])),
+            (
+                "timestamp",
+                Out::OptF64(log.iter().map(|e| Some(e.2 as f64)).collect()),
+            ),
+        ],
+    )
+    .unwrap();
+    let case = |segment: &str, at: i64, relevant: &str| cascade::eval::EvalCase {
+        segment: segment.into(),
+        user_id: None,
+        context: serde_json::Map::new(),
+        relevant: vec![relevant.into()],
+        timestamp: Some(at),
+    };
+    // Given out of time order: the replay sorts them.
+    let cases = vec![case("later", t + 2 * day, "1681"), case("first", t, "1682")];
+    let played =
+        cascade::offline::read_events(&s.state.pipeline.as_ref().unwrap().catalog, &events)
+            .unwrap();
+    let scores = cascade::eval::run(&s.state, cases, 10, played)
+        .await
+        .unwrap();
+    assert!(
+        (scores["first"].ndcg_at_10 - 1.0).abs() < 1e-9,
+        "{scores:?}"
+    );
+    // 1682 (two ratings) then 1681 (one): second place.
+    let second = 1.0 / 3f64.log2();
+    assert!(
+        (scores["later"].ndcg_at_10 - second).abs() < 1e-9,
+        "{scores:?}"
+    );
 }
 
 #[tokio::test]
