@@ -521,6 +521,9 @@ impl Config {
         if let Err(e) = crate::data::schema::duration_ms(&self.state.dedupe_window) {
             return Err(invalid("state.dedupe_window", e));
         }
+        if self.state.redis_compact_entries == 0 {
+            return Err(invalid("state.redis_compact_entries", "must be at least 1"));
+        }
         if self.state.compact_bytes < 4096 {
             return Err(invalid("state.compact_bytes", "must be at least 4096"));
         }

@@ -208,10 +208,16 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
     let started = std::time::Instant::now();
     if config.state.backend == "redis" {
         let url = config.state.redis_url.as_deref().unwrap_or_default();
-        let store = crate::events::redis::RedisStore::new(url, &config.state.redis_prefix)
-            .map_err(StartupError::Ranking)?;
-        let mut last = "0-0".to_string();
-        match store.catch_up(&pipeline.catalog, &pipeline.online, &mut last) {
+        let compaction = crate::events::redis::Compaction {
+            entries: config.state.redis_compact_entries,
+            window_ms: crate::data::schema::duration_ms(&config.state.dedupe_window)
+                .map_err(StartupError::Ranking)?,
+        };
+        let store =
+            crate::events::redis::RedisStore::new(url, &config.state.redis_prefix, compaction)
+                .map_err(StartupError::Ranking)?;
+        let mut follower = store.follower(pipeline.catalog.clone(), pipeline.online.clone());
+        match follower.catch_up() {
             Ok(events) => tracing::info!(
                 events,
                 millis = started.elapsed().as_millis() as u64,
@@ -223,7 +229,7 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
             ),
         }
         pipeline.online.report_size();
-        store.follow(pipeline.catalog.clone(), pipeline.online.clone(), last);
+        store.follow(follower);
         return Ok(crate::events::Store::Redis(Box::new(store)));
     }
     let (log, recovered) =

@@ -55,9 +55,12 @@ pub struct StateConfig {
     pub backend: String,
     /// `redis://host:port/db`, for `backend = "redis"`.
     pub redis_url: Option<String>,
-    /// Prefix of the Redis keys (`<prefix>:events`, `<prefix>:ids`): one
-    /// per app sharing a Redis.
+    /// Prefix of the Redis keys (`<prefix>:events`, `<prefix>:id:<id>`,
+    /// `<prefix>:snapshot`, …): one per app sharing a Redis.
     pub redis_prefix: String,
+    /// Stream entries past which a replica snapshots the view into Redis
+    /// and trims the stream.
+    pub redis_compact_entries: u64,
     /// The log's folder (created if needed; one process at a time).
     pub dir: std::path::PathBuf,
     /// fsync every acknowledged batch before answering 200 (`true`), or
@@ -82,6 +85,7 @@ impl Default for StateConfig {
             backend: "embedded".into(),
             redis_url: None,
             redis_prefix: "cascade".into(),
+            redis_compact_entries: 100_000,
             dir: ".cache/state".into(),
             fsync: true,
             max_batch_events: 1000,

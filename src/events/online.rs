@@ -55,6 +55,9 @@ pub struct View {
     items_version: u64,
     /// Counter buckets held by every user and item.
     buckets: usize,
+    /// Restores so far: mixed into every version and stamp, so that a view
+    /// replaced by a snapshot never matches what was cached before.
+    epoch: u64,
     /// Sorted rows of unavailable items.
     unavailable: Vec<u32>,
     availability_version: u64,
@@ -63,7 +66,8 @@ pub struct View {
 impl View {
     /// The item's stamp: a cached score computed at another stamp is stale.
     pub fn stamp(&self, row: u32) -> u32 {
-        self.item(row).map_or(0, |s| s.stamp)
+        let stamp = self.item(row).map_or(0, |s| s.stamp);
+        stamp ^ (self.epoch as u32).wrapping_mul(0x9e37_79b9)
     }
 
     fn item(&self, row: u32) -> Option<&ItemState> {
@@ -296,11 +300,12 @@ impl Online {
     /// What a cached answer for this user depends on.
     pub fn versions(&self, user_id: Option<&str>) -> Versions {
         self.read(|view| Versions {
-            availability: view.availability_version,
+            availability: view.availability_version ^ (view.epoch << 40),
             user: user_id
                 .and_then(|u| view.users.get(u))
-                .map_or(0, |h| h.version),
-            items: view.items_version,
+                .map_or(0, |h| h.version)
+                ^ (view.epoch << 40),
+            items: view.items_version ^ (view.epoch << 40),
         })
     }
 
@@ -413,13 +418,21 @@ impl Online {
         })
     }
 
-    /// Loads a snapshot into this (empty) view. Items the catalog no
-    /// longer holds are dropped; counters whose declarations changed start
-    /// over. Returns the users restored.
+    /// Replaces the view with a snapshot. Items the catalog no longer
+    /// holds are dropped; counters whose declarations changed start over.
+    /// Returns the users restored.
     pub fn restore(&self, catalog: &Catalog, bytes: &[u8]) -> Result<usize, String> {
         let snap: Snapshot = serde_json::from_slice(bytes)
-            .map_err(|e| format!("state.dir: the snapshot cannot be read: {e}"))?;
+            .map_err(|e| format!("the live-state snapshot cannot be read: {e}"))?;
         let mut guard = self.view.write().unwrap_or_else(|e| e.into_inner());
+        let fresh = View {
+            counters: guard.counters.clone(),
+            kinds: guard.kinds.clone(),
+            epoch: guard.epoch + 1,
+            ..View::default()
+        };
+        *guard = fresh;
+        *self.trending.lock().unwrap_or_else(|e| e.into_inner()) = TrendingSlot::default();
         let view = &mut *guard;
         let counters_changed = snap.counters != counter_keys(&view.counters);
         let kinds_changed = snap.kinds != view.kinds;
@@ -623,14 +636,16 @@ mod tests {
         for o in [&online, &back] {
             assert_eq!(o.history("u"), online.history("u"));
             assert_eq!(o.unavailable(), [catalog.items.row("3").unwrap()]);
-            assert_eq!(o.versions(Some("u")), online.versions(Some("u")));
             o.read(|v| {
                 let row = catalog.items.row("2").unwrap();
                 assert_eq!(v.count(Who::Item(row), positive, now as f64), 2);
-                assert_eq!(v.stamp(row), 2);
             });
             assert_eq!(o.size(), online.size());
         }
+        // A replaced view never matches a cache entry of the one before.
+        assert_ne!(back.versions(Some("u")), online.versions(Some("u")));
+        let row = catalog.items.row("2").unwrap();
+        assert_ne!(back.read(|v| v.stamp(row)), online.read(|v| v.stamp(row)));
         // Ids within the window are still duplicates; the old one is forgotten.
         let (fresh, dups) =
             back.fresh(vec![event("a", "u", "2", now), event("old", "u", "1", now)]);

@@ -89,6 +89,20 @@ impl RedisServer {
         }
     }
 
+    /// One command's reply, as its first line (`:3`, `+OK`, `$-1`, ...).
+    fn command(&self, args: &[&str]) -> String {
+        use std::io::{BufRead, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
@@ -101,9 +115,14 @@ impl Drop for RedisServer {
 }
 
 async fn replica(redis: &RedisServer) -> TestServer {
+    replica_compacting_past(redis, 100_000).await
+}
+
+async fn replica_compacting_past(redis: &RedisServer, entries: u64) -> TestServer {
     let mut config = config_for(&shipped_models());
     config.state.backend = "redis".into();
     config.state.redis_url = Some(redis.url());
+    config.state.redis_compact_entries = entries;
     TestServer::start(config).await
 }
 
@@ -228,4 +247,48 @@ async fn redis_down_and_back_under_load_never_fails_a_ranking() {
             && !l.ends_with(" 0")),
         "no append error counted"
     );
+}
+
+/// Past `state.redis_compact_entries` a replica writes its view as the
+/// shared snapshot and trims the stream: the stream stays short, a replica
+/// started afterwards loads the snapshot and the rest, and ids are still
+/// recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_shared_log_stays_short_and_late_replicas_load_its_snapshot() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = replica_compacting_past(&redis, 5).await;
+    let ask = json!({"user_id": "1", "k": 10, "context": {"hour": 3, "weekday": 1}});
+    let top = ids(&a.post_json("/v1/rank", &ask).await.json())[0].clone();
+    assert_eq!(events(&a, &rating("s-0", "1", &top)).await.status, 200);
+    for i in 1..40 {
+        let r = events(&a, &rating(&format!("s-{i}"), &format!("u{i}"), "100")).await;
+        assert_eq!(r.status, 200);
+    }
+    // The follower compacts once it has read past the threshold.
+    let started = Instant::now();
+    while redis.command(&["EXISTS", "cascade:snapshot"]) != ":1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no snapshot written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let len: u64 = redis.command(&["XLEN", "cascade:events"])[1..]
+        .parse()
+        .unwrap();
+    assert!(len < 40, "the stream still holds {len} entries");
+    // Ids are keys that expire after the dedupe window, not a growing set.
+    let ttl: i64 = redis.command(&["PTTL", "cascade:id:s-0"])[1..]
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 7 * 86_400_000, "{ttl}");
+    let c = replica(&redis).await;
+    assert!(
+        !ids(&c.post_json("/v1/rank", &ask).await.json()).contains(&top),
+        "the late replica lost the first event (trimmed, so only in the snapshot)"
+    );
+    let r = events(&c, &rating("s-0", "1", &top)).await;
+    assert_eq!(r.json(), json!({"accepted": 0, "duplicates": 1}));
 }
