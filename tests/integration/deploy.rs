@@ -113,3 +113,66 @@ async fn dashboard_and_alerts_reference_only_exported_metrics() {
         );
     }
 }
+
+/// `promtool` from Debian's `prometheus` package: installed by
+/// `scripts/setup-test-env.sh`; `None` (the test says SKIPPED) where it
+/// cannot be.
+fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: promtool is not installed (scripts/setup-test-env.sh installs Debian's prometheus)");
+    }
+    found.then(|| "promtool".into())
+}
+
+/// The alert rules are valid to Prometheus, and their unit tests
+/// (`deploy/prometheus/tests/*.test.yml`) pass under `promtool test rules`:
+/// every alert fires where it should, with the labels and summary the
+/// runbook reads, and stays silent where it should.
+#[test]
+fn alert_rules_pass_promtool_with_a_firing_and_a_silent_case_each() {
+    let root = crate::common::project_root();
+    let rules = root.join("deploy/prometheus/alerts.yml");
+    let tests = root.join("deploy/prometheus/tests/cascade.test.yml");
+    let alerts = std::fs::read_to_string(&rules).unwrap();
+    let cases = std::fs::read_to_string(&tests).unwrap();
+    // Each alert: a case expecting it, and a case expecting silence.
+    let lines: Vec<&str> = cases.lines().map(str::trim).collect();
+    for name in alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        let outcomes: Vec<bool> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l == format!("alertname: {name}"))
+            .filter_map(|(i, _)| lines.get(i + 1))
+            .map(|next| *next != "exp_alerts: []")
+            .collect();
+        assert!(
+            outcomes.contains(&true) && outcomes.contains(&false),
+            "{name}: needs a firing and a silent case in {}",
+            tests.display()
+        );
+    }
+    let Some(promtool) = promtool() else { return };
+    for args in [
+        vec!["check", "rules", rules.to_str().unwrap()],
+        vec!["test", "rules", tests.to_str().unwrap()],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
