@@ -33,16 +33,10 @@ fn referenced(text: &str) -> BTreeSet<String> {
     names
 }
 
-#[tokio::test]
-async fn dashboard_and_alerts_reference_only_exported_metrics() {
-    let root = crate::common::project_root();
-    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/cascade.json")).unwrap();
-    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
-    let parsed: serde_json::Value =
-        serde_json::from_str(&dashboard).expect("dashboard is valid JSON");
-    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10));
-    assert!(alerts.contains("groups:") && alerts.matches("- alert:").count() >= 6);
-
+/// A server on the shipped app with every kind of traffic the panels and
+/// alerts look at: rankings (cache hits too), a cold start, a shadow, a
+/// reload, an event, an inference; shadows drained.
+async fn exercised_server() -> TestServer {
     let mut config = crate::common::config_for(&crate::common::shipped_models());
     config.monitoring.sample_rate = 1.0;
     config.monitoring.window_rows = 200;
@@ -94,6 +88,20 @@ async fn dashboard_and_alerts_reference_only_exported_metrics() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    s
+}
+
+#[tokio::test]
+async fn dashboard_and_alerts_reference_only_exported_metrics() {
+    let root = crate::common::project_root();
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/cascade.json")).unwrap();
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("dashboard is valid JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10));
+    assert!(alerts.contains("groups:") && alerts.matches("- alert:").count() >= 6);
+
+    let s = exercised_server().await;
     let exported = metrics_text(s.admin).await;
     let exported_names: BTreeSet<String> = exported
         .lines()
@@ -175,4 +183,241 @@ fn alert_rules_pass_promtool_with_a_firing_and_a_silent_case_each() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Every `expr` of the alert rules (`expr: ...` or an indented `expr: |` block).
+fn alert_exprs(text: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut alert = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        if let Some(name) = t.strip_prefix("- alert: ") {
+            alert = name.trim().to_string();
+        }
+        let Some(rest) = t.strip_prefix("expr: ") else {
+            continue;
+        };
+        if rest.trim() != "|" {
+            out.push((alert.clone(), rest.trim().to_string()));
+            continue;
+        }
+        let indent = line.len() - t.len();
+        let block: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+            .map(|l| l.trim())
+            .collect();
+        out.push((alert.clone(), block.join(" ")));
+    }
+    out
+}
+
+/// The expression without its alerting threshold (`… > 0.01`, `… == 0`),
+/// to see whether the series under it exist.
+fn without_threshold(expr: &str) -> &str {
+    for op in [" > ", " == "] {
+        if let Some(at) = expr.rfind(op) {
+            let tail = expr[at + op.len()..].trim();
+            if tail.parse::<f64>().is_ok() || tail.starts_with("0 or absent") {
+                return expr[..at].trim();
+            }
+        }
+    }
+    expr
+}
+
+/// A chunked HTTP/1.1 body, joined.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&raw[start..(start + size).min(raw.len())]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A `prometheus` child scraping one target every second, on loopback,
+/// with its data in a temporary folder; stopped when dropped.
+struct Prometheus {
+    addr: std::net::SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Option<Prometheus> {
+        let found = std::process::Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("SKIPPED: prometheus is not installed (scripts/setup-test-env.sh installs Debian's prometheus)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cascade\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "prometheus never listened on {addr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(Prometheus {
+            addr,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// `GET /api/v1/query`: the result vector, or the error Prometheus gave.
+    async fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+        let path = format!("/api/v1/query?query={}", percent_encode(expr));
+        let r = send(self.addr, "GET", &path, &[], b"").await;
+        let body = if r
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+        {
+            dechunk(&r.body)
+        } else {
+            r.body.clone()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("HTTP {}: not JSON ({e})", r.status))?;
+        if v["status"] != "success" {
+            return Err(format!("{}: {}", v["errorType"], v["error"]));
+        }
+        match v["data"]["resultType"].as_str() {
+            Some("vector") => Ok(v["data"]["result"].as_array().cloned().unwrap_or_default()),
+            other => Err(format!("result type {other:?}")),
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real Prometheus scrapes a real Cascade: every PromQL expression of the
+/// dashboard and of the alert rules evaluates without error, and the
+/// series under them exist once traffic has made them (save the few that
+/// only failures create).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_evaluates_every_panel_and_alert_expression() {
+    let s = exercised_server().await;
+    let Some(prom) = Prometheus::start(s.admin) else {
+        return;
+    };
+    // Scraped, then twice more after the traffic, so rates have two points.
+    let started = std::time::Instant::now();
+    loop {
+        let up = prom.query("up{job=\"cascade\"} == 1").await;
+        if up.as_ref().is_ok_and(|v| !v.is_empty()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "Prometheus never scraped the admin listener: {up:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let more = json!({"user_id": "2", "k": 5, "context": {"hour": 9, "weekday": 2}});
+    for _ in 0..3 {
+        s.post_json("/v1/rank", &more).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let root = crate::common::project_root();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/cascade.json")).unwrap(),
+    )
+    .unwrap();
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    let mut exprs: Vec<(String, String)> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?").to_string();
+            exprs.push((title, t["expr"].as_str().unwrap().to_string()));
+        }
+    }
+    let rules = alert_exprs(&alerts);
+    assert_eq!(rules.len(), alerts.matches("- alert:").count());
+    for (alert, expr) in &rules {
+        exprs.push((
+            format!("alert {alert}"),
+            without_threshold(expr).to_string(),
+        ));
+        exprs.push((format!("alert {alert} (as written)"), expr.clone()));
+    }
+    // What this traffic cannot create: 5xx answers, a refused version, and
+    // a firing alert (the rules as written, thresholds included).
+    let may_be_empty = [
+        "status=\"503\"",
+        "status=~\"5..\"",
+        "outcome=\"failed\"",
+        "(as written)",
+    ];
+    let mut empty = Vec::new();
+    for (who, expr) in &exprs {
+        let result = prom.query(expr).await;
+        let series = result.unwrap_or_else(|e| panic!("{who}: `{expr}` fails in Prometheus: {e}"));
+        let allowed = may_be_empty
+            .iter()
+            .any(|m| expr.contains(m) || who.contains(m));
+        if series.is_empty() && !allowed {
+            empty.push(format!("{who}: {expr}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "no series where the traffic should have made some:\n{}",
+        empty.join("\n")
+    );
 }
