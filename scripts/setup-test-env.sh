@@ -10,7 +10,7 @@
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import onnxruntime, tritonclient.http, numpy" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import onnxruntime, tritonclient.http, numpy, kubernetes_validate, yaml" 2>/dev/null || [ ! -x .venv/bin/hadolint ]; then
   python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi

