@@ -218,8 +218,8 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
                 .map_err(StartupError::Ranking)?;
         let mut follower = store.follower(pipeline.catalog.clone(), pipeline.online.clone());
         match follower.catch_up() {
-            Ok(events) => tracing::info!(
-                events,
+            Ok(entries) => tracing::info!(
+                entries,
                 millis = started.elapsed().as_millis() as u64,
                 "shared event log (Redis) read"
             ),

@@ -3,8 +3,9 @@
 //! in-process view.
 //!
 //! - Accepting a batch is one Lua script, atomic in Redis: every event id
-//!   is added to a set (`<prefix>:ids`); the events whose id was new are
-//!   appended as one entry to a stream (`<prefix>:events`), and their
+//!   is claimed as a key of its own (`<prefix>:id:<id>`, `SET NX`); the
+//!   events whose id was new are appended as one entry to a stream
+//!   (`<prefix>:events`) with the next sequence number, and their
 //!   positions are returned. Ids are therefore unique across replicas and
 //!   restarts, and a retry after a timeout is a duplicate, never a double
 //!   count.
@@ -13,14 +14,14 @@
 //!   blocking `XREAD` on its own thread and applies what it has not
 //!   applied yet (the view skips known ids), so an event accepted anywhere
 //!   is in every replica's rankings within about one round trip.
-//! - At start a replica reads the stream from the beginning before it
-//!   serves; if Redis cannot be reached it starts on the snapshot alone,
-//!   says so, and catches up once Redis answers.
+//! - At start a replica reads the shared snapshot (when there is one) and
+//!   the stream after it before it serves; if Redis cannot be reached it
+//!   starts on the catalog snapshot alone, says so, and catches up once
+//!   Redis answers.
 //! - Redis down: ranking goes on from the in-process view
 //!   (`cascade_state_store_up` 0, one warning per 10 s), `POST /v1/events`
 //!   answers 503 within the connect/IO timeout, and the follower retries
 //!   with backoff and resumes from the last entry it applied.
-//!
 //! - Bounded: each id is its own key with a time to live of
 //!   `state.dedupe_window`, so the ids expire by themselves; and past
 //!   `state.redis_compact_entries` stream entries one replica (a lock key
@@ -252,18 +253,20 @@ pub struct Follower {
 
 impl Follower {
     /// Reads everything there is (the snapshot first, when there is one)
-    /// before the server starts: the events applied, or an error when
-    /// Redis cannot be read (the follower thread catches up later).
+    /// before the server starts: the stream entries read after the
+    /// snapshot, or an error when Redis cannot be read (the follower
+    /// thread catches up later).
     pub fn catch_up(&mut self) -> Result<usize, String> {
         let mut con = connect(&self.client, IO_TIMEOUT).map_err(|e| e.to_string())?;
-        let mut events = self.load_snapshot(&mut con).map_err(|e| e.to_string())?;
+        self.load_snapshot(&mut con).map_err(|e| e.to_string())?;
+        let mut entries = 0;
         loop {
             match self.step(&mut con, None).map_err(|e| e.to_string())? {
                 0 => {
                     store_up("redis", true);
-                    return Ok(events);
+                    return Ok(entries);
                 }
-                n => events += n,
+                n => entries += n,
             }
         }
     }
