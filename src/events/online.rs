@@ -311,9 +311,13 @@ impl Online {
 
     /// The bucket of `now_ms` of every counter in `counters`, mixed into one
     /// number: windows slide when it changes.
-    pub fn time_key(&self, counters: &[usize], now_ms: f64) -> u64 {
+    pub fn time_key<'a>(&self, counters: impl IntoIterator<Item = &'a usize>, now_ms: f64) -> u64 {
+        let mut counters = counters.into_iter().peekable();
+        if counters.peek().is_none() {
+            return 0;
+        }
         self.read(|view| {
-            counters.iter().fold(0u64, |h, &c| {
+            counters.fold(0u64, |h, &c| {
                 let b = view
                     .counters
                     .get(c)
@@ -498,21 +502,30 @@ impl Online {
 mod tests {
     use super::*;
 
-    fn rated(id: &str, user: &str, item: &str, t: i64) -> Event {
+    fn shipped() -> Catalog {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        Catalog::load(&root.join("models/catalog")).unwrap()
+    }
+
+    /// A rating of `item` by `user` at `t`.
+    fn rating(id: &str, user: &str, item: &str, value: Option<f64>, t: i64) -> Event {
         Event::Interaction {
             id: id.into(),
             user_id: user.into(),
             item_id: item.into(),
             kind: "rating".into(),
-            value: None,
+            value,
             timestamp: t,
         }
     }
 
+    fn rated(id: &str, user: &str, item: &str, t: i64) -> Event {
+        rating(id, user, item, None, t)
+    }
+
     #[test]
     fn histories_are_newest_first_bounded_and_applied_once() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let catalog = Catalog::load(&root.join("models/catalog")).unwrap();
+        let catalog = shipped();
         let row = |id: &str| catalog.items.row(id).unwrap();
         let online = Online::new(&catalog, 3);
         let batch = [
@@ -545,8 +558,7 @@ mod tests {
 
     #[test]
     fn counters_stamps_and_the_trending_list_follow_the_events() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let catalog = Catalog::load(&root.join("models/catalog")).unwrap();
+        let catalog = shipped();
         let row = |id: &str| catalog.items.row(id).unwrap();
         let online = Online::new(&catalog, 10);
         let positive = catalog
@@ -555,14 +567,8 @@ mod tests {
             .unwrap();
         let now = 1.0e12;
         let at = now as i64;
-        let event = |id: &str, user: &str, item: &str, value: f64| Event::Interaction {
-            id: id.into(),
-            user_id: user.into(),
-            item_id: item.into(),
-            kind: "rating".into(),
-            value: Some(value),
-            timestamp: at,
-        };
+        let event =
+            |id: &str, user: &str, item: &str, value: f64| rating(id, user, item, Some(value), at);
         let empty = online.trending(positive, now);
         assert!(empty.rows.is_empty());
         online.apply(
@@ -599,18 +605,10 @@ mod tests {
 
     #[test]
     fn a_snapshot_restores_the_view_and_forgets_old_ids() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let catalog = Catalog::load(&root.join("models/catalog")).unwrap();
+        let catalog = shipped();
         let day = 86_400_000;
         let now = 1_000 * day;
-        let event = |id: &str, user: &str, item: &str, t: i64| Event::Interaction {
-            id: id.into(),
-            user_id: user.into(),
-            item_id: item.into(),
-            kind: "rating".into(),
-            value: Some(5.0),
-            timestamp: t,
-        };
+        let event = |id: &str, user: &str, item: &str, t: i64| rating(id, user, item, Some(5.0), t);
         let online = Online::new(&catalog, 10);
         online.apply(
             &catalog,

@@ -17,7 +17,6 @@ use super::shadow::ShadowJob;
 use super::stages::{self, StageError, StageModel};
 use super::{Pipeline, RankError, Scored};
 use crate::config::OnOverload;
-use crate::data::expr::compile::LiveReads;
 use crate::data::features::Subject;
 use crate::events::online::Trending;
 use crate::model::executor::InferencePool;
@@ -127,19 +126,23 @@ impl Pipeline {
         trending: Option<&Trending>,
     ) -> [u64; 5] {
         let versions = self.online.versions(req.user_id.as_deref());
-        let mut reads = self.rules.live_reads().clone();
-        for m in [&plan.filter, &plan.rerank].into_iter().flatten().flatten() {
-            let r = &m.features().live;
-            reads.item |= r.item;
-            reads.counters.extend(&r.counters);
-        }
-        let LiveReads { item, counters, .. } = reads;
+        let rules = self.rules.live_reads();
+        let models = [&plan.filter, &plan.rerank]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|m| &m.features().live);
+        let item = rules.item || models.clone().any(|r| r.item);
+        let counters = rules
+            .counters
+            .iter()
+            .chain(models.flat_map(|r| &r.counters));
         let trending = trending.map_or((0, 0), |t| t.key);
         [
             versions.availability,
             versions.user,
             if item { versions.items } else { 0 },
-            self.online.time_key(&counters, subject.now_ms),
+            self.online.time_key(counters, subject.now_ms),
             trending.0 ^ (trending.1 as u64).rotate_left(32),
         ]
     }

@@ -179,19 +179,13 @@ pub fn assemble(
     if features.live.item || features.live.user {
         online.read(|view| {
             let src = Sources {
-                items: &catalog.items,
-                users: &catalog.users,
                 live: Some(view),
+                ..catalog.sources()
             };
             features.assemble(&src, subject, rows, out, missing)
         })
     } else {
-        let src = Sources {
-            items: &catalog.items,
-            users: &catalog.users,
-            live: None,
-        };
-        features.assemble(&src, subject, rows, out, missing)
+        features.assemble(&catalog.sources(), subject, rows, out, missing)
     }
 }
 

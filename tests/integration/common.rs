@@ -178,6 +178,32 @@ pub async fn post_json_to(addr: SocketAddr, path: &str, body: &serde_json::Value
     .await
 }
 
+/// An interactions file as `cascade features --events` and `cascade eval
+/// --events` read it: one (user, item, value, epoch ms) per row, the
+/// schema's only kind.
+pub fn write_interactions(path: &Path, log: &[(&str, &str, f32, f64)]) {
+    use cascade::data::parquet::{write, Out};
+    write(
+        path,
+        vec![
+            (
+                "user_id",
+                Out::Strings(log.iter().map(|e| e.0.into()).collect()),
+            ),
+            (
+                "item_id",
+                Out::Strings(log.iter().map(|e| e.1.into()).collect()),
+            ),
+            ("value", Out::F32(log.iter().map(|e| e.2).collect())),
+            (
+                "timestamp",
+                Out::OptF64(log.iter().map(|e| Some(e.3)).collect()),
+            ),
+        ],
+    )
+    .unwrap();
+}
+
 /// The item ids of a ranking answer, in order.
 pub fn item_ids(v: &serde_json::Value) -> Vec<String> {
     v["items"]

@@ -509,25 +509,7 @@ fn offline_live_features_replay_the_interactions_before_each_row() {
         ("a", "2", 5.0, t0 + 3.0 * day),
         ("b", "1", 5.0, t0 + 40.0 * day),
     ];
-    write(
-        &events,
-        vec![
-            (
-                "user_id",
-                Out::Strings(log.iter().map(|e| e.0.into()).collect()),
-            ),
-            (
-                "item_id",
-                Out::Strings(log.iter().map(|e| e.1.into()).collect()),
-            ),
-            ("value", Out::F32(log.iter().map(|e| e.2 as f32).collect())),
-            (
-                "timestamp",
-                Out::OptF64(log.iter().map(|e| Some(e.3)).collect()),
-            ),
-        ],
-    )
-    .unwrap();
+    crate::common::write_interactions(&events, &log);
     // Rows out of time order, to show the replay sorts them.
     let rows_at = [
         ("a", "1", t0 + 41.0 * day),

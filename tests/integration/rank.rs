@@ -397,7 +397,6 @@ async fn offline_replay_scores_cases_through_the_pipeline() {
 /// interactions before it — here through the trending cold-start list.
 #[tokio::test]
 async fn offline_replay_plays_the_interactions_up_to_each_case() {
-    use cascade::data::parquet::{write, Out};
     let mut config = crate::common::config_for(&crate::common::shipped_models());
     config.ranking.cold_start_model = None; // the retrieval order itself
     let s = TestServer::start(config).await;
@@ -406,29 +405,11 @@ async fn offline_replay_plays_the_interactions_up_to_each_case() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.parquet");
     let log = [
-        ("a", "1682", t - day),
-        ("b", "1682", t - day / 2),
-        ("c", "1681", t + day), // after the first case: not for it
+        ("a", "1682", 5.0, (t - day) as f64),
+        ("b", "1682", 5.0, (t - day / 2) as f64),
+        ("c", "1681", 5.0, (t + day) as f64), // after the first case: not for it
     ];
-    write(
-        &events,
-        vec![
-            (
-                "user_id",
-                Out::Strings(log.iter().map(|e| e.0.into()).collect()),
-            ),
-            (
-                "item_id",
-                Out::Strings(log.iter().map(|e| e.1.into()).collect()),
-            ),
-            ("value", Out::F32(vec![5.0; 3])),
-            (
-                "timestamp",
-                Out::OptF64(log.iter().map(|e| Some(e.2 as f64)).collect()),
-            ),
-        ],
-    )
-    .unwrap();
+    crate::common::write_interactions(&events, &log);
     let case = |segment: &str, at: i64, relevant: &str| cascade::eval::EvalCase {
         segment: segment.into(),
         user_id: None,
