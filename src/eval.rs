@@ -110,9 +110,7 @@ pub async fn run(
     for case in cases {
         let before =
             events[played..].partition_point(|e| case.timestamp.is_none_or(|t| e.timestamp() < t));
-        pipeline
-            .online
-            .apply(&pipeline.catalog, &events[played..played + before]);
+        pipeline.online.apply(&events[played..played + before]);
         played += before;
         let now = case.timestamp.map_or_else(std::time::SystemTime::now, |t| {
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64)
@@ -124,7 +122,7 @@ pub async fn run(
             "deadline_ms": pipeline.limits.max_deadline_ms,
         }))?;
         let valid = request
-            .validate(&pipeline.limits, &pipeline.catalog.schema, || "eval".into())
+            .validate(&pipeline.limits, pipeline.schema(), || "eval".into())
             .map_err(|e| anyhow::anyhow!("segment {}: {e}", case.segment))?;
         let response = pipeline
             .rank_at(&state.registry, &state.pool, valid, now)

@@ -326,7 +326,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         let state = AppState::load(config).context("loading models")?;
         let events = match (&args.events, &state.pipeline) {
             (Some(path), Some(p)) => {
-                cascade::offline::read_events(&p.catalog, path).map_err(anyhow::Error::msg)?
+                cascade::offline::read_events(&p.catalog(), path).map_err(anyhow::Error::msg)?
             }
             _ => Vec::new(),
         };

@@ -81,7 +81,7 @@ pub fn run(
         ),
         None => Vec::new(),
     };
-    let online = Online::new(catalog, 1);
+    let online = Online::new(std::sync::Arc::new(catalog.clone()), 1);
     let width = set.width();
     let schema = &catalog.schema;
     // Consecutive rows of one subject (same user, context and time) are
@@ -109,9 +109,9 @@ pub fn run(
         let first = &parsed[group.start];
         let before = history[applied..].partition_point(|e| match e {
             Event::Interaction { timestamp, .. } => (*timestamp as f64) < first.at_ms,
-            Event::Item { .. } => true,
+            Event::Item { .. } | Event::User { .. } => true,
         });
-        online.apply(catalog, &history[applied..applied + before]);
+        online.apply(&history[applied..applied + before]);
         applied += before;
         let at = UNIX_EPOCH + Duration::from_millis(first.at_ms.max(0.0) as u64);
         let subject = Subject {
@@ -219,7 +219,9 @@ pub fn read_events(catalog: &Catalog, path: &Path) -> Result<Vec<Event>, String>
         }
     }
     let at = |e: &Event| match e {
-        Event::Interaction { timestamp, .. } | Event::Item { timestamp, .. } => *timestamp,
+        Event::Interaction { timestamp, .. }
+        | Event::Item { timestamp, .. }
+        | Event::User { timestamp, .. } => *timestamp,
     };
     out.sort_by_key(at);
     Ok(out)

@@ -216,7 +216,7 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
         let store =
             crate::events::redis::RedisStore::new(url, &config.state.redis_prefix, compaction)
                 .map_err(StartupError::Ranking)?;
-        let mut follower = store.follower(pipeline.catalog.clone(), pipeline.online.clone());
+        let mut follower = store.follower(pipeline.online.clone());
         match follower.catch_up() {
             Ok(entries) => tracing::info!(
                 entries,
@@ -239,12 +239,12 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
     if let Some(snapshot) = &recovered.snapshot {
         let users = pipeline
             .online
-            .restore(&pipeline.catalog, snapshot)
+            .restore(snapshot)
             .map_err(StartupError::Ranking)?;
         tracing::info!(users, bytes = snapshot.len(), "live-state snapshot loaded");
     }
     for batch in &recovered.batches {
-        events += pipeline.online.apply(&pipeline.catalog, batch).accepted;
+        events += pipeline.online.apply(batch).accepted;
     }
     if recovered.torn_bytes > 0 {
         tracing::warn!(

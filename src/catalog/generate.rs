@@ -142,8 +142,7 @@ fn resample(
                     .iter()
                     .map(|&d| {
                         table
-                            .list(l)
-                            .get(d)
+                            .list(l, d)
                             .iter()
                             .filter_map(|&c| vocab.value(c))
                             .collect()

@@ -13,6 +13,7 @@
 //! roles `[retrieval]` gives fields (the vectors searched, the popularity
 //! that orders the cold-start list, the items a user has seen).
 
+pub mod changes;
 pub mod generate;
 pub mod graph;
 pub mod index;
@@ -41,6 +42,7 @@ pub enum CatalogError {
 }
 
 /// Everything about items and users the server knows.
+#[derive(Clone)]
 pub struct Catalog {
     pub schema: Arc<Schema>,
     pub items: Table,
@@ -50,6 +52,8 @@ pub struct Catalog {
     pub popular: Vec<u32>,
     popularity: Option<usize>,
     seen: Option<usize>,
+    /// 0 for the snapshot; each catalog change from events makes the next.
+    pub generation: u64,
 }
 
 /// The file that declares a catalog, in its folder.
@@ -74,7 +78,7 @@ impl Catalog {
             parquet::read(
                 dir,
                 &schema.users,
-                Some(&items.ids),
+                Some(items.base_ids()),
                 r.user_vector.as_deref(),
             )?
         };
@@ -91,26 +95,38 @@ impl Catalog {
             Some(Slot::List(i)) => Some(i),
             _ => None,
         };
-        let mut popular: Vec<u32> = (0..items.len() as u32).collect();
-        if let Some(at) = popularity {
-            let p = |r: u32| {
-                let v = items.scalar(r, at);
+        let mut catalog = Catalog {
+            schema: Arc::new(schema),
+            items,
+            users,
+            popular: Vec::new(),
+            popularity,
+            seen,
+            generation: 0,
+        };
+        let mut popular: Vec<u32> = (0..catalog.items.len() as u32).collect();
+        if popularity.is_some() {
+            let p = |r: u32| catalog.popular_key(r);
+            popular.sort_by(|&a, &b| p(b).total_cmp(&p(a)).then(a.cmp(&b)));
+        }
+        catalog.popular = popular;
+        Ok(catalog)
+    }
+
+    /// What orders the cold-start list (highest first, ties: lower row):
+    /// the popularity field (missing lowest), else row order.
+    fn popular_key(&self, row: u32) -> f32 {
+        match self.popularity {
+            Some(at) => {
+                let v = self.items.scalar(row, at);
                 if v.is_nan() {
                     f32::NEG_INFINITY
                 } else {
                     v
                 }
-            };
-            popular.sort_by(|&a, &b| p(b).total_cmp(&p(a)).then(a.cmp(&b)));
+            }
+            None => 0.0,
         }
-        Ok(Catalog {
-            schema: Arc::new(schema),
-            items,
-            users,
-            popular,
-            popularity,
-            seen,
-        })
     }
 
     /// What a feature plan compiles against.
@@ -153,7 +169,7 @@ impl Catalog {
     /// Item rows user `row` has seen (never retrieved for them again).
     pub fn seen(&self, row: u32) -> &[u32] {
         match self.seen {
-            Some(i) => self.users.list(i).get(row),
+            Some(i) => self.users.list(i, row),
             None => &[],
         }
     }
@@ -174,6 +190,6 @@ impl Catalog {
     }
 
     pub fn item_id(&self, row: u32) -> &str {
-        self.items.ids.get(row)
+        self.items.id(row)
     }
 }

@@ -518,7 +518,7 @@ mod tests {
         assert!(t.scalar(1, at).is_nan(), "a null category is missing");
         let Slot::List(l) = t.slot(4) else { panic!() };
         assert_eq!(
-            t.list(l).get(0),
+            t.list(l, 0),
             &[0, 1],
             "a set, in code order; unknown tags dropped"
         );

@@ -41,8 +41,19 @@ impl Csr {
     }
 }
 
+/// One table: the snapshot's rows (shared by every generation of the
+/// catalog) and, once events have changed entities, a [`Delta`] in front
+/// of them. Rows only ever grow: a row number stays valid in every later
+/// generation.
+#[derive(Clone)]
 pub struct Table {
-    pub ids: Ids,
+    base: Arc<Base>,
+    delta: Option<Arc<Delta>>,
+}
+
+/// The rows loaded from the snapshot.
+struct Base {
+    ids: Ids,
     row: Vec<f32>,
     width: usize,
     slots: Vec<Slot>,
@@ -56,6 +67,54 @@ pub struct Table {
     times: Vec<Vec<f64>>,
 }
 
+/// Rows that events inserted or changed, laid out like the base: delta
+/// row `d` holds a changed base row (`moved[d]`, for `d < moved.len()`)
+/// or the new row `base_len + d - moved.len()`.
+struct Delta {
+    base_len: usize,
+    /// One bit per base row: its values live here.
+    moved_bits: Vec<u64>,
+    /// The changed base rows, sorted.
+    moved: Vec<u32>,
+    /// Ids of the new rows, in row order, and their rows.
+    new_ids: Vec<String>,
+    new_rows: std::collections::HashMap<String, u32>,
+    row: Vec<f32>,
+    vector: Vec<f32>,
+    lists: Vec<Csr>,
+    times: Vec<Vec<f64>>,
+    /// Lists whose masks no longer hold every row (a code of 64 or more):
+    /// read through the CSR instead.
+    unmasked: Vec<bool>,
+    /// Rows whose retrieval vector an event set (sorted), and those
+    /// vectors scaled to unit length, `[rows, dim]` (a zero vector stays
+    /// zeros): the delta segment retrieval scans.
+    vector_rows: Vec<u32>,
+    vector_units: Vec<f32>,
+}
+
+/// A field's value for one row of a [`DeltaRow`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A scalar (one value) or a vector (its `dim` values); NaN = missing.
+    Values(Vec<f32>),
+    /// Codes (categories) or item rows (items lists).
+    List(Vec<u32>),
+    Time(f64),
+}
+
+/// One changed or new entity, with a value for every field.
+#[derive(Debug, Clone)]
+pub struct DeltaRow {
+    pub id: String,
+    /// Its base row, or `None` for a new entity.
+    pub base: Option<u32>,
+    pub values: Vec<Value>,
+    /// Whether an event set the retrieval vector (it joins the searched
+    /// delta segment).
+    pub vector_set: bool,
+}
+
 /// A field's values as a snapshot column holds them, in row order.
 pub enum Column {
     /// Numbers, integers and category codes; NaN = missing.
@@ -64,6 +123,12 @@ pub enum Column {
     Vectors(Vec<f32>),
     Lists(Csr),
     Times(Vec<f64>),
+}
+
+/// Two `f32` slots holding the bits of a list's codes (all below 64).
+fn mask_bits(codes: &[u32]) -> [f32; 2] {
+    let m = codes.iter().fold(0u64, |m, &c| m | 1 << c);
+    [f32::from_bits(m as u32), f32::from_bits((m >> 32) as u32)]
 }
 
 impl Table {
@@ -88,7 +153,10 @@ impl Table {
         for (field, column) in entity.fields.iter().zip(columns) {
             let slot = match column {
                 Column::Vectors(v) if Some(field.name.as_str()) == vector_field => {
-                    vector_dim = v.len().checked_div(n).unwrap_or(0);
+                    vector_dim = match &field.ty {
+                        FieldType::Vector { dim, .. } => *dim,
+                        _ => v.len().checked_div(n).unwrap_or(0),
+                    };
                     vector = Some(Arc::from(v));
                     Slot::Vector
                 }
@@ -108,12 +176,8 @@ impl Table {
                     // bits): membership is one load from a line the row
                     // already brought in, not a walk to the CSR arrays.
                     let mask = if csr.values.iter().all(|&c| c < 64) && !csr.offsets.is_empty() {
-                        let bits: Vec<f32> = (0..n as u32)
-                            .flat_map(|r| {
-                                let m = csr.get(r).iter().fold(0u64, |m, &c| m | 1 << c);
-                                [f32::from_bits(m as u32), f32::from_bits((m >> 32) as u32)]
-                            })
-                            .collect();
+                        let bits: Vec<f32> =
+                            (0..n as u32).flat_map(|r| mask_bits(csr.get(r))).collect();
                         in_row.push((width, bits, 2));
                         width += 2;
                         Some(width - 2)
@@ -139,87 +203,263 @@ impl Table {
             }
         }
         Table {
-            ids,
-            row,
-            width,
-            slots,
-            vector,
-            vector_dim,
-            lists,
-            masks,
-            times,
+            base: Arc::new(Base {
+                ids,
+                row,
+                width,
+                slots,
+                vector,
+                vector_dim,
+                lists,
+                masks,
+                times,
+            }),
+            delta: None,
         }
     }
 
+    /// This table with `rows` in front of its snapshot rows (replacing any
+    /// earlier delta: `rows` is every change so far). New entities take the
+    /// rows after the snapshot's, in the order given; every value has been
+    /// checked against the field's type.
+    pub fn with_delta(&self, rows: &[DeltaRow]) -> Table {
+        let b = &*self.base;
+        let base_len = b.ids.len();
+        let mut order: Vec<&DeltaRow> = rows.iter().filter(|r| r.base.is_some()).collect();
+        order.sort_unstable_by_key(|r| r.base);
+        let moved: Vec<u32> = order.iter().filter_map(|r| r.base).collect();
+        order.extend(rows.iter().filter(|r| r.base.is_none()));
+        let mut moved_bits = vec![0u64; base_len.div_ceil(64)];
+        for &r in &moved {
+            moved_bits[r as usize / 64] |= 1 << (r % 64);
+        }
+        let new_ids: Vec<String> = order[moved.len()..].iter().map(|r| r.id.clone()).collect();
+        let new_rows = new_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), (base_len + i) as u32))
+            .collect();
+        let n = order.len();
+        let mut d = Delta {
+            base_len,
+            moved_bits,
+            moved,
+            new_ids,
+            new_rows,
+            row: vec![0f32; n * b.width],
+            vector: vec![0f32; n * b.vector_dim],
+            lists: vec![
+                Csr {
+                    offsets: vec![0],
+                    values: Vec::new()
+                };
+                b.lists.len()
+            ],
+            times: vec![vec![f64::NAN; n]; b.times.len()],
+            unmasked: vec![false; b.lists.len()],
+            vector_rows: Vec::new(),
+            vector_units: Vec::new(),
+        };
+        let mut segment = Vec::new();
+        for (i, r) in order.iter().enumerate() {
+            let row_no = if i < d.moved.len() {
+                d.moved[i]
+            } else {
+                (base_len + i - d.moved.len()) as u32
+            };
+            let out = &mut d.row[i * b.width..(i + 1) * b.width];
+            for (slot, value) in b.slots.iter().zip(&r.values) {
+                match (*slot, value) {
+                    (Slot::Row { at, len }, Value::Values(v)) if v.len() == len => {
+                        out[at..at + len].copy_from_slice(v)
+                    }
+                    (Slot::Vector, Value::Values(v)) if v.len() == b.vector_dim => {
+                        d.vector[i * b.vector_dim..(i + 1) * b.vector_dim].copy_from_slice(v)
+                    }
+                    (Slot::List(l), Value::List(codes)) => {
+                        let csr = &mut d.lists[l];
+                        csr.values.extend_from_slice(codes);
+                        csr.offsets.push(csr.values.len() as u32);
+                        if let Some(at) = b.masks[l] {
+                            if codes.iter().all(|&c| c < 64) {
+                                out[at..at + 2].copy_from_slice(&mask_bits(codes));
+                            } else {
+                                d.unmasked[l] = true;
+                            }
+                        }
+                    }
+                    (Slot::Time(t), Value::Time(x)) => d.times[t][i] = *x,
+                    (slot, value) => {
+                        debug_assert!(false, "{slot:?} cannot hold {value:?}");
+                    }
+                }
+            }
+            if r.vector_set && b.vector.is_some() {
+                segment.push((row_no, i));
+            }
+        }
+        segment.sort_unstable();
+        let dim = b.vector_dim;
+        for (row, i) in segment {
+            d.vector_rows.push(row);
+            d.vector_units.extend(crate::catalog::index::unit_rows(
+                &d.vector[i * dim..(i + 1) * dim],
+                dim,
+            ));
+        }
+        Table {
+            base: self.base.clone(),
+            delta: (n > 0).then(|| Arc::new(d)),
+        }
+    }
+
+    /// Where row `r`'s values live: `None` for the base, else the delta
+    /// and the row's index in it.
+    #[inline]
+    fn in_delta(&self, r: u32) -> Option<(&Delta, usize)> {
+        let d = self.delta.as_deref()?;
+        let ru = r as usize;
+        if ru >= d.base_len {
+            return Some((d, d.moved.len() + ru - d.base_len));
+        }
+        if d.moved_bits[ru / 64] >> (ru % 64) & 1 == 0 {
+            return None;
+        }
+        d.moved.binary_search(&r).ok().map(|i| (d, i))
+    }
+
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.base.ids.len() + self.delta.as_ref().map_or(0, |d| d.new_ids.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
+    }
+
+    /// Rows the snapshot holds (rows past these came from events).
+    pub fn base_len(&self) -> usize {
+        self.base.ids.len()
+    }
+
+    /// The snapshot's ids.
+    pub fn base_ids(&self) -> &Ids {
+        &self.base.ids
     }
 
     pub fn row(&self, id: &str) -> Option<u32> {
-        self.ids.row(id)
+        self.base
+            .ids
+            .row(id)
+            .or_else(|| self.delta.as_ref()?.new_rows.get(id).copied())
+    }
+
+    /// The id of row `r` (which must exist).
+    pub fn id(&self, r: u32) -> &str {
+        match self.delta.as_deref() {
+            Some(d) if r as usize >= d.base_len => &d.new_ids[r as usize - d.base_len],
+            _ => self.base.ids.get(r),
+        }
     }
 
     pub fn slot(&self, field: usize) -> Slot {
-        self.slots[field]
+        self.base.slots[field]
     }
 
     /// The value at offset `at` of row `r` of the row table.
     #[inline]
     pub fn scalar(&self, r: u32, at: usize) -> f32 {
-        self.row[r as usize * self.width + at]
+        match self.in_delta(r) {
+            Some((d, i)) => d.row[i * self.base.width + at],
+            None => self.base.row[r as usize * self.base.width + at],
+        }
     }
 
     /// `len` values at offset `at` of row `r`.
     #[inline]
     pub fn values(&self, r: u32, at: usize, len: usize) -> &[f32] {
-        let start = r as usize * self.width + at;
-        &self.row[start..start + len]
+        let w = self.base.width;
+        match self.in_delta(r) {
+            Some((d, i)) => &d.row[i * w + at..i * w + at + len],
+            None => {
+                let start = r as usize * w + at;
+                &self.base.row[start..start + len]
+            }
+        }
     }
 
     /// The retrieval vector of row `r` (empty without one).
     #[inline]
     pub fn vector(&self, r: u32) -> &[f32] {
-        let d = self.vector_dim;
-        match &self.vector {
-            Some(v) => &v[r as usize * d..(r as usize + 1) * d],
-            None => &[],
+        let dim = self.base.vector_dim;
+        match (&self.base.vector, self.in_delta(r)) {
+            (None, _) => &[],
+            (Some(_), Some((d, i))) => &d.vector[i * dim..(i + 1) * dim],
+            (Some(v), None) => &v[r as usize * dim..(r as usize + 1) * dim],
         }
     }
 
-    /// The whole retrieval matrix, `[len, dim]`, and `dim`.
+    /// The snapshot's retrieval matrix, `[base_len, dim]`, and `dim`: what
+    /// the index is built over.
     pub fn vectors(&self) -> Option<(&Arc<[f32]>, usize)> {
-        self.vector.as_ref().map(|v| (v, self.vector_dim))
+        self.base.vector.as_ref().map(|v| (v, self.base.vector_dim))
     }
 
-    pub fn list(&self, i: usize) -> &Csr {
-        &self.lists[i]
+    /// Rows whose retrieval vector an event set (sorted): searched apart
+    /// from the index, which still holds their snapshot vectors (if any).
+    pub fn vector_rows(&self) -> &[u32] {
+        self.delta.as_ref().map_or(&[], |d| &d.vector_rows)
+    }
+
+    /// [`Table::vector_rows`] and their vectors at unit length,
+    /// `[rows, dim]`.
+    pub fn delta_segment(&self) -> (&[u32], &[f32]) {
+        self.delta
+            .as_ref()
+            .map_or((&[], &[]), |d| (&d.vector_rows, &d.vector_units))
+    }
+
+    /// List `i` of row `r`.
+    #[inline]
+    pub fn list(&self, i: usize, r: u32) -> &[u32] {
+        match self.in_delta(r) {
+            Some((d, at)) => d.lists[i].get(at as u32),
+            None => self.base.lists[i].get(r),
+        }
     }
 
     /// Whether list `i` is kept as bit masks too.
     pub fn has_mask(&self, i: usize) -> bool {
-        self.masks[i].is_some()
+        self.base.masks[i].is_some() && !self.delta.as_ref().is_some_and(|d| d.unmasked[i])
     }
 
     /// List `i` of row `r` as a bit mask of its codes, when they all fit.
     #[inline]
     pub fn mask(&self, i: usize, r: u32) -> Option<u64> {
-        let at = self.masks[i]?;
-        let start = r as usize * self.width + at;
-        let (lo, hi) = (self.row[start].to_bits(), self.row[start + 1].to_bits());
-        Some(lo as u64 | (hi as u64) << 32)
+        if !self.has_mask(i) {
+            return None;
+        }
+        let at = self.base.masks[i]?;
+        let v = self.values(r, at, 2);
+        Some(v[0].to_bits() as u64 | (v[1].to_bits() as u64) << 32)
     }
 
     pub fn time(&self, i: usize, r: u32) -> f64 {
-        self.times[i][r as usize]
+        match self.in_delta(r) {
+            Some((d, at)) => d.times[i][at],
+            None => self.base.times[i][r as usize],
+        }
     }
 
     /// Row-table width in values (for memory reports and tests).
     pub fn width(&self) -> usize {
-        self.width
+        self.base.width
+    }
+
+    /// Rows the delta holds (changed and new).
+    pub fn delta_len(&self) -> usize {
+        self.delta
+            .as_ref()
+            .map_or(0, |d| d.moved.len() + d.new_ids.len())
     }
 }
 
@@ -269,8 +509,8 @@ mod tests {
         assert_eq!(t.scalar(0, 0), 9.5);
         assert!(t.scalar(1, 0).is_nan());
         assert_eq!(t.values(1, 3, 3), &[4.0, 5.0, 6.0]);
-        assert_eq!(t.list(0).get(0), &[0, 1]);
-        assert!(t.list(0).get(1).is_empty());
+        assert_eq!(t.list(0, 0), &[0, 1]);
+        assert!(t.list(0, 1).is_empty());
         assert_eq!(t.time(0, 1), 2.0e12);
     }
 }

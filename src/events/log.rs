@@ -320,7 +320,8 @@ mod tests {
         Event::Item {
             id: id.into(),
             item_id: "50".into(),
-            available: false,
+            available: Some(false),
+            fields: None,
             timestamp: 1,
         }
     }

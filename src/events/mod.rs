@@ -10,11 +10,11 @@
 //!   applied, and the versions the caches key by.
 //! - [`counters`]: bucketed cumulative counts behind `count()`.
 //!
-//! Built so far: interactions (user histories, `exclude_seen`, a
-//! cold-start user's recent items, counters for `count()`/`recency()`, the
-//! trending list) and item availability. New items and field updates,
-//! snapshots and Redis come next; an event that cannot be applied yet is a
-//! 400 that says so, never silently dropped.
+//! Interactions feed user histories (`exclude_seen`, a cold-start user's
+//! recent items), the counters behind `count()`/`recency()` and the
+//! trending list; item events set availability and insert or update
+//! items, user events insert or update users (`catalog::changes`: each
+//! batch that changes entities publishes a new catalog generation).
 
 pub mod counters;
 pub mod log;
@@ -24,7 +24,7 @@ pub mod redis;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::catalog::Catalog;
+use crate::catalog::{changes, Catalog};
 use crate::telemetry::metrics as m;
 
 /// Sets `cascade_state_store_up{backend}`.
@@ -117,10 +117,22 @@ pub enum Event {
         value: Option<f64>,
         timestamp: i64,
     },
+    /// Inserts or updates an item: `fields` (checked against the schema)
+    /// on top of its current values, and/or its availability.
     Item {
         id: String,
         item_id: String,
-        available: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        available: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fields: Option<Map<String, Value>>,
+        timestamp: i64,
+    },
+    /// Inserts or updates a user.
+    User {
+        id: String,
+        user_id: String,
+        fields: Map<String, Value>,
         timestamp: i64,
     },
 }
@@ -128,14 +140,16 @@ pub enum Event {
 impl Event {
     pub fn id(&self) -> &str {
         match self {
-            Event::Interaction { id, .. } | Event::Item { id, .. } => id,
+            Event::Interaction { id, .. } | Event::Item { id, .. } | Event::User { id, .. } => id,
         }
     }
 
     /// Epoch milliseconds.
     pub fn timestamp(&self) -> i64 {
         match self {
-            Event::Interaction { timestamp, .. } | Event::Item { timestamp, .. } => *timestamp,
+            Event::Interaction { timestamp, .. }
+            | Event::Item { timestamp, .. }
+            | Event::User { timestamp, .. } => *timestamp,
         }
     }
 
@@ -143,6 +157,7 @@ impl Event {
         match self {
             Event::Interaction { .. } => "interaction",
             Event::Item { .. } => "item",
+            Event::User { .. } => "user",
         }
     }
 }
@@ -196,11 +211,7 @@ pub fn validate(
                 "timestamp",
             ],
             Some("item") => &["type", "id", "item_id", "available", "timestamp", "fields"],
-            Some("user") => {
-                return Err(format!(
-                    "{at}.type: user events (field updates) are not supported yet"
-                ))
-            }
+            Some("user") => &["type", "id", "user_id", "timestamp", "fields"],
             Some(t) => {
                 return Err(format!(
                     "{at}.type: \"{t}\" is not one of interaction, item, user"
@@ -223,12 +234,38 @@ pub fn validate(
                 }
             },
         };
+        let fields = match e.get("fields") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(m)) => Some(m.clone()),
+            Some(v) => return Err(format!("{at}.fields: must be an object, got {v}")),
+        };
+        // Items this batch inserts before the event at hand count as known.
+        let known = |id: &str| {
+            catalog.items.row(id).or_else(|| {
+                out.iter()
+                    .any(|e| matches!(e, Event::Item { item_id, .. } if item_id == id))
+                    .then_some(u32::MAX)
+            })
+        };
+        if e["type"].as_str() == Some("user") {
+            let user_id = id_field(e, "user_id", &at)?;
+            let fields =
+                fields.ok_or_else(|| format!("{at}.fields: missing (the user's fields to set)"))?;
+            changes::check(&catalog.schema.users, &fields, &known)
+                .map_err(|m| format!("{at}.{m}"))?;
+            out.push(Event::User {
+                id,
+                user_id,
+                fields,
+                timestamp,
+            });
+            continue;
+        }
         let item_id = id_field(e, "item_id", &at)?;
-        let known = catalog.items.row(&item_id).is_some();
         out.push(match e["type"].as_str() {
             Some("interaction") => {
                 let user_id = id_field(e, "user_id", &at)?;
-                if !known {
+                if known(&item_id).is_none() {
                     return Err(format!(
                         "{at}.item_id: \"{item_id}\" is not in the catalog"
                     ));
@@ -261,29 +298,29 @@ pub fn validate(
                 }
             }
             _ => {
-                if e.get("fields").is_some() {
-                    return Err(format!(
-                        "{at}.fields: item field updates are not supported yet"
-                    ));
-                }
-                if !known {
-                    return Err(format!(
-                        "{at}.item_id: \"{item_id}\" is not in the catalog (new items are not supported yet)"
-                    ));
-                }
                 let available = match e.get("available") {
-                    Some(Value::Bool(b)) => *b,
-                    None => {
-                        return Err(format!(
-                            "{at}.available: missing (true or false)"
-                        ))
-                    }
+                    None | Some(Value::Null) => None,
+                    Some(Value::Bool(b)) => Some(*b),
                     Some(v) => return Err(format!("{at}.available: must be true or false, got {v}")),
                 };
+                if let Some(fields) = &fields {
+                    changes::check(&catalog.schema.items, fields, &known)
+                        .map_err(|m| format!("{at}.{m}"))?;
+                } else if available.is_none() {
+                    return Err(format!(
+                        "{at}: an item event sets \"fields\", \"available\" or both"
+                    ));
+                }
+                if known(&item_id).is_none() && fields.is_none() {
+                    return Err(format!(
+                        "{at}.item_id: \"{item_id}\" is not in the catalog (a new item needs \"fields\")"
+                    ));
+                }
                 Event::Item {
                     id,
                     item_id,
                     available,
+                    fields,
                     timestamp,
                 }
             }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::counters::Tally;
 use super::Event;
+use crate::catalog::changes::Changes;
 use crate::catalog::Catalog;
 use crate::data::expr::eval::{Live, Who};
 use crate::data::schema::{Counter, Window};
@@ -28,6 +29,8 @@ struct History {
     items: Vec<(u32, i64)>,
     tally: Tally,
     version: u64,
+    /// Moves when an event changes the user's catalog fields.
+    fields: u64,
 }
 
 #[derive(Default)]
@@ -60,7 +63,11 @@ pub struct View {
     epoch: u64,
     /// Sorted rows of unavailable items.
     unavailable: Vec<u32>,
+    /// Moves with availability and with every catalog change (either can
+    /// change any answer's candidates).
     availability_version: u64,
+    /// Items and users events inserted or changed.
+    changes: Changes,
 }
 
 impl View {
@@ -106,6 +113,9 @@ struct Snapshot {
     unavailable: Vec<String>,
     items_version: u64,
     availability_version: u64,
+    /// Catalog changes (absent from snapshots written before they existed).
+    #[serde(default)]
+    changes: Changes,
 }
 
 /// (user id, history newest first as (item id, ms), tally, version).
@@ -116,6 +126,32 @@ fn counter_keys(counters: &[Counter]) -> Vec<(String, Option<f64>, i64, u32)> {
         .iter()
         .map(|c| (c.kind.clone(), c.min_value, c.bucket_ms, c.keep))
         .collect()
+}
+
+/// Item `row`'s live state, allocated on first use.
+fn item_state<'a>(
+    items: &'a mut Vec<Option<Box<ItemState>>>,
+    held: &mut usize,
+    row: u32,
+    len: usize,
+) -> &'a mut ItemState {
+    let at = row as usize;
+    if items.len() <= at {
+        items.resize_with(len.max(at + 1), || None);
+    }
+    let slot = &mut items[at];
+    if slot.is_none() {
+        *held += 1;
+    }
+    slot.get_or_insert_with(Box::default)
+}
+
+/// Moves item `row`'s stamp (and the items' version): what was cached
+/// for it is stale.
+fn bump_item(view: &mut View, row: u32, items: usize) {
+    let item = item_state(&mut view.items, &mut view.items_held, row, items);
+    item.stamp = item.stamp.wrapping_add(1);
+    view.items_version += 1;
 }
 
 /// The most-counted items of a window, as of `key`.
@@ -141,6 +177,10 @@ const TRENDING_MAX: usize = 1000;
 
 pub struct Online {
     view: RwLock<View>,
+    /// The snapshot catalog, and the generation with every change so far
+    /// laid over it (what requests read; replaced, never mutated).
+    base: Arc<Catalog>,
+    catalog: RwLock<Arc<Catalog>>,
     max_history: usize,
     trending: Mutex<TrendingSlot>,
 }
@@ -167,20 +207,66 @@ pub struct Versions {
     pub availability: u64,
     pub user: u64,
     pub items: u64,
+    /// The user's catalog fields.
+    pub user_fields: u64,
 }
 
 impl Online {
     /// An empty view for `catalog`'s counters and interaction kinds.
-    pub fn new(catalog: &Catalog, max_history: usize) -> Online {
+    pub fn new(catalog: Arc<Catalog>, max_history: usize) -> Online {
         Online {
             view: RwLock::new(View {
                 counters: catalog.schema.counters.clone(),
                 kinds: catalog.schema.event_kinds.clone(),
                 ..View::default()
             }),
+            catalog: RwLock::new(catalog.clone()),
+            base: catalog,
             max_history: max_history.max(1),
             trending: Mutex::new(TrendingSlot::default()),
         }
+    }
+
+    /// The catalog as events have changed it (rows only ever grow: a row
+    /// of an older generation means the same entity in a newer one).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The current catalog generation.
+    pub fn generation(&self) -> u64 {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// The snapshot catalog, without changes from events (its schema is
+    /// every generation's).
+    pub fn base(&self) -> &Arc<Catalog> {
+        &self.base
+    }
+
+    /// Lays `view`'s changes over the snapshot catalog and publishes it.
+    fn rebuild(&self, view: &View) -> Arc<Catalog> {
+        let started = Instant::now();
+        // Built outside the catalog's lock (requests keep reading the old
+        // generation meanwhile); rebuilds are serialised by the view's lock.
+        let next = Arc::new(self.base.with_changes(&view.changes, self.generation() + 1));
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        metrics::histogram!(crate::telemetry::metrics::CATALOG_REBUILD_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        for (entity, n) in [
+            ("items", view.changes.items.len()),
+            ("users", view.changes.users.len()),
+        ] {
+            metrics::gauge!(crate::telemetry::metrics::CATALOG_CHANGES, "entity" => entity)
+                .set(n as f64);
+        }
+        next
     }
 
     /// Runs `f` on the view under its read lock (held only while `f`
@@ -206,10 +292,13 @@ impl Online {
     /// Applies events (already logged). Ids seen before are skipped, so a
     /// replayed log applies each event once. Items no longer in the catalog
     /// (a newer snapshot) are skipped too; returns what was applied.
-    pub fn apply(&self, catalog: &Catalog, batch: &[Event]) -> Applied {
+    pub fn apply(&self, batch: &[Event]) -> Applied {
         let mut guard = self.view.write().unwrap_or_else(|e| e.into_inner());
         let view = &mut *guard;
         let mut done = Applied::default();
+        let mut catalog = self.catalog();
+        // Catalog changes not yet laid over `catalog`.
+        let mut dirty = false;
         for e in batch {
             if view.applied.contains_key(e.id()) {
                 done.duplicates += 1;
@@ -226,6 +315,10 @@ impl Online {
                     timestamp,
                     ..
                 } => {
+                    if dirty && catalog.items.row(item_id).is_none() {
+                        catalog = self.rebuild(view);
+                        dirty = false;
+                    }
                     let Some(row) = catalog.items.row(item_id) else {
                         continue;
                     };
@@ -244,16 +337,12 @@ impl Online {
                         .tally
                         .add(&view.counters, kinds, k, kind, *value, *timestamp);
                     h.version += 1;
-                    let at = row as usize;
-                    if view.items.len() <= at {
-                        view.items
-                            .resize_with(catalog.items.len().max(at + 1), || None);
-                    }
-                    let slot = &mut view.items[at];
-                    if slot.is_none() {
-                        view.items_held += 1;
-                    }
-                    let item = slot.get_or_insert_with(Box::default);
+                    let item = item_state(
+                        &mut view.items,
+                        &mut view.items_held,
+                        row,
+                        catalog.items.len(),
+                    );
                     grew += item
                         .tally
                         .add(&view.counters, kinds, k, kind, *value, *timestamp);
@@ -262,8 +351,25 @@ impl Online {
                     view.items_version += 1;
                 }
                 Event::Item {
-                    item_id, available, ..
+                    item_id,
+                    available,
+                    fields,
+                    ..
                 } => {
+                    if let Some(fields) = fields {
+                        view.changes.items.merge(item_id, fields);
+                        dirty = true;
+                        view.availability_version += 1;
+                        // Scores cached for the item are stale.
+                        if let Some(row) = catalog.items.row(item_id) {
+                            bump_item(view, row, catalog.items.len());
+                        }
+                    }
+                    let Some(available) = available else { continue };
+                    if dirty && catalog.items.row(item_id).is_none() {
+                        catalog = self.rebuild(view);
+                        dirty = false;
+                    }
                     let Some(row) = catalog.items.row(item_id) else {
                         continue;
                     };
@@ -277,7 +383,19 @@ impl Online {
                     }
                     view.availability_version += 1;
                 }
+                Event::User {
+                    user_id, fields, ..
+                } => {
+                    view.changes.users.merge(user_id, fields);
+                    dirty = true;
+                    let h = view.users.entry(user_id.clone()).or_default();
+                    h.version += 1;
+                    h.fields += 1;
+                }
             }
+        }
+        if dirty {
+            self.rebuild(view);
         }
         done
     }
@@ -306,6 +424,10 @@ impl Online {
                 .map_or(0, |h| h.version)
                 ^ (view.epoch << 40),
             items: view.items_version ^ (view.epoch << 40),
+            user_fields: user_id
+                .and_then(|u| view.users.get(u))
+                .map_or(0, |h| h.fields)
+                ^ (view.epoch << 40),
         })
     }
 
@@ -384,7 +506,8 @@ impl Online {
     /// Forgets the ids of events more than `window_ms` older than the
     /// newest one (duplicates older than that are no longer recognised),
     /// then writes the view as a snapshot (JSON).
-    pub fn snapshot(&self, catalog: &Catalog, window_ms: i64) -> Vec<u8> {
+    pub fn snapshot(&self, window_ms: i64) -> Vec<u8> {
+        let catalog = self.catalog();
         {
             let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
             let newest = view.applied.values().copied().max().unwrap_or(0);
@@ -392,7 +515,7 @@ impl Online {
                 .retain(|_, t| *t >= newest.saturating_sub(window_ms));
         }
         self.read(|view| {
-            let id = |row: u32| catalog.items.ids.get(row).to_string();
+            let id = |row: u32| catalog.items.id(row).to_string();
             let snap = Snapshot {
                 counters: counter_keys(&view.counters),
                 kinds: view.kinds.clone(),
@@ -417,6 +540,7 @@ impl Online {
                 unavailable: view.unavailable.iter().map(|&r| id(r)).collect(),
                 items_version: view.items_version,
                 availability_version: view.availability_version,
+                changes: view.changes.clone(),
             };
             serde_json::to_vec(&snap).expect("the view serialises")
         })
@@ -425,7 +549,7 @@ impl Online {
     /// Replaces the view with a snapshot. Items the catalog no longer
     /// holds are dropped; counters whose declarations changed start over.
     /// Returns the users restored.
-    pub fn restore(&self, catalog: &Catalog, bytes: &[u8]) -> Result<usize, String> {
+    pub fn restore(&self, bytes: &[u8]) -> Result<usize, String> {
         let snap: Snapshot = serde_json::from_slice(bytes)
             .map_err(|e| format!("the live-state snapshot cannot be read: {e}"))?;
         let mut guard = self.view.write().unwrap_or_else(|e| e.into_inner());
@@ -447,6 +571,8 @@ impl Online {
                 "the schema's counters or kinds changed since the snapshot: those counts start over"
             );
         }
+        view.changes = snap.changes;
+        let catalog = self.rebuild(view);
         let row = |id: &str| catalog.items.row(id);
         view.applied = snap.applied.into_iter().collect();
         view.buckets = 0;
@@ -463,6 +589,8 @@ impl Online {
                     items,
                     tally,
                     version,
+                    // Versions restart with the epoch, which every key mixes in.
+                    fields: 0,
                 },
             );
         }
@@ -502,9 +630,9 @@ impl Online {
 mod tests {
     use super::*;
 
-    fn shipped() -> Catalog {
+    fn shipped() -> Arc<Catalog> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        Catalog::load(&root.join("models/catalog")).unwrap()
+        Arc::new(Catalog::load(&root.join("models/catalog")).unwrap())
     }
 
     /// A rating of `item` by `user` at `t`.
@@ -527,7 +655,7 @@ mod tests {
     fn histories_are_newest_first_bounded_and_applied_once() {
         let catalog = shipped();
         let row = |id: &str| catalog.items.row(id).unwrap();
-        let online = Online::new(&catalog, 3);
+        let online = Online::new(catalog.clone(), 3);
         let batch = [
             rated("a", "u", "1", 10),
             rated("b", "u", "2", 30),
@@ -535,7 +663,7 @@ mod tests {
             rated("a", "u", "9", 40), // an id seen before: skipped
         ];
         assert_eq!(
-            online.apply(&catalog, &batch),
+            online.apply(&batch),
             Applied {
                 accepted: 3,
                 duplicates: 1
@@ -544,10 +672,7 @@ mod tests {
         assert_eq!(online.history("u"), [row("2"), row("3"), row("1")]);
         // Again the same item: it moves up, nothing duplicates; the oldest
         // falls off past the bound.
-        online.apply(
-            &catalog,
-            &[rated("d", "u", "1", 50), rated("e", "u", "4", 45)],
-        );
+        online.apply(&[rated("d", "u", "1", 50), rated("e", "u", "4", 45)]);
         assert_eq!(online.history("u"), [row("1"), row("4"), row("2")]);
         let v = online.versions(Some("u"));
         assert_eq!((v.availability, v.user, v.items), (0, 5, 5));
@@ -560,7 +685,7 @@ mod tests {
     fn counters_stamps_and_the_trending_list_follow_the_events() {
         let catalog = shipped();
         let row = |id: &str| catalog.items.row(id).unwrap();
-        let online = Online::new(&catalog, 10);
+        let online = Online::new(catalog.clone(), 10);
         let positive = catalog
             .schema
             .window("rating", Some(4.0), Some("30d"))
@@ -571,15 +696,12 @@ mod tests {
             |id: &str, user: &str, item: &str, value: f64| rating(id, user, item, Some(value), at);
         let empty = online.trending(positive, now);
         assert!(empty.rows.is_empty());
-        online.apply(
-            &catalog,
-            &[
-                event("1", "a", "7", 5.0),
-                event("2", "b", "7", 4.0),
-                event("3", "a", "9", 5.0),
-                event("4", "c", "8", 1.0),
-            ],
-        );
+        online.apply(&[
+            event("1", "a", "7", 5.0),
+            event("2", "b", "7", 4.0),
+            event("3", "a", "9", 5.0),
+            event("4", "c", "8", 1.0),
+        ]);
         online.read(|view| {
             assert_eq!(view.count(Who::Item(row("7")), positive, now), 2);
             assert_eq!(view.count(Who::Item(row("8")), positive, now), 0);
@@ -593,7 +715,7 @@ mod tests {
         assert_ne!(list.key, empty.key);
         // A rating below the threshold changes no list: same key, so the
         // answers cached under it stay good.
-        online.apply(&catalog, &[event("5", "d", "8", 2.0)]);
+        online.apply(&[event("5", "d", "8", 2.0)]);
         assert_eq!(online.trending(positive, now).key, list.key);
         // Thirty days on, everything slid out of the window.
         let later = online.trending(positive, now + 31.0 * 86_400_000.0);
@@ -609,24 +731,22 @@ mod tests {
         let day = 86_400_000;
         let now = 1_000 * day;
         let event = |id: &str, user: &str, item: &str, t: i64| rating(id, user, item, Some(5.0), t);
-        let online = Online::new(&catalog, 10);
-        online.apply(
-            &catalog,
-            &[
-                event("old", "u", "1", now - 30 * day),
-                event("a", "u", "2", now - day),
-                event("b", "v", "2", now),
-                Event::Item {
-                    id: "off".into(),
-                    item_id: "3".into(),
-                    available: false,
-                    timestamp: now,
-                },
-            ],
-        );
-        let bytes = online.snapshot(&catalog, 7 * day);
-        let back = Online::new(&catalog, 10);
-        assert_eq!(back.restore(&catalog, &bytes), Ok(2));
+        let online = Online::new(catalog.clone(), 10);
+        online.apply(&[
+            event("old", "u", "1", now - 30 * day),
+            event("a", "u", "2", now - day),
+            event("b", "v", "2", now),
+            Event::Item {
+                id: "off".into(),
+                item_id: "3".into(),
+                available: Some(false),
+                fields: None,
+                timestamp: now,
+            },
+        ]);
+        let bytes = online.snapshot(7 * day);
+        let back = Online::new(catalog.clone(), 10);
+        assert_eq!(back.restore(&bytes), Ok(2));
         let positive = catalog
             .schema
             .window("rating", Some(4.0), Some("30d"))
@@ -649,6 +769,63 @@ mod tests {
             back.fresh(vec![event("a", "u", "2", now), event("old", "u", "1", now)]);
         assert_eq!((fresh.len(), dups), (1, 1));
         assert_eq!(fresh[0].id(), "old");
-        assert!(back.restore(&catalog, b"{").is_err());
+        assert!(back.restore(b"{").is_err());
+    }
+
+    #[test]
+    fn catalog_changes_publish_a_generation_and_survive_a_snapshot() {
+        let catalog = shipped();
+        let online = Online::new(catalog.clone(), 10);
+        let fields = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let new_item = Event::Item {
+            id: "i".into(),
+            item_id: "new".into(),
+            available: None,
+            fields: Some(fields(
+                serde_json::json!({"year": 2001, "embedding": vec![0.5; 32]}),
+            )),
+            timestamp: 5,
+        };
+        let user = Event::User {
+            id: "u".into(),
+            user_id: "1".into(),
+            fields: fields(serde_json::json!({"age": 99})),
+            timestamp: 6,
+        };
+        let before = online.versions(Some("1"));
+        online.apply(&[new_item, rated("r", "v", "new", 7), user]);
+        let now = online.catalog();
+        // One generation for the interaction to find its new item, one for
+        // the rest of the batch.
+        assert_eq!((now.generation, online.generation()), (2, 2));
+        let row = now.items.row("new").unwrap();
+        assert_eq!(
+            row as usize,
+            catalog.items.len(),
+            "the row after the snapshot's"
+        );
+        assert_eq!(now.items.vector_rows(), &[row]);
+        assert_eq!(online.history("v"), [row]);
+        let u = now.users.row("1").unwrap();
+        let age = now.schema.users.field("age").unwrap().0;
+        let crate::data::table::Slot::Row { at, .. } = now.users.slot(age) else {
+            panic!("age is a scalar")
+        };
+        assert_eq!(now.users.scalar(u, at), 99.0);
+        let after = online.versions(Some("1"));
+        assert_ne!(before.user_fields, after.user_fields);
+        assert_ne!(before.availability, after.availability);
+        assert_eq!(
+            catalog.items.row("new"),
+            None,
+            "the snapshot catalog is untouched"
+        );
+
+        let back = Online::new(catalog.clone(), 10);
+        back.restore(&online.snapshot(86_400_000)).unwrap();
+        let restored = back.catalog();
+        assert_eq!(restored.items.row("new"), Some(row));
+        assert_eq!(restored.users.scalar(u, at), 99.0);
+        assert_eq!(back.history("v"), [row]);
     }
 }

@@ -40,7 +40,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::online::Online;
 use super::{store_failed, store_up, Event};
-use crate::catalog::Catalog;
 use crate::telemetry::metrics as m;
 
 /// Connect, read and write timeout of every Redis call but the follower's
@@ -181,12 +180,11 @@ impl RedisStore {
     }
 
     /// A follower of this store's stream into `online`, from the start.
-    pub fn follower(&self, catalog: Arc<Catalog>, online: Arc<Online>) -> Follower {
+    pub fn follower(&self, online: Arc<Online>) -> Follower {
         Follower {
             client: self.client.clone(),
             keys: self.keys.clone(),
             compaction: self.compaction,
-            catalog,
             online,
             last: "0-0".into(),
             seq: 0,
@@ -240,7 +238,6 @@ pub struct Follower {
     client: redis::Client,
     keys: Keys,
     compaction: Compaction,
-    catalog: Arc<Catalog>,
     online: Arc<Online>,
     /// The last entry applied, and its sequence number (0: none yet).
     last: String,
@@ -285,7 +282,7 @@ impl Follower {
         };
         let users = self
             .online
-            .restore(&self.catalog, &view)
+            .restore(&view)
             .map_err(|e| redis::RedisError::from((redis::ErrorKind::Client, "snapshot", e)))?;
         tracing::info!(users, entry = %last, seq, "live state loaded from the shared snapshot");
         self.last = last;
@@ -328,7 +325,7 @@ impl Follower {
         }
         self.resynced = false;
         for e in entries {
-            apply(&self.catalog, &self.online, &e);
+            apply(&self.online, &e);
             self.last = e.id;
             self.seq = e.seq.unwrap_or(self.seq + 1);
             self.since_snapshot += 1;
@@ -362,9 +359,7 @@ impl Follower {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let view = self
-            .online
-            .snapshot(&self.catalog, self.compaction.window_ms);
+        let view = self.online.snapshot(self.compaction.window_ms);
         let result = (|| {
             redis::cmd("HSET")
                 .arg(&self.keys.snapshot)
@@ -518,8 +513,8 @@ fn entries(reply: redis::Value) -> Vec<Entry> {
 
 /// Applies one entry to `online`; records how long an entry another
 /// replica accepted took from the shared log to this view.
-fn apply(catalog: &Catalog, online: &Online, entry: &Entry) {
-    let accepted = online.apply(catalog, &entry.events).accepted;
+fn apply(online: &Online, entry: &Entry) {
+    let accepted = online.apply(&entry.events).accepted;
     // Batches this replica accepted itself were applied at once.
     let ms = entry
         .id

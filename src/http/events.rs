@@ -37,7 +37,7 @@ pub async fn route(
         .map_or(0, |d| d.as_millis() as i64);
     let batch = events::validate(
         parsed,
-        &pipeline.catalog,
+        &pipeline.catalog(),
         state.config.state.max_batch_events,
         now_ms,
     )
@@ -70,7 +70,7 @@ pub async fn route(
                     metrics::gauge!(m::EVENT_LOG_BYTES).increment(written as f64);
                 }
                 let recorded = std::time::Instant::now();
-                pipeline.online.apply(&pipeline.catalog, &fresh);
+                pipeline.online.apply(&fresh);
                 metrics::histogram!(m::EVENT_APPLY_LAG_SECONDS)
                     .record(recorded.elapsed().as_secs_f64());
                 if log.bytes() > state.config.state.compact_bytes {
@@ -90,7 +90,7 @@ pub async fn route(
                 duplicates += n - recorded.len();
                 // Accepted, whoever applies it first (this call or the
                 // follower reading it back).
-                pipeline.online.apply(&pipeline.catalog, &recorded);
+                pipeline.online.apply(&recorded);
                 recorded
             }
         };
@@ -127,7 +127,7 @@ fn compact(
     let window = crate::data::schema::duration_ms(&state.config.state.dedupe_window)
         .unwrap_or(7 * 86_400_000);
     let before = log.bytes();
-    let snapshot = pipeline.online.snapshot(&pipeline.catalog, window);
+    let snapshot = pipeline.online.snapshot(window);
     match log.compact(&snapshot) {
         Ok(()) => {
             metrics::gauge!(m::EVENT_LOG_BYTES).set(0.0);

@@ -105,7 +105,7 @@ async fn rank(
     fallback_id: String,
     variant: Option<String>,
 ) -> Result<crate::pipeline::request::RankResponse, ApiError> {
-    let mut valid = request.validate(&pipeline.limits, &pipeline.catalog.schema, || fallback_id)?;
+    let mut valid = request.validate(&pipeline.limits, pipeline.schema(), || fallback_id)?;
     valid.variant = variant;
     Ok(pipeline
         .rank_cached(&state.registry, &state.pool, valid)

@@ -77,7 +77,6 @@ pub enum RankError {
 pub const CONTROL: &str = "control";
 
 pub struct Pipeline {
-    pub catalog: Arc<Catalog>,
     index: Box<dyn VectorIndex>,
     config: RankingConfig,
     monitoring: MonitoringConfig,
@@ -144,7 +143,7 @@ impl Pipeline {
         }
         let rules = rules::Rules::compile(&ranking.rules, &catalog)?;
         let online = Arc::new(crate::events::online::Online::new(
-            &catalog,
+            catalog.clone(),
             config.state.max_history,
         ));
         let pipeline = Pipeline {
@@ -152,7 +151,6 @@ impl Pipeline {
             filter: model_ref("filter_model", &ranking.filter_model)?,
             ranker: model_ref("ranker_model", &ranking.ranker_model)?,
             cold_start: model_ref("cold_start_model", &ranking.cold_start_model)?,
-            catalog,
             index,
             config: ranking.clone(),
             monitoring: config.monitoring.clone(),
@@ -190,6 +188,17 @@ impl Pipeline {
         pipeline.set_experiments(registry, config.experiments.clone(), "experiments")?;
         pipeline.set_shadows(registry, config.shadow.shadows.clone(), "shadow.shadows")?;
         Ok(pipeline)
+    }
+
+    /// The catalog as events have changed it so far (a snapshot: later
+    /// events publish a new one).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.online.catalog()
+    }
+
+    /// The catalog's schema (events never change it).
+    pub fn schema(&self) -> &crate::data::schema::Schema {
+        &self.online.base().schema
     }
 
     /// Re-rank score cache rows found and not found (None when it is off).
@@ -289,8 +298,8 @@ impl Pipeline {
             user: req
                 .user_id
                 .as_deref()
-                .and_then(|u| self.catalog.users.row(u)),
-            ctx: req.context.resolve(&self.catalog.schema, now),
+                .and_then(|u| self.online.catalog().users.row(u)),
+            ctx: req.context.resolve(self.schema(), now),
             now_ms: now
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_millis() as f64),

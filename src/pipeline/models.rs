@@ -32,7 +32,7 @@ impl Pipeline {
         .ok();
         let prepared = Arc::new(StageModel::prepare(
             model,
-            &self.catalog,
+            self.online.base(),
             profile.as_deref(),
             &self.monitoring,
         )?);

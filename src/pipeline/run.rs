@@ -16,6 +16,7 @@ use super::score_cache::{self, ScoreKey};
 use super::shadow::ShadowJob;
 use super::stages::{self, StageError, StageModel};
 use super::{Pipeline, RankError, Scored};
+use crate::catalog::Catalog;
 use crate::config::OnOverload;
 use crate::data::features::Subject;
 use crate::events::online::Trending;
@@ -109,7 +110,7 @@ impl Pipeline {
     /// The trending list, for a request that may retrieve from it: a
     /// cold-start one without candidates, when the schema declares one.
     fn trending_for(&self, req: &ValidRequest, subject: &Subject) -> Option<Arc<Trending>> {
-        let window = self.catalog.schema.retrieval.trending?;
+        let window = self.schema().retrieval.trending?;
         (subject.user.is_none() && req.candidates.is_none())
             .then(|| self.online.trending(window, subject.now_ms))
     }
@@ -174,22 +175,28 @@ impl Pipeline {
         // 1. retrieve
         let t = Instant::now();
         // Never an excluded item, nor one an event made unavailable.
-        let excluded: HashSet<u32> = req
-            .exclude
-            .iter()
-            .filter_map(|id| self.catalog.items.row(id))
-            .chain(self.online.unavailable())
-            .collect();
+        let unavailable = self.online.unavailable();
         // What the user did since the snapshot (events), newest first.
         let history = req
             .user_id
             .as_deref()
             .map(|u| self.online.history(u))
             .unwrap_or_default();
+        // Taken after reading the view: every row the view held is in it
+        // (rows only grow, and a generation is published before the events
+        // that use its rows are applied).
+        let catalog = self.catalog();
+        let catalog = &*catalog;
+        let excluded: HashSet<u32> = req
+            .exclude
+            .iter()
+            .filter_map(|id| catalog.items.row(id))
+            .chain(unavailable)
+            .collect();
         let mut current: Scored = match &req.candidates {
-            Some(ids) => stages::caller_candidates(&self.catalog, &subject, ids, &excluded),
+            Some(ids) => stages::caller_candidates(catalog, &subject, ids, &excluded),
             None => stages::retrieve(
-                &self.catalog,
+                catalog,
                 &subject,
                 &req.recent_items,
                 &stages::Retrieval {
@@ -218,16 +225,16 @@ impl Pipeline {
             if reads.item || reads.user {
                 self.online.read(|view| {
                     self.rules
-                        .drop_candidates(&self.catalog, Some(view), &subject, &mut current)
+                        .drop_candidates(catalog, Some(view), &subject, &mut current)
                 });
             } else {
                 self.rules
-                    .drop_candidates(&self.catalog, None, &subject, &mut current);
+                    .drop_candidates(catalog, None, &subject, &mut current);
             }
             report(&mut reports, &variant, Stage::Rules, n_in, current.len(), t);
         }
         if current.is_empty() {
-            return Ok(self.respond(req, &variant, current, models, fallback, reports));
+            return Ok(self.respond(catalog, req, &variant, current, models, fallback, reports));
         }
 
         // 2. filter (known users only), 3. rerank
@@ -248,6 +255,7 @@ impl Pipeline {
                 Err(e) => Err(StageError::Model(e.clone())),
                 Ok(model) => {
                     self.score_stage(
+                        catalog,
                         model,
                         stage == Stage::Rerank,
                         &subject,
@@ -265,6 +273,7 @@ impl Pipeline {
                     if let Some(matrix) = out.matrix {
                         let k = keep.unwrap_or(req.k);
                         self.offer_shadows(
+                            catalog,
                             shadows,
                             model,
                             &subject,
@@ -331,15 +340,17 @@ impl Pipeline {
             metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start", "variant" => variant.to_string())
                 .increment(1);
         }
-        Ok(self.respond(req, &variant, current, models, fallback, reports))
+        Ok(self.respond(catalog, req, &variant, current, models, fallback, reports))
     }
 
     /// Scores one stage's rows. Re-rank rows go through the model's batcher
     /// and, for known users, the score cache: only rows it does not hold are
     /// scored. A request that keeps its matrix for shadows scores every row
     /// (the shadow needs them all), so it bypasses the cache.
+    #[allow(clippy::too_many_arguments)]
     async fn score_stage(
         &self,
+        catalog: &Catalog,
         model: &StageModel,
         rerank: bool,
         subject: &Subject,
@@ -358,17 +369,20 @@ impl Pipeline {
                 user,
                 context: score_cache::context_key(&subject.ctx, &model.features().context_reads),
                 // The user's own events, and the clock's bucket for
-                // windows, when the features read them.
-                live: if reads.user {
-                    self.online.versions(subject.user_id.as_deref()).user
-                } else {
-                    0
-                } ^ self.online.time_key(&reads.counters, subject.now_ms),
+                // windows, when the features read them; the user's catalog
+                // fields once events change users.
+                live: {
+                    let versions = (reads.user || catalog.users.delta_len() > 0)
+                        .then(|| self.online.versions(subject.user_id.as_deref()));
+                    versions.map_or(0, |v| {
+                        (if reads.user { v.user } else { 0 }) ^ v.user_fields.rotate_left(32)
+                    }) ^ self.online.time_key(&reads.counters, subject.now_ms)
+                },
             }));
         let Some((cache, key)) = cached else {
             return model
                 .score(
-                    &self.catalog,
+                    catalog,
                     &self.online,
                     batcher.as_ref(),
                     &self.pool,
@@ -380,8 +394,9 @@ impl Pipeline {
                 .await;
         };
         // Each item's live-state stamp, read before scoring: a score is
-        // never stored under a stamp newer than the state it saw.
-        let stamps: Vec<u32> = if reads.item {
+        // never stored under a stamp newer than the state it saw. Stamps
+        // also move when an event changes an item's fields.
+        let stamps: Vec<u32> = if reads.item || catalog.items.delta_len() > 0 {
             self.online
                 .read(|view| rows.iter().map(|&r| view.stamp(r)).collect())
         } else {
@@ -393,7 +408,7 @@ impl Pipeline {
         } else {
             model
                 .score(
-                    &self.catalog,
+                    catalog,
                     &self.online,
                     batcher.as_ref(),
                     &self.pool,
@@ -405,7 +420,12 @@ impl Pipeline {
                 .await?
                 .scores
         };
-        cache.insert(key, &missing, &fresh, &missing_stamps);
+        // Stamps and versions read after this request took its catalog may
+        // already cover a newer generation than the one it scored with:
+        // those scores are not kept.
+        if self.online.generation() == catalog.generation {
+            cache.insert(key, &missing, &fresh, &missing_stamps);
+        }
         Ok(stages::StageScores {
             scores: score_cache::merge(known, &fresh),
             matrix: None,
@@ -417,6 +437,7 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     fn offer_shadows(
         &self,
+        catalog: &Catalog,
         shadows: Vec<Shadowing>,
         live: &StageModel,
         subject: &Subject,
@@ -444,7 +465,7 @@ impl Pipeline {
                 let mut missing = vec![0u32; model.features().width()];
                 stages::assemble(
                     model.features(),
-                    &self.catalog,
+                    catalog,
                     &self.online,
                     subject,
                     rows,
@@ -468,8 +489,10 @@ impl Pipeline {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn respond(
         &self,
+        catalog: &Catalog,
         req: ValidRequest,
         variant: &str,
         mut current: Scored,
@@ -480,14 +503,14 @@ impl Pipeline {
         let t = Instant::now();
         let n_in = current.len();
         stages::sort_scored(&mut current);
-        self.rules.select(&self.catalog, &mut current, req.k);
+        self.rules.select(catalog, &mut current, req.k);
         report(&mut reports, variant, Stage::Select, n_in, current.len(), t);
         RankResponse {
             request_id: req.request_id,
             items: current
                 .into_iter()
                 .map(|(row, score)| ScoredItem {
-                    item_id: self.catalog.item_id(row).to_string(),
+                    item_id: catalog.item_id(row).to_string(),
                     score,
                 })
                 .collect(),

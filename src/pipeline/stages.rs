@@ -124,7 +124,7 @@ pub fn retrieve(
     skipped.dedup();
     let skip = |row: u32| skipped.binary_search(&row).is_ok();
     if let Some(q) = query {
-        match index::search(index, &q, n, &skip) {
+        match search(catalog, index, &q, n, &skip) {
             Ok(found) => return found,
             // e.g. recent items whose embeddings cancel out: fall through
             // to popularity rather than fail the request.
@@ -163,6 +163,56 @@ pub fn retrieve(
         }));
     }
     out
+}
+
+/// Top `n` by cosine similarity to `query`: the index over the snapshot's
+/// vectors, and an exact scan of the rows whose vectors events set (the
+/// delta segment; the index's copy of those rows is skipped).
+pub fn search(
+    catalog: &Catalog,
+    index: &dyn VectorIndex,
+    query: &[f32],
+    n: usize,
+    skip: &dyn Fn(u32) -> bool,
+) -> Result<Vec<(u32, f32)>, crate::catalog::CatalogError> {
+    let (delta, units) = catalog.items.delta_segment();
+    if delta.is_empty() {
+        return index::search(index, query, n, skip);
+    }
+    let mut found = index::search(index, query, n, &|r| {
+        skip(r) || delta.binary_search(&r).is_ok()
+    })?;
+    // The query at unit length (search checked it is finite and not zero).
+    let norm = query
+        .iter()
+        .map(|&x| x as f64 * x as f64)
+        .sum::<f64>()
+        .sqrt();
+    let unit: Vec<f32> = query.iter().map(|&x| (x as f64 / norm) as f32).collect();
+    let dim = unit.len();
+    // Only what beats the index's n-th answer can enter.
+    let mut floor = if found.len() >= n {
+        found.last().map_or(f32::NEG_INFINITY, |f| f.1)
+    } else {
+        f32::NEG_INFINITY
+    };
+    let mut pending = 0;
+    for (&row, v) in delta.iter().zip(units.chunks_exact(dim)) {
+        let score = index::dot(&unit, v);
+        if score > floor && !skip(row) && v.iter().any(|&x| x != 0.0) {
+            found.push((row, score));
+            pending += 1;
+            if pending >= 4 * n {
+                sort_scored(&mut found);
+                found.truncate(n);
+                floor = found.last().map_or(f32::NEG_INFINITY, |f| f.1);
+                pending = 0;
+            }
+        }
+    }
+    sort_scored(&mut found);
+    found.truncate(n);
+    Ok(found)
 }
 
 /// `features` for `rows`, reading live state (under one read of the view)
@@ -443,5 +493,55 @@ mod tests {
         cost.record(300);
         assert!(cost.fits(49_000));
         assert!(!CostEstimate::default().fits(0), "no time left: skip");
+    }
+
+    /// The index plus the delta segment answers exactly what one exact
+    /// scan over the changed catalog's vectors answers.
+    #[test]
+    fn the_delta_segment_is_searched_beside_the_index() {
+        use crate::catalog::changes::Changes;
+        use crate::catalog::index::{self, ExactIndex};
+        use crate::catalog::Catalog;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let catalog = Catalog::load(&root.join("models/catalog")).unwrap();
+        let (vectors, dim) = catalog.item_vectors().unwrap();
+        let index = ExactIndex::new(index::unit_rows(vectors, dim), dim);
+        let mut changes = Changes::default();
+        // 300 new items and 50 moved ones, pointing near user 1's taste.
+        let user = catalog
+            .user_vector(catalog.users.row("1").unwrap())
+            .to_vec();
+        for i in 0..350usize {
+            let v: Vec<f32> = user
+                .iter()
+                .enumerate()
+                .map(|(j, x)| x + ((i * 7 + j * 3) % 11) as f32 * 0.05 - 0.25)
+                .collect();
+            let id = if i < 300 {
+                format!("new-{i}")
+            } else {
+                catalog
+                    .items
+                    .id(((i * 13) % catalog.items.len()) as u32)
+                    .to_string()
+            };
+            let fields = serde_json::json!({ "embedding": v });
+            changes.items.merge(&id, fields.as_object().unwrap());
+        }
+        let changed = catalog.with_changes(&changes, 1);
+        let skip = |r: u32| r.is_multiple_of(5);
+        for n in [10, 100] {
+            let got = super::search(&changed, &index, &user, n, &skip).unwrap();
+            let all: Vec<f32> = (0..changed.items.len() as u32)
+                .flat_map(|r| changed.item_vector(r).to_vec())
+                .collect();
+            let exact = ExactIndex::new(index::unit_rows(&all, dim), dim);
+            let want = index::search(&exact, &user, n, &skip).unwrap();
+            let rows = |v: &[(u32, f32)]| v.iter().map(|p| p.0).collect::<Vec<_>>();
+            assert_eq!(rows(&got), rows(&want), "n = {n}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g.1 - w.1).abs() < 1e-5, "{g:?} {w:?}");
+            }
+        }
     }
 }

@@ -113,6 +113,11 @@ pub const STATE_COMPACTIONS_TOTAL: &str = "cascade_state_compactions_total";
 /// Live state held in memory, by part: `users` and `items` with events,
 /// `buckets` of their windowed counters.
 pub const LIVE_STATE_SIZE: &str = "cascade_live_state_size";
+/// Time to lay the catalog changes from events over the snapshot (a new
+/// catalog generation, after each batch that changed items or users).
+pub const CATALOG_REBUILD_SECONDS: &str = "cascade_catalog_rebuild_seconds";
+/// Items and users that events inserted or changed, by `entity`.
+pub const CATALOG_CHANGES: &str = "cascade_catalog_changes";
 /// 1, labelled with the build's version.
 pub const BUILD_INFO: &str = "cascade_build_info";
 

@@ -318,7 +318,7 @@ pub fn known_users(n: usize) -> Vec<String> {
     let catalog = cascade::catalog::Catalog::load(&shipped_models().join("catalog")).unwrap();
     catalog
         .users
-        .ids
+        .base_ids()
         .iter()
         .take(n)
         .map(str::to_string)

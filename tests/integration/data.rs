@@ -285,7 +285,7 @@ fn shop_config() -> cascade::config::Config {
 async fn the_shop_app_ranks_under_its_rules() {
     use serde_json::json;
     let s = crate::common::TestServer::start(shop_config()).await;
-    let catalog = &s.state.pipeline.as_ref().unwrap().catalog;
+    let catalog = &s.state.pipeline.as_ref().unwrap().catalog();
     let field = |name: &str| match catalog
         .items
         .slot(catalog.schema.items.field(name).unwrap().0)
@@ -296,7 +296,7 @@ async fn the_shop_app_ranks_under_its_rules() {
     let (in_stock, brand) = (field("in_stock"), field("brand"));
     let users: Vec<String> = catalog
         .users
-        .ids
+        .base_ids()
         .iter()
         .take(40)
         .map(String::from)

@@ -73,7 +73,10 @@ async fn exercised_server() -> TestServer {
             .status,
         200
     );
-    let event = json!({"events": [{"type": "interaction", "id": "d-1", "user_id": "1", "item_id": "50", "kind": "rating", "value": 4}]});
+    let event = json!({"events": [
+        {"type": "interaction", "id": "d-1", "user_id": "1", "item_id": "50", "kind": "rating", "value": 4},
+        {"type": "item", "id": "d-2", "item_id": "new-d", "fields": {"year": 2000}}
+    ]});
     assert_eq!(s.post_json("/v1/events", &event).await.status, 200);
     let g = golden("ranker");
     let infer = json!({"inputs": [{"name": "features", "shape": [1, g.inputs[0].len()], "datatype": "FP32", "data": g.inputs[0]}]});

@@ -137,11 +137,11 @@ async fn ids_make_events_idempotent_and_a_bad_batch_applies_nothing() {
         ),
         (
             json!({"type": "item", "id": "x", "item_id": "1"}),
-            "events[0].available: missing",
+            "events[0]: an item event sets \"fields\", \"available\" or both",
         ),
         (
-            json!({"type": "user", "id": "x", "user_id": "1", "fields": {}}),
-            "events[0].type: user events",
+            json!({"type": "user", "id": "x", "user_id": "1"}),
+            "events[0].fields: missing",
         ),
         (
             json!({"type": "click", "id": "x"}),
@@ -177,7 +177,7 @@ fn acknowledged_events_survive_kill_9() {
         let r = post(
             public,
             "/v1/events",
-            &json!({"events": [rating("k-1", "1", &top)]}),
+            &json!({"events": [rating("k-1", "1", &top), item_event("k-2", "new-k", film(&[0.1; 32]))]}),
         )
         .await;
         assert_eq!(r.status, 200);
@@ -197,6 +197,12 @@ fn acknowledged_events_survive_kill_9() {
         assert!(
             !ids(&v).contains(&top),
             "the acknowledged event was lost: {v}"
+        );
+        let new = json!({"user_id": "1", "k": 2, "candidates": ["new-k", "50"]});
+        let v = post(public, "/v1/rank", &new).await.json();
+        assert!(
+            ids(&v).contains(&"new-k".to_string()),
+            "the new item was lost: {v}"
         );
         // Idempotent across restarts too.
         let r = post(
@@ -232,7 +238,7 @@ fn compaction_keeps_the_folder_small_and_loses_nothing() {
             post(
                 public,
                 "/v1/events",
-                &json!({"events": [rating("c-0", "1", &top)]})
+                &json!({"events": [rating("c-0", "1", &top), item_event("c-new", "new-c", film(&[0.1; 32])), rating("c-1", "2", "new-c")]})
             )
             .await
             .status,
@@ -269,6 +275,13 @@ fn compaction_keeps_the_folder_small_and_loses_nothing() {
     rt.block_on(async {
         let v = post(public, "/v1/rank", &ask).await.json();
         assert!(!ids(&v).contains(&top), "the first event was lost: {v}");
+        // The new item lives on in the snapshot.
+        let new = json!({"user_id": "1", "k": 2, "candidates": ["new-c", "50"]});
+        let v = post(public, "/v1/rank", &new).await.json();
+        assert!(
+            ids(&v).contains(&"new-c".to_string()),
+            "the new item was lost: {v}"
+        );
         // Ids from before every compaction are still duplicates.
         let again = json!({"events": [rating("c-0", "1", &top), rating("c-39-9", "u9", "400")]});
         let r = post(public, "/v1/events", &again).await;
@@ -451,4 +464,159 @@ async fn cold_start_retrieves_what_is_trending_now() {
     let got = ids(&s.post_json("/v1/rank", &ask).await.json());
     assert_eq!(got[0], "1681");
     assert!(!got.contains(&obscure.to_string()));
+}
+
+/// Fields of a new MovieLens item: an action film rated like a hit, with
+/// the given embedding.
+fn film(embedding: &[f32]) -> Value {
+    json!({
+        "embedding": embedding, "genres": ["Action", "Sci-Fi"], "year": 1997,
+        "popularity": 400, "recent_popularity": 40, "log_n_ratings": 6.0,
+        "mean_rating": 4.2, "pos_rate": 0.8, "mean_rater_age": 30, "male_share": 0.7
+    })
+}
+
+fn item_event(id: &str, item: &str, fields: Value) -> Value {
+    json!({"type": "item", "id": id, "item_id": item, "fields": fields})
+}
+
+/// Catalog changes: a new item is rankable through `candidates` at once
+/// and, with an embedding, retrievable; a field update moves its score
+/// (no cache serves the old one); a new user is a known user; an
+/// unavailable new item is never returned.
+#[tokio::test]
+async fn new_and_changed_items_and_users_rank_from_the_next_request() {
+    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    // A cold-start answer of k = 40 then holds everything it retrieved.
+    config.ranking.retrieve_n = 40;
+    let s = TestServer::start(config).await;
+    let catalog = s.state.pipeline.as_ref().unwrap().catalog();
+    let user_1 = catalog
+        .user_vector(catalog.users.row("1").unwrap())
+        .to_vec();
+    let scale: Vec<f32> = user_1.iter().map(|x| x * 3.0).collect();
+    let ask = json!({"user_id": "1", "k": 3, "candidates": ["new-1", "50", "181"], "context": {"hour": 3, "weekday": 1}});
+    let before = s.post_json("/v1/rank", &ask).await.json();
+    assert_eq!(ids(&before).len(), 2, "new-1 is unknown yet: {before}");
+
+    let r = post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [
+            item_event("n-1", "new-1", film(&user_1)),
+            item_event("n-2", "new-2", film(&scale)),
+            // An interaction with an item inserted earlier in the batch.
+            rating("n-3", "2", "new-1"),
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"accepted": 3, "duplicates": 0}));
+    let after = s.post_json("/v1/rank", &ask).await.json();
+    assert_eq!(after["cached"], false);
+    let ranked = scores(&after);
+    let new = ranked.iter().find(|(id, _)| id == "new-1");
+    assert!(new.is_some_and(|(_, x)| x.is_finite()), "{after}");
+
+    // Retrievable: a stranger whose recent item is new-1 searches by its
+    // embedding, and new-2 points the same way.
+    let cold = json!({"k": 40, "recent_items": ["new-1"]});
+    let v = s.post_json("/v1/rank", &cold).await.json();
+    assert!(ids(&v).contains(&"new-2".to_string()), "{v}");
+    assert!(
+        !ids(&v).contains(&"new-1".to_string()),
+        "a recent item: {v}"
+    );
+
+    // A field update moves the item's score, and no cache keeps the old.
+    let score_of =
+        |v: &Value, item: &str| scores(v).into_iter().find(|(i, _)| i == item).unwrap().1;
+    let old = score_of(&after, "new-1");
+    assert_eq!(s.post_json("/v1/rank", &ask).await.json()["cached"], true);
+    let flop = json!({"popularity": 1, "recent_popularity": 0, "log_n_ratings": 0.0, "mean_rating": 1.0, "pos_rate": 0.0, "genres": ["Documentary"]});
+    let r = post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [item_event("n-4", "new-1", flop)]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let changed = s.post_json("/v1/rank", &ask).await.json();
+    assert_eq!(changed["cached"], false);
+    assert_ne!(score_of(&changed, "new-1"), old, "{changed}");
+    // The other candidates' scores are untouched.
+    assert_eq!(score_of(&changed, "50"), score_of(&after, "50"));
+
+    // A new user with an embedding is a known user from now on.
+    let newcomer = json!({"user_id": "u-new", "k": 10, "context": {"hour": 3, "weekday": 1}});
+    let v = s.post_json("/v1/rank", &newcomer).await.json();
+    assert_eq!(v["fallback"], "cold_start");
+    let r = post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [{"type": "user", "id": "n-5", "user_id": "u-new",
+            "fields": {"embedding": user_1, "age": 25, "gender": "F", "occupation": "writer"}}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = s.post_json("/v1/rank", &newcomer).await.json();
+    assert_eq!(v["fallback"], Value::Null, "{v}");
+    assert_eq!(ids(&v).len(), 10);
+
+    // Unavailable: never returned, new or not.
+    let off =
+        json!({"events": [{"type": "item", "id": "n-6", "item_id": "new-2", "available": false}]});
+    assert_eq!(post(s.public, "/v1/events", &off).await.status, 200);
+    let v = s.post_json("/v1/rank", &cold).await.json();
+    assert!(!ids(&v).contains(&"new-2".to_string()), "{v}");
+    let v = s
+        .post_json(
+            "/v1/rank",
+            &json!({"user_id": "1", "k": 3, "candidates": ["new-2", "50"]}),
+        )
+        .await
+        .json();
+    assert_eq!(ids(&v), ["50"]);
+
+    // Bad fields name the event and the field; nothing of the batch lands.
+    for (event, want) in [
+        (
+            item_event("x", "new-9", json!({"year": "old"})),
+            "events[1].fields.year: must be a finite number",
+        ),
+        (
+            item_event("x", "new-9", json!({"embedding": [1.0]})),
+            "events[1].fields.embedding: has 1 values, the schema says 32",
+        ),
+        (
+            item_event("x", "new-9", json!({"genres": ["Polka"]})),
+            "events[1].fields.genres: ",
+        ),
+        (
+            json!({"type": "user", "id": "x", "user_id": "u", "fields": {"seen": ["nope"]}}),
+            "events[1].fields.seen: item \"nope\" is not in the catalog",
+        ),
+        (
+            json!({"type": "user", "id": "x", "user_id": "u", "fields": {"shoe_size": 9}}),
+            "events[1].fields.shoe_size: not a field of the schema",
+        ),
+        (
+            json!({"type": "item", "id": "x", "item_id": "new-9", "available": true}),
+            "events[1].item_id: \"new-9\" is not in the catalog (a new item needs \"fields\")",
+        ),
+    ] {
+        let batch = json!({"events": [item_event("ok", "new-8", film(&user_1)), event]});
+        let r = post(s.public, "/v1/events", &batch).await;
+        assert_eq!(r.status, 400);
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.starts_with(want), "{msg}");
+    }
+    let v = s
+        .post_json(
+            "/v1/rank",
+            &json!({"user_id": "1", "k": 3, "candidates": ["new-8", "50"]}),
+        )
+        .await
+        .json();
+    assert_eq!(ids(&v), ["50"], "nothing of a rejected batch applied");
 }

@@ -114,10 +114,10 @@ async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
     config.ranking.cache.enabled = false;
     let threshold = config.monitoring.psi_threshold;
     let s = TestServer::start(config).await;
-    let catalog = &s.state.pipeline.as_ref().unwrap().catalog;
+    let catalog = &s.state.pipeline.as_ref().unwrap().catalog();
     let users: Vec<String> = catalog
         .users
-        .ids
+        .base_ids()
         .iter()
         .step_by(30)
         .take(20)
@@ -162,7 +162,7 @@ async fn shifted_inputs_raise_the_drift_gauge_in_distribution_does_not() {
     rows.sort_by(|&a, &b| popularity(a).total_cmp(&popularity(b)));
     let unpopular: Vec<String> = rows[..300]
         .iter()
-        .map(|&r| catalog.items.ids.get(r as u32).to_string())
+        .map(|&r| catalog.items.id(r as u32).to_string())
         .collect();
     send_all(Some(unpopular)).await;
     let text = metrics_text(s.admin).await;

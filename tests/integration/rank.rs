@@ -292,7 +292,7 @@ async fn served_features_match_the_training_scripts_golden_inputs() {
             }))
             .unwrap();
             let valid = req
-                .validate(&pipeline.limits, &pipeline.catalog.schema, || "skew".into())
+                .validate(&pipeline.limits, pipeline.schema(), || "skew".into())
                 .unwrap();
             let subject = pipeline.subject(&valid);
             assert_eq!(
@@ -301,14 +301,14 @@ async fn served_features_match_the_training_scripts_golden_inputs() {
                 "{role} row {i}"
             );
             let item = pipeline
-                .catalog
+                .catalog()
                 .items
                 .row(row["item_id"].as_str().unwrap())
                 .unwrap();
             let mut out = Vec::new();
             let mut missing = vec![0; set.width()];
             set.assemble(
-                &pipeline.catalog.sources(),
+                &pipeline.catalog().sources(),
                 &subject,
                 &[item],
                 &mut out,
@@ -420,7 +420,7 @@ async fn offline_replay_plays_the_interactions_up_to_each_case() {
     // Given out of time order: the replay sorts them.
     let cases = vec![case("later", t + 2 * day, "1681"), case("first", t, "1682")];
     let played =
-        cascade::offline::read_events(&s.state.pipeline.as_ref().unwrap().catalog, &events)
+        cascade::offline::read_events(&s.state.pipeline.as_ref().unwrap().catalog(), &events)
             .unwrap();
     let scores = cascade::eval::run(&s.state, cases, 10, played)
         .await

@@ -172,6 +172,17 @@ async fn two_replicas_on_one_redis_agree_within_a_second() {
     // Ids are shared: the same event sent to the other replica is a duplicate.
     let r = events(&b, &rating("r-1", "1", &top)).await;
     assert_eq!(r.json(), json!({"accepted": 0, "duplicates": 1}));
+    // Catalog changes too: a new item inserted through one replica is
+    // rankable on the other within a second.
+    let new = json!({"events": [{"type": "item", "id": "r-2", "item_id": "new-r",
+        "fields": {"embedding": vec![0.1; 32], "year": 1998, "popularity": 10}}]});
+    assert_eq!(events(&b, &new).await.status, 200);
+    let with_new = json!({"user_id": "1", "k": 2, "candidates": ["new-r", "50"]});
+    let took = until(&a, &with_new, Duration::from_secs(1), |v| {
+        ids(v).contains(&"new-r".to_string())
+    })
+    .await;
+    assert!(took.is_some(), "replica a does not know new-r after 1 s");
     // A replica started later reads the shared log before it serves.
     let c = replica(&redis).await;
     assert!(!ids(&c.post_json("/v1/rank", &ask).await.json()).contains(&top));
@@ -291,4 +302,12 @@ async fn a_compacted_shared_log_stays_short_and_late_replicas_load_its_snapshot(
     );
     let r = events(&c, &rating("s-0", "1", &top)).await;
     assert_eq!(r.json(), json!({"accepted": 0, "duplicates": 1}));
+    // A late replica knows new items from the snapshot and the stream.
+    let new = json!({"events": [{"type": "item", "id": "s-new", "item_id": "new-s",
+        "fields": {"embedding": vec![0.1; 32], "year": 1998}}]});
+    assert_eq!(events(&a, &new).await.status, 200);
+    let d = replica(&redis).await;
+    let with_new = json!({"user_id": "1", "k": 2, "candidates": ["new-s", "50"]});
+    let v = d.post_json("/v1/rank", &with_new).await.json();
+    assert!(ids(&v).contains(&"new-s".to_string()), "{v}");
 }

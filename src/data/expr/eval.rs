@@ -192,7 +192,7 @@ fn has(env: &Env<'_>, l: List, row: u32, code: f32) -> f32 {
 }
 
 fn list<'a>(env: &Env<'a>, l: List, row: u32) -> &'a [u32] {
-    table(env, l.src).list(l.index).get(row)
+    table(env, l.src).list(l.index, row)
 }
 
 /// A vector of one row, as a slice when stored dense; `None` for a
