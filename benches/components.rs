@@ -103,9 +103,7 @@ fn validate(state: &AppState, request: &RankRequest) -> ValidRequest {
     let pipeline = state.pipeline.as_ref().unwrap();
     request
         .clone()
-        .validate(&pipeline.limits, &pipeline.catalog.schema, || {
-            "bench".into()
-        })
+        .validate(&pipeline.limits, pipeline.schema(), || "bench".into())
         .unwrap()
 }
 
@@ -116,14 +114,14 @@ fn candidate_rows(n: usize, items: usize) -> Vec<u32> {
 
 fn features(c: &mut Criterion, fx: &Fixture) {
     let pipeline = fx.state.pipeline.as_ref().unwrap();
-    let catalog = &pipeline.catalog;
+    let catalog = &pipeline.catalog();
     let subject = pipeline.subject(&validate(&fx.state, &known_user_request()));
     let mut group = c.benchmark_group("features");
     for role in ["ranker", "filter"] {
         let stage = fx.stage(role);
         let set = stage.features();
         for n in [100, 300] {
-            let rows = candidate_rows(n, catalog.items.ids.len());
+            let rows = candidate_rows(n, catalog.items.len());
             group.throughput(Throughput::Elements(n as u64));
             let id = BenchmarkId::new(format!("{role}_{}", set.width()), n);
             bench_assembly(&mut group, id, set, catalog, &subject, || &rows);
@@ -164,9 +162,9 @@ fn ranker_rows(fx: &Fixture, stage: &StageModel, n: usize) -> Vec<f32> {
     let subject = pipeline.subject(&validate(&fx.state, &known_user_request()));
     let set = stage.features();
     let (mut matrix, mut missing) = (Vec::new(), vec![0u32; set.width()]);
-    let rows = candidate_rows(n, pipeline.catalog.items.ids.len());
+    let rows = candidate_rows(n, pipeline.catalog().items.len());
     set.assemble(
-        &pipeline.catalog.sources(),
+        &pipeline.catalog().sources(),
         &subject,
         &rows,
         &mut matrix,
@@ -329,9 +327,9 @@ fn cache(c: &mut Criterion, fx: &Fixture) {
 }
 
 fn retrieval(c: &mut Criterion, fx: &Fixture) {
-    let catalog = &fx.state.pipeline.as_ref().unwrap().catalog;
+    let catalog = &fx.state.pipeline.as_ref().unwrap().catalog();
     let (vectors, dim) = catalog.item_vectors().expect("item vectors");
-    let index = ExactIndex::new(vectors.to_vec(), dim);
+    let index = ExactIndex::new(cascade::catalog::index::unit_rows(vectors, dim), dim);
     let user = catalog.users.row("1").expect("user 1 is in the catalog");
     let query = catalog.user_vector(user).to_vec();
     let seen: HashSet<u32> = catalog.seen(user).iter().copied().collect();
@@ -350,7 +348,42 @@ fn retrieval(c: &mut Criterion, fx: &Fixture) {
             black_box(search(&index, &query, 300, &|r| sorted.binary_search(&r).is_ok()).unwrap())
         })
     });
+    // New items from events, searched exactly beside the index (the delta
+    // segment): its cost by size, against none.
+    for n in [0, 1_000, 10_000] {
+        let changed = catalog.with_changes(&new_items(catalog, n), 1);
+        let skip = |r: u32| sorted.binary_search(&r).is_ok();
+        group.bench_function(format!("exact_top300/delta_{n}"), |b| {
+            b.iter(|| {
+                black_box(
+                    cascade::pipeline::stages::search(&changed, &index, &query, 300, &skip)
+                        .unwrap(),
+                )
+            })
+        });
+    }
     group.finish();
+}
+
+/// `n` new items, each with an embedding (a perturbed copy of an existing
+/// item's) and two fields.
+fn new_items(catalog: &Catalog, n: usize) -> cascade::catalog::changes::Changes {
+    let mut changes = cascade::catalog::changes::Changes::default();
+    let dim = catalog.dim();
+    for i in 0..n {
+        let base = catalog.item_vector((i % catalog.items.len()) as u32);
+        let embedding: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(j, x)| x + ((i * 31 + j) % 7) as f32 * 0.01)
+            .collect();
+        assert_eq!(embedding.len(), dim);
+        let fields = serde_json::json!({"embedding": embedding, "popularity": (i % 500) as f64, "year": 1999});
+        changes
+            .items
+            .merge(&format!("new-{i}"), fields.as_object().unwrap());
+    }
+    changes
 }
 
 /// Feature assembly and caller-candidate id lookups on a 1M-item catalog
@@ -413,11 +446,43 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
             next.next().unwrap()
         });
     }
+    // The same ranker assembly on a generation with 10,000 new items and
+    // 10,000 changed ones (the rows drawn stay snapshot rows, 1 % of them
+    // changed): what the delta's branch costs every read.
+    let mut changes = new_items(&catalog, 10_000);
+    for r in (0..spec.items).step_by(100) {
+        changes.items.merge(
+            catalog.items.id(r as u32),
+            serde_json::json!({"year": 2000}).as_object().unwrap(),
+        );
+    }
+    let changed = catalog.with_changes(&changes, 1);
+    {
+        let stage = fx.stage("ranker");
+        let decls = &stage.model().spec.input.as_ref().unwrap().features;
+        let set = FeatureSet::compile(decls, &changed.tables()).unwrap();
+        let draws: Vec<Vec<u32>> = (0..1024).map(|_| draw(100)).collect();
+        let mut next = draws.iter().cycle();
+        group.throughput(Throughput::Elements(100));
+        let id = BenchmarkId::new(format!("features_with_delta/ranker_{}", set.width()), 100);
+        bench_assembly(&mut group, id, &set, &changed, &subject, || {
+            next.next().unwrap()
+        });
+    }
+    // Laying changes over the million: what each batch of item or user
+    // events costs the applying thread.
+    group.throughput(Throughput::Elements(1));
+    for n in [100, 10_000] {
+        let changes = new_items(&catalog, n);
+        group.bench_function(format!("changes/rebuild_{n}"), |b| {
+            b.iter(|| black_box(catalog.with_changes(&changes, 1).items.len()))
+        });
+    }
     let ids: Vec<Vec<String>> = (0..1024)
         .map(|_| {
             draw(125)
                 .into_iter()
-                .map(|r| catalog.items.ids.get(r).to_string())
+                .map(|r| catalog.items.id(r).to_string())
                 .collect()
         })
         .collect();
@@ -453,8 +518,8 @@ fn live(c: &mut Criterion, fx: &Fixture) {
     use cascade::events::online::Online;
     use cascade::events::Event;
     let pipeline = fx.state.pipeline.as_ref().unwrap();
-    let catalog = &pipeline.catalog;
-    let items = catalog.items.ids.len();
+    let catalog = &pipeline.catalog();
+    let items = catalog.items.len();
     let day = 86_400_000i64;
     let now = 1_000 * day;
     // 100k ratings by 1,000 users over the last 60 days, skewed to the
@@ -464,19 +529,18 @@ fn live(c: &mut Criterion, fx: &Fixture) {
         user_id: format!("u{}", i % 1000),
         item_id: catalog
             .items
-            .ids
-            .get(((i * i) % items as u64 / 3) as u32)
+            .id(((i * i) % items as u64 / 3) as u32)
             .to_string(),
         kind: "rating".into(),
         value: Some((1 + i % 5) as f64),
         timestamp: t,
     };
-    let online = Online::new(catalog, 500);
+    let online = Online::new(catalog.clone(), 500);
     let history: Vec<Event> = (0..100_000u64)
         .map(|i| interaction(i, now - 60 * day + (i as i64 * 60 * day) / 100_000))
         .collect();
     for batch in history.chunks(1000) {
-        online.apply(catalog, batch);
+        online.apply(batch);
     }
     let decls = |exprs: [&str; 3]| -> Vec<FeatureDecl> {
         exprs
@@ -542,7 +606,7 @@ fn live(c: &mut Criterion, fx: &Fixture) {
                 next += 100;
                 batch
             },
-            |batch| online.apply(catalog, &batch),
+            |batch| online.apply(&batch),
             criterion::BatchSize::SmallInput,
         )
     });

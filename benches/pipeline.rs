@@ -30,9 +30,9 @@ fn pipeline(c: &mut Criterion) {
     };
     let pipeline = state.pipeline.as_ref().unwrap();
     let candidates: Vec<String> = pipeline
-        .catalog
+        .catalog()
         .items
-        .ids
+        .base_ids()
         .iter()
         .step_by(16)
         .take(100)
@@ -66,9 +66,7 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| {
                 let valid = request
                     .clone()
-                    .validate(&pipeline.limits, &pipeline.catalog.schema, || {
-                        "bench".into()
-                    })
+                    .validate(&pipeline.limits, pipeline.schema(), || "bench".into())
                     .unwrap();
                 let response = if cached {
                     rt.block_on(pipeline.rank_cached(&state.registry, &state.pool, valid))
