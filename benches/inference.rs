@@ -1,4 +1,6 @@
-//! Single-model inference, tract vs ONNX Runtime, at batch sizes 1 to 1024,
+//! Single-model inference — the tract backend (which runs these dense graphs
+//! natively, `model::dense`), tract's own plan (`tract_plan`: the same backend
+//! loaded with `CASCADE_DENSE=off`) and ONNX Runtime — at batch sizes 1 to 1024,
 //! on the shipped models. Rows are the model's golden inputs (real
 //! MovieLens feature vectors), cycled to fill the batch.
 //!
@@ -42,7 +44,14 @@ fn bench_model(c: &mut Criterion, name: &str) {
         sessions: 1,
     };
     let mut group = c.benchmark_group(format!("inference/{name}"));
-    for kind in backends() {
+    let mut variants: Vec<(&str, BackendKind, bool)> = backends()
+        .into_iter()
+        .map(|k| (k.as_str(), k, false))
+        .collect();
+    variants.insert(1, ("tract_plan", BackendKind::Tract, true));
+    for (label, kind, plan_only) in variants {
+        // The tract backend reads this when it loads a model.
+        std::env::set_var("CASCADE_DENSE", if plan_only { "off" } else { "on" });
         let model: Box<dyn Backend> =
             backend::load(kind, &dir.join("model.onnx"), name, &options).unwrap();
         for &n in &BATCHES {
@@ -55,7 +64,7 @@ fn bench_model(c: &mut Criterion, name: &str) {
                 .copied()
                 .collect();
             group.throughput(Throughput::Elements(n as u64));
-            group.bench_with_input(BenchmarkId::new(kind.as_str(), n), &flat, |b, flat| {
+            group.bench_with_input(BenchmarkId::new(label, n), &flat, |b, flat| {
                 b.iter(|| {
                     let input =
                         Tensor::new("features", vec![n, width], TensorData::F32(flat.clone()));

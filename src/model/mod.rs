@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod dense;
 pub mod executor;
 pub mod golden;
 #[cfg(feature = "ort")]

@@ -19,6 +19,9 @@ type Plan = Arc<TypedRunnableModel>;
 
 pub struct TractBackend {
     plan: Plan,
+    /// The graph run natively when it is a small dense one (see
+    /// [`super::dense`]); the plan serves everything else.
+    dense: Option<super::dense::Dense>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
 }
@@ -146,8 +149,34 @@ impl TractBackend {
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(err)?;
+        let dense = if std::env::var("CASCADE_DENSE").is_ok_and(|v| v == "off") {
+            None
+        } else {
+            tract_onnx::onnx()
+                .proto_model_for_path(file)
+                .ok()
+                .and_then(|proto| super::dense::Dense::from_proto(&proto))
+                .filter(|d| {
+                    inputs.len() == 1
+                        && outputs.len() == 1
+                        && inputs[0].datatype == DataType::F32
+                        && outputs[0].datatype == DataType::F32
+                        && inputs[0].shape.get(1) == Some(&Some(d.width()))
+                        && outputs[0]
+                            .shape
+                            .get(1)
+                            .is_none_or(|c| c.is_none_or(|c| c == d.out_cols()))
+                })
+        };
+        if dense.is_some() {
+            tracing::debug!(
+                model = shown,
+                "dense graph: run natively, not by the tract plan"
+            );
+        }
         Ok(TractBackend {
             plan,
+            dense,
             inputs,
             outputs,
         })
@@ -195,7 +224,34 @@ impl Backend for TractBackend {
         &self.outputs
     }
 
-    fn run(&self, inputs: Vec<CTensor>) -> Result<Vec<CTensor>, ModelError> {
+    fn run(&self, mut inputs: Vec<CTensor>) -> Result<Vec<CTensor>, ModelError> {
+        if let Some(dense) = &self.dense {
+            if let [CTensor {
+                shape,
+                data: TensorData::F32(_),
+                ..
+            }] = inputs.as_slice()
+            {
+                if let [n, w] = shape[..] {
+                    if w == dense.width() {
+                        let Some(CTensor {
+                            data: TensorData::F32(x),
+                            ..
+                        }) = inputs.pop()
+                        else {
+                            unreachable!("matched above")
+                        };
+                        let out = dense.run(x, n);
+                        let spec = &self.outputs[0];
+                        return Ok(vec![CTensor::new(
+                            &spec.name,
+                            vec![n, dense.out_cols()],
+                            TensorData::F32(out),
+                        )]);
+                    }
+                }
+            }
+        }
         let fail = |e: TractError| ModelError::Inference(format!("{e:#}"));
         let values = inputs
             .into_iter()
@@ -208,5 +264,101 @@ impl Backend for TractBackend {
             .zip(out.iter())
             .map(|(spec, v)| from_tvalue(&spec.name, spec.datatype, v).map_err(fail))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shipped model (both apps) is a dense graph, and the native run
+    /// answers what the tract plan answers, to float rounding, on its
+    /// golden rows and on rows far outside them.
+    #[test]
+    fn dense_graphs_answer_what_the_tract_plan_answers() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for dir in ["models", "examples/shop/models"] {
+            for name in ["filter", "ranker", "cold_start"] {
+                let path = root.join(dir).join(name).join("1");
+                if !path.join("model.onnx").is_file() {
+                    continue;
+                }
+                let golden: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(path.join("golden.json")).unwrap(),
+                )
+                .unwrap();
+                let backend = TractBackend::load(&path.join("model.onnx"), name).unwrap();
+                let dense = backend.dense.as_ref().expect("a dense graph");
+                let rows: Vec<Vec<f32>> = golden["inputs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        r.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.as_f64().unwrap() as f32)
+                            .collect()
+                    })
+                    .collect();
+                let width = dense.width();
+                // 300 rows: the golden ones cycled, every other scaled up.
+                let n = 300;
+                let x: Vec<f32> = (0..n)
+                    .flat_map(|r| {
+                        let scale = if r % 2 == 1 {
+                            1.0 + (r % 7) as f32
+                        } else {
+                            1.0
+                        };
+                        rows[r % rows.len()]
+                            .iter()
+                            .map(move |v| v * scale)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                assert_eq!(x.len(), n * width);
+                let got = dense.run(x.clone(), n);
+                let want = backend
+                    .plan
+                    .run(tvec![to_tvalue(CTensor::new(
+                        "features",
+                        vec![n, width],
+                        TensorData::F32(x)
+                    ))
+                    .unwrap()])
+                    .unwrap();
+                let want = want[0]
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .to_vec();
+                assert_eq!(got.len(), want.len(), "{dir}/{name}");
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (g - w).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst <= 2e-6, "{dir}/{name}: worst difference {worst}");
+                checked += 1;
+            }
+        }
+        assert_eq!(
+            checked, 5,
+            "filter, ranker, cold_start; the shop's filter and ranker"
+        );
+    }
+
+    /// A graph with any other op keeps tract's plan (the test fixtures:
+    /// ReduceSum, Log, Tanh, ConstantOfShape, ReduceMean).
+    #[test]
+    fn other_graphs_keep_the_tract_plan() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for name in ["sum_ranker_2", "nan_ranker_40", "slow_ranker_40"] {
+            let backend = TractBackend::load(&root.join(format!("{name}.onnx")), name).unwrap();
+            assert!(backend.dense.is_none(), "{name}");
+        }
     }
 }

@@ -1,0 +1,844 @@
+//! A native evaluator for small dense ONNX graphs, inside the tract backend.
+//!
+//! The shipped models (and what `models/train` exports for any app) are a
+//! scaler, a few `MatMul` + `Add` + `Relu` layers or a `LinearClassifier`,
+//! a `Sigmoid`, and the `Concat`/`Slice` that picks the positive class. On
+//! the batch sizes a ranking request has (100–300 rows) tract spends three
+//! quarters of its time around the multiplications — a fresh session per
+//! call, symbolic shapes resolved per call, packing the activations, one
+//! generic pass per element-wise op — and ran these models 2.7–3.5× slower
+//! than ONNX Runtime (`benches/RESULTS.md`). A graph made only of the ops
+//! below is instead run here: each value a row-major `[N, C]` matrix, the
+//! multiplications by a register-blocked AVX2/FMA kernel (4 rows × 16
+//! columns a step), chosen at run time like the retrieval kernels, with a
+//! portable loop elsewhere. Anything else — another op, an attribute this
+//! does not handle, a shape that is not `[N, C]` — keeps the tract plan.
+//!
+//! The results are the same maths in another summation order: they agree
+//! with tract to ~1e-6 (a unit test runs every shipped model both ways),
+//! within the golden sets' tolerance. `CASCADE_DENSE=off` keeps tract for
+//! every model (for comparisons).
+
+use std::collections::HashMap;
+
+use tract_onnx::pb::{self, NodeProto, TensorProto};
+
+/// One operand of an element-wise op: a value of the graph, or a constant
+/// broadcast along the rows (one value per column, or one for all).
+#[derive(Debug, Clone)]
+enum Operand {
+    Value(usize),
+    Const(Vec<f32>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Binary(BinOp, Operand, Operand),
+    /// `x · w`, `w` `[k, m]` row-major, plus `bias` (`m` values or none).
+    MatMul {
+        x: usize,
+        w: Vec<f32>,
+        k: usize,
+        m: usize,
+        bias: Vec<f32>,
+    },
+    Relu(usize),
+    Sigmoid(usize),
+    Softmax(usize),
+    Concat(Vec<usize>),
+    /// Columns `from..to` of a value.
+    Slice(usize, usize, usize),
+    Copy(usize),
+}
+
+/// A graph this module runs: steps in order, each making one value.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    steps: Vec<Step>,
+    /// Columns of the input (value 0) and of each step's value.
+    cols: Vec<usize>,
+    output: usize,
+}
+
+fn floats(t: &TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != pb::tensor_proto::DataType::Float as i32 || !t.external_data.is_empty() {
+        return None;
+    }
+    if t.raw_data.is_empty() {
+        Some(t.float_data.clone())
+    } else {
+        Some(
+            t.raw_data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
+    }
+}
+
+fn ints(t: &TensorProto) -> Option<Vec<i64>> {
+    if t.data_type != pb::tensor_proto::DataType::Int64 as i32 {
+        return None;
+    }
+    if t.raw_data.is_empty() {
+        Some(t.int64_data.clone())
+    } else {
+        Some(
+            t.raw_data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        )
+    }
+}
+
+fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    n.attribute.iter().find(|a| a.name == name)
+}
+
+fn attr_i(n: &NodeProto, name: &str, default: i64) -> i64 {
+    attr(n, name).map_or(default, |a| a.i)
+}
+
+/// A column range from `Slice` bounds (ONNX clamps; negatives count from the end).
+fn bound(v: i64, cols: usize) -> usize {
+    let c = cols as i64;
+    (if v < 0 { v + c } else { v }).clamp(0, c) as usize
+}
+
+impl Dense {
+    /// The graph of `model` as steps, when every node is one this module
+    /// runs and the one input is an f32 `[N, F]`; `None` otherwise.
+    pub fn from_proto(model: &pb::ModelProto) -> Option<Dense> {
+        let g = model.graph.as_ref()?;
+        let consts: HashMap<&str, &TensorProto> =
+            g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        let inputs: Vec<&pb::ValueInfoProto> = g
+            .input
+            .iter()
+            .filter(|i| !consts.contains_key(i.name.as_str()))
+            .collect();
+        if inputs.len() != 1 || g.output.len() != 1 {
+            return None;
+        }
+        let pb::type_proto::Value::TensorType(t) = inputs[0].r#type.as_ref()?.value.as_ref()?;
+        if t.elem_type != pb::tensor_proto::DataType::Float as i32 {
+            return None;
+        }
+        let shape = t.shape.as_ref()?.dim.clone();
+        let width = match shape.as_slice() {
+            [_, d] => match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => v as usize,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let mut dense = Dense {
+            steps: Vec::new(),
+            cols: vec![width],
+            output: 0,
+        };
+        let mut values: HashMap<&str, usize> = HashMap::from([(inputs[0].name.as_str(), 0)]);
+        // How many times each value is read (the graph output counts).
+        let mut uses: HashMap<&str, usize> = HashMap::new();
+        for name in g
+            .node
+            .iter()
+            .flat_map(|n| &n.input)
+            .chain([&g.output[0].name])
+        {
+            *uses.entry(name.as_str()).or_default() += 1;
+        }
+        // Values that are constants: initializers, and `Constant` nodes.
+        let mut constants: HashMap<&str, &TensorProto> = consts;
+        for n in &g.node {
+            let value = |name: &str| values.get(name).copied();
+            let operand = |name: &str, cols: usize| -> Option<Operand> {
+                if let Some(v) = values.get(name) {
+                    return (dense.cols[*v] == cols || cols == 0).then_some(Operand::Value(*v));
+                }
+                let c = floats(constants.get(name)?)?;
+                // A scalar becomes a row, so every side is a row slice.
+                match c.len() {
+                    1 => Some(Operand::Const(vec![c[0]; cols])),
+                    l if l == cols => Some(Operand::Const(c)),
+                    _ => None,
+                }
+            };
+            let (step, cols) = match (n.domain.as_str(), n.op_type.as_str()) {
+                ("" | "ai.onnx", "Constant") => {
+                    let t = attr(n, "value")?.t.as_ref()?;
+                    constants.insert(n.output.first()?.as_str(), t);
+                    continue;
+                }
+                ("" | "ai.onnx", op @ ("Add" | "Sub" | "Mul" | "Div")) => {
+                    let op = match op {
+                        "Add" => BinOp::Add,
+                        "Sub" => BinOp::Sub,
+                        "Mul" => BinOp::Mul,
+                        _ => BinOp::Div,
+                    };
+                    let [a, b] = [n.input.first()?, n.input.get(1)?];
+                    // The width of whichever side is a value of the graph.
+                    let cols = value(a).or(value(b)).map(|v| dense.cols[v])?;
+                    let (oa, ob) = (operand(a, cols)?, operand(b, cols)?);
+                    // A bias added to a product nothing else reads is
+                    // folded into the product (one pass fewer).
+                    if let (BinOp::Add, Operand::Value(v), Operand::Const(c), name)
+                    | (BinOp::Add, Operand::Const(c), Operand::Value(v), name) =
+                        (op, &oa, &ob, if value(a).is_some() { a } else { b })
+                    {
+                        if uses.get(name.as_str()) == Some(&1) {
+                            if let Some(Step::MatMul { bias, .. }) = dense.steps.get_mut(*v - 1) {
+                                bias.iter_mut().zip(c).for_each(|(b, c)| *b += c);
+                                values.insert(n.output.first()?.as_str(), *v);
+                                continue;
+                            }
+                        }
+                    }
+                    (Step::Binary(op, oa, ob), cols)
+                }
+                ("" | "ai.onnx", "Cast") if attr_i(n, "to", 0) == 1 => {
+                    let x = value(n.input.first()?)?;
+                    (Step::Copy(x), dense.cols[x])
+                }
+                ("" | "ai.onnx", "Identity") => {
+                    let x = value(n.input.first()?)?;
+                    (Step::Copy(x), dense.cols[x])
+                }
+                ("" | "ai.onnx", "MatMul") => {
+                    let x = value(n.input.first()?)?;
+                    let t = constants.get(n.input.get(1)?.as_str())?;
+                    let (k, m) = match t.dims.as_slice() {
+                        [k, m] => (*k as usize, *m as usize),
+                        _ => return None,
+                    };
+                    if k != dense.cols[x] {
+                        return None;
+                    }
+                    let w = floats(t)?;
+                    (
+                        Step::MatMul {
+                            x,
+                            w,
+                            k,
+                            m,
+                            bias: vec![0.0; m],
+                        },
+                        m,
+                    )
+                }
+                ("" | "ai.onnx", "Gemm") => {
+                    let x = value(n.input.first()?)?;
+                    let t = constants.get(n.input.get(1)?.as_str())?;
+                    let alpha = attr(n, "alpha").map_or(1.0, |a| a.f);
+                    let beta = attr(n, "beta").map_or(1.0, |a| a.f);
+                    if attr_i(n, "transA", 0) != 0 || alpha != 1.0 {
+                        return None;
+                    }
+                    let (r, c) = match t.dims.as_slice() {
+                        [r, c] => (*r as usize, *c as usize),
+                        _ => return None,
+                    };
+                    let raw = floats(t)?;
+                    let (k, m, w) = if attr_i(n, "transB", 0) == 0 {
+                        (r, c, raw)
+                    } else {
+                        // Stored `[m, k]`: transpose once, here.
+                        let mut w = vec![0.0; r * c];
+                        for i in 0..r {
+                            for j in 0..c {
+                                w[j * r + i] = raw[i * c + j];
+                            }
+                        }
+                        (c, r, w)
+                    };
+                    if k != dense.cols[x] {
+                        return None;
+                    }
+                    let bias = match n.input.get(2).filter(|s| !s.is_empty()) {
+                        None => vec![0.0; m],
+                        Some(name) => {
+                            let b = floats(constants.get(name.as_str())?)?;
+                            match b.len() {
+                                1 => vec![b[0] * beta; m],
+                                l if l == m => b.iter().map(|x| x * beta).collect(),
+                                _ => return None,
+                            }
+                        }
+                    };
+                    (Step::MatMul { x, w, k, m, bias }, m)
+                }
+                ("" | "ai.onnx", "Relu") => {
+                    let x = value(n.input.first()?)?;
+                    (Step::Relu(x), dense.cols[x])
+                }
+                ("" | "ai.onnx", "Sigmoid") => {
+                    let x = value(n.input.first()?)?;
+                    (Step::Sigmoid(x), dense.cols[x])
+                }
+                ("" | "ai.onnx", "Softmax") if matches!(attr_i(n, "axis", -1), -1 | 1) => {
+                    let x = value(n.input.first()?)?;
+                    (Step::Softmax(x), dense.cols[x])
+                }
+                ("" | "ai.onnx", "Concat") if matches!(attr_i(n, "axis", 0), -1 | 1) => {
+                    let parts: Vec<usize> =
+                        n.input.iter().map(|i| value(i)).collect::<Option<_>>()?;
+                    let cols = parts.iter().map(|&p| dense.cols[p]).sum();
+                    (Step::Concat(parts), cols)
+                }
+                ("" | "ai.onnx", "Slice") => {
+                    let x = value(n.input.first()?)?;
+                    let get = |i: usize| -> Option<Vec<i64>> {
+                        n.input
+                            .get(i)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| constants.get(s.as_str()).and_then(|t| ints(t)))
+                            .unwrap_or(None)
+                    };
+                    let (starts, ends) = (get(1)?, get(2)?);
+                    let axes = n.input.get(3).filter(|s| !s.is_empty()).map(|_| get(3));
+                    let steps = n.input.get(4).filter(|s| !s.is_empty()).map(|_| get(4));
+                    let axis_ok = match axes {
+                        None => false, // axis 0 (the rows) by default
+                        Some(a) => {
+                            let a = a?;
+                            a == [1] || a == [-1]
+                        }
+                    };
+                    let steps_ok = match steps {
+                        None => true,
+                        Some(s) => s? == [1],
+                    };
+                    if !axis_ok || !steps_ok || starts.len() != 1 || ends.len() != 1 {
+                        return None;
+                    }
+                    let cols = dense.cols[x];
+                    let (from, to) = (bound(starts[0], cols), bound(ends[0], cols));
+                    if from >= to {
+                        return None;
+                    }
+                    (Step::Slice(x, from, to), to - from)
+                }
+                ("ai.onnx.ml", "LinearClassifier") => {
+                    // Only its probabilities; a graph that reads its label
+                    // keeps tract (the label is not a value here).
+                    let x = value(n.input.first()?)?;
+                    let k = dense.cols[x];
+                    let coef = &attr(n, "coefficients")?.floats;
+                    let intercepts = attr(n, "intercepts").map(|a| a.floats.clone());
+                    let classes = coef.len() / k.max(1);
+                    if k == 0 || coef.len() != classes * k || classes < 2 {
+                        return None;
+                    }
+                    let post = attr(n, "post_transform").map_or(&b"NONE"[..], |a| &a.s[..]);
+                    if attr_i(n, "multi_class", 0) != 0 || !matches!(post, b"NONE" | b"LOGISTIC") {
+                        return None;
+                    }
+                    // coefficients are [classes, k]: as a MatMul, [k, classes].
+                    let mut w = vec![0.0; k * classes];
+                    for c in 0..classes {
+                        for j in 0..k {
+                            w[j * classes + c] = coef[c * k + j];
+                        }
+                    }
+                    let bias = match intercepts {
+                        Some(b) if b.len() == classes => b,
+                        None => vec![0.0; classes],
+                        _ => return None,
+                    };
+                    let probabilities = n.output.get(1)?;
+                    dense.steps.push(Step::MatMul {
+                        x,
+                        w,
+                        k,
+                        m: classes,
+                        bias,
+                    });
+                    dense.cols.push(classes);
+                    let mut v = dense.cols.len() - 1;
+                    if post == b"LOGISTIC" {
+                        dense.steps.push(Step::Sigmoid(v));
+                        dense.cols.push(classes);
+                        v += 1;
+                    }
+                    values.insert(probabilities.as_str(), v);
+                    continue;
+                }
+                _ => return None,
+            };
+            dense.steps.push(step);
+            dense.cols.push(cols);
+            values.insert(n.output.first()?.as_str(), dense.cols.len() - 1);
+        }
+        dense.output = *values.get(g.output[0].name.as_str())?;
+        Some(dense)
+    }
+
+    /// Columns of the input.
+    pub fn width(&self) -> usize {
+        self.cols[0]
+    }
+
+    /// Columns of the output.
+    pub fn out_cols(&self) -> usize {
+        self.cols[self.output]
+    }
+
+    /// Runs the graph on `n` rows of `input` (`[n, width]`), returning the
+    /// output, `[n, out_cols]`.
+    pub fn run(&self, input: Vec<f32>, n: usize) -> Vec<f32> {
+        let kernel = *KERNEL.get_or_init(pick);
+        // Buffers come from this thread's pool and go back to it: a fresh
+        // 50 KB allocation per layer and call cost page faults (glibc hands
+        // freed memory at the heap's top back to the kernel).
+        let mut pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let mut fresh = |len: usize| {
+            let mut b: Vec<f32> = pool.pop().unwrap_or_default();
+            b.clear();
+            b.reserve(len);
+            b
+        };
+        let mut vals: Vec<Vec<f32>> = Vec::with_capacity(self.cols.len());
+        vals.push(input);
+        for (i, step) in self.steps.iter().enumerate() {
+            let cols = self.cols[i + 1];
+            let out = match step {
+                Step::Copy(x) => {
+                    let mut out = fresh(n * cols);
+                    out.extend_from_slice(&vals[*x]);
+                    out
+                }
+                Step::Binary(op, a, b) => {
+                    fn row<'a>(
+                        vals: &'a [Vec<f32>],
+                        o: &'a Operand,
+                        r: usize,
+                        cols: usize,
+                    ) -> &'a [f32] {
+                        match o {
+                            Operand::Value(v) => &vals[*v][r * cols..(r + 1) * cols],
+                            Operand::Const(k) => k,
+                        }
+                    }
+                    let mut out = fresh(n * cols);
+                    for r in 0..n {
+                        let (x, y) = (row(&vals, a, r, cols).iter(), row(&vals, b, r, cols).iter());
+                        match op {
+                            BinOp::Add => out.extend(x.zip(y).map(|(x, y)| x + y)),
+                            BinOp::Sub => out.extend(x.zip(y).map(|(x, y)| x - y)),
+                            BinOp::Mul => out.extend(x.zip(y).map(|(x, y)| x * y)),
+                            BinOp::Div => out.extend(x.zip(y).map(|(x, y)| x / y)),
+                        }
+                    }
+                    out
+                }
+                Step::MatMul { x, w, k, m, bias } => {
+                    let mut out = fresh(n * m);
+                    out.resize(n * m, 0.0);
+                    kernel(&vals[*x], w, bias, n, *k, *m, &mut out);
+                    out
+                }
+                Step::Relu(x) => {
+                    let mut out = fresh(n * cols);
+                    out.extend(vals[*x].iter().map(|&v| v.max(0.0)));
+                    out
+                }
+                Step::Sigmoid(x) => {
+                    let mut out = fresh(n * cols);
+                    out.extend(vals[*x].iter().map(|&v| 1.0 / (1.0 + (-v).exp())));
+                    out
+                }
+                Step::Softmax(x) => {
+                    let mut out = fresh(n * cols);
+                    out.extend_from_slice(&vals[*x]);
+                    for row in out.chunks_exact_mut(cols.max(1)) {
+                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0.0;
+                        for v in row.iter_mut() {
+                            *v = (*v - max).exp();
+                            sum += *v;
+                        }
+                        row.iter_mut().for_each(|v| *v /= sum);
+                    }
+                    out
+                }
+                Step::Concat(parts) => {
+                    let mut out = fresh(n * cols);
+                    for r in 0..n {
+                        for &p in parts {
+                            let c = self.cols[p];
+                            out.extend_from_slice(&vals[p][r * c..(r + 1) * c]);
+                        }
+                    }
+                    out
+                }
+                Step::Slice(x, from, to) => {
+                    let c = self.cols[*x];
+                    let mut out = fresh(n * (to - from));
+                    for r in 0..n {
+                        out.extend_from_slice(&vals[*x][r * c + from..r * c + to]);
+                    }
+                    out
+                }
+            };
+            vals.push(out);
+        }
+        let out = vals.swap_remove(self.output);
+        pool.extend(vals);
+        pool.truncate(POOL_MAX);
+        POOL.with(|p| *p.borrow_mut() = pool);
+        out
+    }
+}
+
+thread_local! {
+    /// Spare value buffers of this thread's last runs.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers a thread keeps between runs (a graph's values, a few of them).
+const POOL_MAX: usize = 16;
+
+/// `out[n, m] = x[n, k] · w[k, m] + bias` (all row-major).
+type Gemm = fn(&[f32], &[f32], &[f32], usize, usize, usize, &mut [f32]);
+
+static KERNEL: std::sync::OnceLock<Gemm> = std::sync::OnceLock::new();
+
+fn pick() -> Gemm {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if avx2 && is_x86_feature_detected!("avx512f") {
+            return gemm_avx512;
+        }
+        if avx2 {
+            return gemm_avx2;
+        }
+    }
+    gemm_portable
+}
+
+/// The portable loop: each output row accumulated over `k`, one row of `w`
+/// at a time (contiguous, so the compiler vectorises it).
+fn gemm_portable(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    out: &mut [f32],
+) {
+    for r in 0..n {
+        let o = &mut out[r * m..(r + 1) * m];
+        o.copy_from_slice(bias);
+        for (j, &xv) in x[r * k..(r + 1) * k].iter().enumerate() {
+            for (oc, &wv) in o.iter_mut().zip(&w[j * m..(j + 1) * m]) {
+                *oc += xv * wv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn gemm_avx2(x: &[f32], w: &[f32], bias: &[f32], n: usize, k: usize, m: usize, out: &mut [f32]) {
+    assert!(x.len() >= n * k && w.len() >= k * m && bias.len() >= m && out.len() >= n * m);
+    // SAFETY: `pick` chose this kernel only after detecting AVX2 and FMA;
+    // the bounds were checked above and every access stays within them.
+    unsafe { avx2::gemm(x, w, bias, n, k, m, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Rows in blocks of 4, columns in blocks of 16 (2 × 8 lanes): 8
+    /// accumulators, 2 loads of `w` and a broadcast of `x` fit AVX2's 16
+    /// registers (a 4 × 32 block spilled to the stack and ran no faster
+    /// than tract); each `w` load serves 4 rows. Columns past the last whole block of 8
+    /// take the scalar loop.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        n: usize,
+        k: usize,
+        m: usize,
+        out: &mut [f32],
+    ) {
+        let mut r = 0;
+        while r < n {
+            let rows = (n - r).min(4);
+            columns(x, w, bias, r, rows, 0, k, m, out);
+            r += rows;
+        }
+    }
+
+    /// Rows `r..r + rows` (at most 4), columns `c..m`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn columns(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        r: usize,
+        rows: usize,
+        mut c: usize,
+        k: usize,
+        m: usize,
+        out: &mut [f32],
+    ) {
+        while c + 8 <= m {
+            let lanes = ((m - c) / 8).min(2);
+            match (rows, lanes) {
+                (4, 2) => block::<4, 2>(x, w, bias, r, c, k, m, out),
+                (4, l) => {
+                    for i in 0..l {
+                        block::<4, 1>(x, w, bias, r, c + 8 * i, k, m, out)
+                    }
+                }
+                (rr, l) => {
+                    for j in 0..rr {
+                        for i in 0..l {
+                            block::<1, 1>(x, w, bias, r + j, c + 8 * i, k, m, out)
+                        }
+                    }
+                }
+            }
+            c += 8 * lanes;
+        }
+        for j in r..r + rows {
+            for (cc, &b) in bias.iter().enumerate().take(m).skip(c) {
+                let mut acc = b;
+                for kk in 0..k {
+                    acc =
+                        (*x.get_unchecked(j * k + kk)).mul_add(*w.get_unchecked(kk * m + cc), acc);
+                }
+                *out.get_unchecked_mut(j * m + cc) = acc;
+            }
+        }
+    }
+
+    /// `R` rows × `L` vectors of 8 columns, from row `r` and column `c`.
+    /// Written out for the shapes used: an array of accumulators is
+    /// spilled to the stack by the compiler, named ones stay in registers.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const R: usize, const L: usize>(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        r: usize,
+        c: usize,
+        k: usize,
+        m: usize,
+        out: &mut [f32],
+    ) {
+        let (xp, wp, bp, op) = (
+            x.as_ptr(),
+            w.as_ptr().add(c),
+            bias.as_ptr().add(c),
+            out.as_mut_ptr(),
+        );
+        match (R, L) {
+            (4, 2) => {
+                let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
+                let (mut a00, mut a01, mut a10, mut a11) = (b0, b1, b0, b1);
+                let (mut a20, mut a21, mut a30, mut a31) = (b0, b1, b0, b1);
+                let (x0, x1, x2, x3) = (
+                    xp.add(r * k),
+                    xp.add((r + 1) * k),
+                    xp.add((r + 2) * k),
+                    xp.add((r + 3) * k),
+                );
+                for kk in 0..k {
+                    let wr = wp.add(kk * m);
+                    let (w0, w1) = (_mm256_loadu_ps(wr), _mm256_loadu_ps(wr.add(8)));
+                    let v = _mm256_broadcast_ss(&*x0.add(kk));
+                    a00 = _mm256_fmadd_ps(v, w0, a00);
+                    a01 = _mm256_fmadd_ps(v, w1, a01);
+                    let v = _mm256_broadcast_ss(&*x1.add(kk));
+                    a10 = _mm256_fmadd_ps(v, w0, a10);
+                    a11 = _mm256_fmadd_ps(v, w1, a11);
+                    let v = _mm256_broadcast_ss(&*x2.add(kk));
+                    a20 = _mm256_fmadd_ps(v, w0, a20);
+                    a21 = _mm256_fmadd_ps(v, w1, a21);
+                    let v = _mm256_broadcast_ss(&*x3.add(kk));
+                    a30 = _mm256_fmadd_ps(v, w0, a30);
+                    a31 = _mm256_fmadd_ps(v, w1, a31);
+                }
+                for (i, (lo, hi)) in [(a00, a01), (a10, a11), (a20, a21), (a30, a31)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let o = op.add((r + i) * m + c);
+                    _mm256_storeu_ps(o, lo);
+                    _mm256_storeu_ps(o.add(8), hi);
+                }
+            }
+            (4, 1) => {
+                let b = _mm256_loadu_ps(bp);
+                let (mut a0, mut a1, mut a2, mut a3) = (b, b, b, b);
+                for kk in 0..k {
+                    let wv = _mm256_loadu_ps(wp.add(kk * m));
+                    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xp.add(r * k + kk)), wv, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xp.add((r + 1) * k + kk)), wv, a1);
+                    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xp.add((r + 2) * k + kk)), wv, a2);
+                    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xp.add((r + 3) * k + kk)), wv, a3);
+                }
+                for (i, a) in [a0, a1, a2, a3].iter().enumerate() {
+                    _mm256_storeu_ps(op.add((r + i) * m + c), *a);
+                }
+            }
+            _ => {
+                // One row, one vector (what is left at the edges).
+                let mut a = _mm256_loadu_ps(bp);
+                for kk in 0..k {
+                    a = _mm256_fmadd_ps(
+                        _mm256_broadcast_ss(&*xp.add(r * k + kk)),
+                        _mm256_loadu_ps(wp.add(kk * m)),
+                        a,
+                    );
+                }
+                _mm256_storeu_ps(op.add(r * m + c), a);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn gemm_avx512(x: &[f32], w: &[f32], bias: &[f32], n: usize, k: usize, m: usize, out: &mut [f32]) {
+    assert!(x.len() >= n * k && w.len() >= k * m && bias.len() >= m && out.len() >= n * m);
+    // SAFETY: `pick` chose this kernel only after detecting AVX-512F (and
+    // AVX2 and FMA); the bounds were checked above.
+    unsafe { avx512::gemm(x, w, bias, n, k, m, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// 4 rows × 32 columns (2 × 16 lanes) a block — 8 accumulators of
+    /// AVX-512's 32 registers — then the AVX2 code for the columns left.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn gemm(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        n: usize,
+        k: usize,
+        m: usize,
+        out: &mut [f32],
+    ) {
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        while r < n {
+            let rows = (n - r).min(4);
+            let mut c = 0;
+            if rows == 4 {
+                while c + 32 <= m {
+                    let (wp, bp) = (w.as_ptr().add(c), bias.as_ptr().add(c));
+                    let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
+                    let (mut a00, mut a01, mut a10, mut a11) = (b0, b1, b0, b1);
+                    let (mut a20, mut a21, mut a30, mut a31) = (b0, b1, b0, b1);
+                    let (x0, x1, x2, x3) = (
+                        xp.add(r * k),
+                        xp.add((r + 1) * k),
+                        xp.add((r + 2) * k),
+                        xp.add((r + 3) * k),
+                    );
+                    for kk in 0..k {
+                        let wr = wp.add(kk * m);
+                        let (w0, w1) = (_mm512_loadu_ps(wr), _mm512_loadu_ps(wr.add(16)));
+                        let v = _mm512_set1_ps(*x0.add(kk));
+                        a00 = _mm512_fmadd_ps(v, w0, a00);
+                        a01 = _mm512_fmadd_ps(v, w1, a01);
+                        let v = _mm512_set1_ps(*x1.add(kk));
+                        a10 = _mm512_fmadd_ps(v, w0, a10);
+                        a11 = _mm512_fmadd_ps(v, w1, a11);
+                        let v = _mm512_set1_ps(*x2.add(kk));
+                        a20 = _mm512_fmadd_ps(v, w0, a20);
+                        a21 = _mm512_fmadd_ps(v, w1, a21);
+                        let v = _mm512_set1_ps(*x3.add(kk));
+                        a30 = _mm512_fmadd_ps(v, w0, a30);
+                        a31 = _mm512_fmadd_ps(v, w1, a31);
+                    }
+                    for (i, (lo, hi)) in [(a00, a01), (a10, a11), (a20, a21), (a30, a31)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let o = op.add((r + i) * m + c);
+                        _mm512_storeu_ps(o, lo);
+                        _mm512_storeu_ps(o.add(16), hi);
+                    }
+                    c += 32;
+                }
+            }
+            super::avx2::columns(x, w, bias, r, rows, c, k, m, out);
+            r += rows;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_agree_with_a_plain_triple_loop() {
+        for (n, k, m) in [
+            (1, 1, 1),
+            (5, 3, 8),
+            (7, 40, 128),
+            (100, 128, 64),
+            (9, 64, 1),
+            (4, 6, 2),
+            (6, 13, 37),
+            (8, 40, 70),
+            (4, 5, 48),
+        ] {
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 37) % 17) as f32 / 7.0 - 1.0)
+                .collect();
+            let w: Vec<f32> = (0..k * m)
+                .map(|i| ((i * 11) % 13) as f32 / 5.0 - 1.2)
+                .collect();
+            let b: Vec<f32> = (0..m).map(|i| i as f32 * 0.1).collect();
+            let mut want = vec![0f32; n * m];
+            for r in 0..n {
+                for c in 0..m {
+                    let mut s = b[c] as f64;
+                    for j in 0..k {
+                        s += x[r * k + j] as f64 * w[j * m + c] as f64;
+                    }
+                    want[r * m + c] = s as f32;
+                }
+            }
+            let mut kernels = vec![gemm_portable as Gemm, pick()];
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                kernels.push(gemm_avx2);
+            }
+            for kernel in kernels {
+                let mut got = vec![0f32; n * m];
+                kernel(&x, &w, &b, n, k, m, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "{n}x{k}x{m}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
