@@ -17,7 +17,8 @@ pub trait Backend: Send + Sync {
     /// Outputs in the order [`Backend::run`] returns them.
     fn outputs(&self) -> &[TensorSpec];
     /// Runs one inference. Blocking and CPU-bound: call it through
-    /// [`super::executor::InferencePool`], never on the reactor. `inputs`
+    /// [`super::executor::InferencePool`], which runs it on a blocking
+    /// thread unless it is known to be short. `inputs`
     /// are in [`Backend::inputs`] order and already checked against it.
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError>;
 }

@@ -5,10 +5,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use tokio::sync::Semaphore;
 
 use super::{LoadedModel, ModelError, Tensor};
 use crate::telemetry::metrics as m;
+
+/// Calls expected to finish sooner than this (by the model's recent cost
+/// per row) run inline instead of on a blocking thread.
+pub const INLINE_BELOW: Duration = Duration::from_micros(30);
 
 /// A counting gate in front of `spawn_blocking`: at most `threads`
 /// inferences run at once; the rest wait their turn (fairly, FIFO).
@@ -31,8 +38,10 @@ impl InferencePool {
         self.threads
     }
 
-    /// Runs `inputs` through `model` on a blocking thread. A panic inside
-    /// the backend becomes an error for this call only.
+    /// Runs `inputs` through `model` on a blocking thread, or inline when
+    /// the model's recent cost says the call takes less than
+    /// [`INLINE_BELOW`]. A panic inside the backend becomes an error for
+    /// this call only.
     pub async fn run(
         &self,
         model: Arc<LoadedModel>,
@@ -56,13 +65,39 @@ impl InferencePool {
             .and_then(|t| t.shape.first())
             .copied()
             .unwrap_or(0);
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let started = Instant::now();
-            let result = model.backend.run(inputs);
-            (result, started.elapsed())
-        })
-        .await;
+        // A call expected to take less than INLINE_BELOW runs here, on the
+        // calling thread: a hand-off to a blocking thread and back costs
+        // more than that (tens of µs of wake-ups on a busy box), and
+        // feature assembly already runs here for as long.
+        let estimate = model.ns_per_row.load(Ordering::Relaxed);
+        let inline = estimate != u64::MAX
+            && estimate.saturating_mul(rows.max(1) as u64) < INLINE_BELOW.as_nanos() as u64;
+        let work = {
+            let model = model.clone();
+            move || {
+                let _permit = permit;
+                let started = Instant::now();
+                let result = model.backend.run(inputs);
+                (result, started.elapsed())
+            }
+        };
+        let joined = if inline {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .map_err(|_| "the backend panicked".to_string())
+        } else {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if let Ok((_, took)) = &joined {
+            let per_row = (took.as_nanos() as u64 / rows.max(1) as u64).max(1);
+            let next = if estimate == u64::MAX {
+                per_row
+            } else {
+                (estimate * 7 + per_row) / 8
+            };
+            model.ns_per_row.store(next, Ordering::Relaxed);
+        }
         let result = match joined {
             Ok((result, took)) => {
                 metrics::histogram!(m::MODEL_INFERENCE_DURATION_SECONDS, &labels)
@@ -76,5 +111,86 @@ impl InferencePool {
             metrics::counter!(m::MODEL_ERRORS_TOTAL, &labels[..1]).increment(1);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::backend::{Backend, BackendKind};
+    use crate::model::tensor::{TensorData, TensorSpec};
+    use std::sync::Mutex;
+
+    /// Sleeps `cost` per call and records the thread it ran on.
+    struct Probe {
+        cost: Duration,
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+    }
+
+    impl Backend for Probe {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Tract
+        }
+        fn inputs(&self) -> &[TensorSpec] {
+            &[]
+        }
+        fn outputs(&self) -> &[TensorSpec] {
+            &[]
+        }
+        fn run(&self, _: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+            std::thread::sleep(self.cost);
+            self.threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            Ok(Vec::new())
+        }
+    }
+
+    fn model(cost: Duration) -> (Arc<LoadedModel>, Arc<Mutex<Vec<std::thread::ThreadId>>>) {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let model = LoadedModel {
+            name: "probe".into(),
+            version: 1,
+            spec: Arc::new(toml::from_str("").unwrap()),
+            backend: Box::new(Probe {
+                cost,
+                threads: threads.clone(),
+            }),
+            vetting: None,
+            ns_per_row: std::sync::atomic::AtomicU64::new(u64::MAX),
+        };
+        (Arc::new(model), threads)
+    }
+
+    /// The first call of a model goes to a blocking thread; once its cost
+    /// is known, a cheap one runs on the calling thread and a slow one
+    /// keeps going to the pool.
+    #[tokio::test]
+    async fn cheap_calls_run_inline_and_slow_ones_on_the_pool() {
+        let pool = InferencePool::new(2);
+        let here = std::thread::current().id();
+        let rows = || {
+            vec![Tensor::new(
+                "x",
+                vec![10, 1],
+                TensorData::F32(vec![0.0; 10]),
+            )]
+        };
+        let (cheap, ran) = model(Duration::ZERO);
+        for _ in 0..3 {
+            pool.run(cheap.clone(), rows()).await.unwrap();
+        }
+        let ran = ran.lock().unwrap().clone();
+        assert_ne!(ran[0], here, "unknown cost: the pool");
+        assert_eq!(&ran[1..], &[here, here], "cheap: inline");
+        let (slow, ran) = model(INLINE_BELOW * 2);
+        for _ in 0..2 {
+            pool.run(slow.clone(), rows()).await.unwrap();
+        }
+        assert!(
+            ran.lock().unwrap().iter().all(|t| *t != here),
+            "slow: the pool"
+        );
     }
 }

@@ -41,6 +41,9 @@ pub struct LoadedModel {
     pub spec: Arc<ModelSpec>,
     pub backend: Box<dyn Backend>,
     pub vetting: Option<Vetting>,
+    /// Recent inference cost per row in nanoseconds (a moving average;
+    /// `u64::MAX` until the first call): small calls run inline.
+    pub ns_per_row: std::sync::atomic::AtomicU64,
 }
 
 /// A version folder's state after loading.
@@ -619,6 +622,7 @@ fn load_version(
         spec: spec.clone(),
         backend,
         vetting,
+        ns_per_row: std::sync::atomic::AtomicU64::new(u64::MAX),
     })
 }
 
