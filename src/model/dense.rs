@@ -197,7 +197,9 @@ impl Dense {
                         (op, &oa, &ob, if value(a).is_some() { a } else { b })
                     {
                         if uses.get(name.as_str()) == Some(&1) {
-                            if let Some(Step::MatMul { bias, .. }) = dense.steps.get_mut(*v - 1) {
+                            // Value v (> 0) is made by step v - 1.
+                            let step = v.checked_sub(1).and_then(|i| dense.steps.get_mut(i));
+                            if let Some(Step::MatMul { bias, .. }) = step {
                                 bias.iter_mut().zip(c).for_each(|(b, c)| *b += c);
                                 values.insert(n.output.first()?.as_str(), *v);
                                 continue;

@@ -228,12 +228,12 @@ impl Backend for TractBackend {
         if let Some(dense) = &self.dense {
             if let [CTensor {
                 shape,
-                data: TensorData::F32(_),
+                data: TensorData::F32(x),
                 ..
             }] = inputs.as_slice()
             {
                 if let [n, w] = shape[..] {
-                    if w == dense.width() {
+                    if w == dense.width() && x.len() == n * w {
                         let Some(CTensor {
                             data: TensorData::F32(x),
                             ..
