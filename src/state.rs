@@ -243,8 +243,14 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
             .map_err(StartupError::Ranking)?;
         tracing::info!(users, bytes = snapshot.len(), "live-state snapshot loaded");
     }
-    for batch in &recovered.batches {
-        events += pipeline.online.apply(batch).accepted;
+    // Replayed in chunks of many batches, not batch by batch: a batch that
+    // changes items or users lays every change so far over the snapshot
+    // (O(changes)), which a replay of many such batches would repeat for
+    // each. The order of events, and so the result, is the same.
+    let batches = recovered.batches.len();
+    let flat: Vec<crate::events::Event> = recovered.batches.into_iter().flatten().collect();
+    for chunk in flat.chunks(REPLAY_CHUNK) {
+        events += pipeline.online.apply(chunk).accepted;
     }
     if recovered.torn_bytes > 0 {
         tracing::warn!(
@@ -253,7 +259,7 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
         );
     }
     tracing::info!(
-        batches = recovered.batches.len(),
+        batches,
         events,
         log_bytes = recovered.log_bytes,
         millis = started.elapsed().as_millis() as u64,
@@ -266,6 +272,9 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
     pipeline.online.report_size();
     Ok(crate::events::Store::Embedded(std::sync::Mutex::new(log)))
 }
+
+/// Events applied at once when the embedded log is replayed at start.
+const REPLAY_CHUNK: usize = 100_000;
 
 /// Folder names under the repository that hold a `config.toml`.
 fn model_folders(root: &std::path::Path) -> Vec<String> {
