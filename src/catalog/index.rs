@@ -95,6 +95,21 @@ pub fn search(
     k: usize,
     skip: &dyn Fn(u32) -> bool,
 ) -> Result<Vec<(u32, f32)>, CatalogError> {
+    search_with_segment(index, query, k, skip, &[], &[])
+}
+
+/// [`search`] over the index and, beside it, a segment searched exactly:
+/// `rows` (sorted) with their unit vectors `units` (`[rows, dim]`; an
+/// all-zero one is never returned). The index's own entries for those rows
+/// are skipped; the two answers are merged by score.
+pub fn search_with_segment(
+    index: &dyn VectorIndex,
+    query: &[f32],
+    k: usize,
+    skip: &dyn Fn(u32) -> bool,
+    rows: &[u32],
+    units: &[f32],
+) -> Result<Vec<(u32, f32)>, CatalogError> {
     if query.len() != index.dim() {
         return Err(CatalogError::Query(format!(
             "query has dimension {}, the index {}",
@@ -114,7 +129,7 @@ pub fn search(
     if norm < 1e-12 {
         return Err(CatalogError::Query("query is a zero vector".into()));
     }
-    if index.is_empty() || k == 0 {
+    if (index.is_empty() && rows.is_empty()) || k == 0 {
         return Ok(Vec::new());
     }
     let mut stack = [0f32; STACK_DIM];
@@ -128,7 +143,19 @@ pub fn search(
     for (u, &x) in unit.iter_mut().zip(query) {
         *u = (x as f64 / norm) as f32;
     }
-    Ok(index.search_unit(unit, k, skip))
+    if rows.is_empty() {
+        return Ok(index.search_unit(unit, k, skip));
+    }
+    let dim = unit.len();
+    let mut found = index.search_unit(unit, k, &|r| skip(r) || rows.binary_search(&r).is_ok());
+    let segment = exact_top_k(units, dim, unit, k, &|i| {
+        let v = &units[i as usize * dim..(i as usize + 1) * dim];
+        skip(rows[i as usize]) || v.iter().all(|&x| x == 0.0)
+    });
+    found.extend(segment.into_iter().map(|(i, s)| (rows[i as usize], s)));
+    found.sort_unstable_by(by_score_then_row);
+    found.truncate(k);
+    Ok(found)
 }
 
 /// Inner product with the fastest kernel this CPU has.

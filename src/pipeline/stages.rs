@@ -175,44 +175,8 @@ pub fn search(
     n: usize,
     skip: &dyn Fn(u32) -> bool,
 ) -> Result<Vec<(u32, f32)>, crate::catalog::CatalogError> {
-    let (delta, units) = catalog.items.delta_segment();
-    if delta.is_empty() {
-        return index::search(index, query, n, skip);
-    }
-    let mut found = index::search(index, query, n, &|r| {
-        skip(r) || delta.binary_search(&r).is_ok()
-    })?;
-    // The query at unit length (search checked it is finite and not zero).
-    let norm = query
-        .iter()
-        .map(|&x| x as f64 * x as f64)
-        .sum::<f64>()
-        .sqrt();
-    let unit: Vec<f32> = query.iter().map(|&x| (x as f64 / norm) as f32).collect();
-    let dim = unit.len();
-    // Only what beats the index's n-th answer can enter.
-    let mut floor = if found.len() >= n {
-        found.last().map_or(f32::NEG_INFINITY, |f| f.1)
-    } else {
-        f32::NEG_INFINITY
-    };
-    let mut pending = 0;
-    for (&row, v) in delta.iter().zip(units.chunks_exact(dim)) {
-        let score = index::dot(&unit, v);
-        if score > floor && !skip(row) && v.iter().any(|&x| x != 0.0) {
-            found.push((row, score));
-            pending += 1;
-            if pending >= 4 * n {
-                sort_scored(&mut found);
-                found.truncate(n);
-                floor = found.last().map_or(f32::NEG_INFINITY, |f| f.1);
-                pending = 0;
-            }
-        }
-    }
-    sort_scored(&mut found);
-    found.truncate(n);
-    Ok(found)
+    let (rows, units) = catalog.items.delta_segment();
+    index::search_with_segment(index, query, n, skip, rows, units)
 }
 
 /// `features` for `rows`, reading live state (under one read of the view)
