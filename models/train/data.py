@@ -77,11 +77,23 @@ class Split:
     cold_eval: pd.DataFrame     # evaluation-period ratings of held-out users
 
 
-def split(raw: Raw) -> Split:
+def snapshot_quantiles_for(cutoff_quantile: float) -> tuple:
+    """Training-snapshot quantiles for another cutoff (backtest.py): the same fractions of the
+    training period as the shipped setting (0.35 / 0.50 / 0.65 of 0.80 = 0.4375 / 0.625 / 0.8125 of
+    the ratings before the cutoff), i.e. SNAPSHOT_QUANTILES scaled by cutoff / CUTOFF_QUANTILE.
+    At the shipped cutoff this is exactly SNAPSHOT_QUANTILES."""
+    return tuple(round(q * cutoff_quantile / CUTOFF_QUANTILE, 10) for q in SNAPSHOT_QUANTILES)
+
+
+def split(raw: Raw, cutoff_quantile: float = CUTOFF_QUANTILE,
+          snapshot_quantiles: tuple = SNAPSHOT_QUANTILES) -> Split:
+    """Global time cutoff at the `cutoff_quantile` of all timestamps; training snapshots at the
+    `snapshot_quantiles` (each below the cutoff). Held-out users do not depend on the cutoff."""
+    assert all(q < cutoff_quantile for q in snapshot_quantiles), (snapshot_quantiles, cutoff_quantile)
     r = raw.ratings
     ts = r["timestamp"].to_numpy()
-    cutoff = int(np.quantile(ts, CUTOFF_QUANTILE))
-    snaps = [int(np.quantile(ts, q)) for q in SNAPSHOT_QUANTILES]
+    cutoff = int(np.quantile(ts, cutoff_quantile))
+    snaps = [int(np.quantile(ts, q)) for q in snapshot_quantiles]
     rng = np.random.default_rng(SEED)
     all_users = raw.users["user_id"].to_numpy()
     n_cold = int(round(COLD_USER_FRACTION * len(all_users)))

@@ -241,13 +241,15 @@ def _declarations() -> str:
 
 
 def snapshot_dir(S: Snapshot) -> str:
-    """`S` written as a catalog the server can load (once per snapshot)."""
-    d = _SNAPSHOT_DIRS.get(id(S))
-    if d is None:
+    """`S` written as a catalog the server can load (once per snapshot). The snapshot is kept
+    alive with its directory: keyed by id(), a freed snapshot's id could be reused by a later one
+    (another cutoff's, in backtest.py), which would then read the wrong catalog."""
+    hit = _SNAPSHOT_DIRS.get(id(S))
+    if hit is None or hit[0] is not S:
         d = os.path.join(CACHE, "snapshots", str(S.time))
         write_snapshot(S, d)
-        _SNAPSHOT_DIRS[id(S)] = d
-    return d
+        _SNAPSHOT_DIRS[id(S)] = hit = (S, d)
+    return hit[1]
 
 
 def served_features(S: Snapshot, model: str, it, ur=None, ctx=None) -> np.ndarray:

@@ -43,31 +43,9 @@ def main():
     log(f"cutoff={iso(sp.cutoff)} train={len(sp.train)} eval={len(sp.eval)} "
         f"cold_users={len(sp.cold_users)} cold_eval={len(sp.cold_eval)}")
 
-    # ------------------------------------------------------------ training examples from snapshots
-    bounds = list(sp.snapshot_times) + [sp.cutoff]
-    tr_known, tr_cold = [], []
-    for k, t in enumerate(sp.snapshot_times):
-        hist = sp.train[sp.train["timestamp"] < t]
-        win = sp.train[(sp.train["timestamp"] >= t) & (sp.train["timestamp"] < bounds[k + 1])]
-        S_t = F.build_snapshot(raw, hist, t)
-        rk = M.known_rows(S_t, win)
-        rc = M.cold_rows(S_t, win, raw.users, mask_prob=M.DEMO_MASK_PROB, seed=data.SEED + k)
-        tr_known.append((M.X_filter(S_t, rk), M.X_ranker(S_t, rk), rk.label))
-        tr_cold.append((M.X_cold(S_t, rc), rc.label))
-        log(f"snapshot {iso(t)}: history={len(hist)} window={len(win)} "
-            f"known rows={len(rk)} (pos {rk.label.sum()}, users {len(np.unique(rk.user_id))}) "
-            f"cold rows={len(rc)} (pos {rc.label.sum()})")
-    Xf = np.concatenate([a for a, _, _ in tr_known])
-    Xr = np.concatenate([b for _, b, _ in tr_known])
-    yk = np.concatenate([c for _, _, c in tr_known])
-    Xc = np.concatenate([a for a, _ in tr_cold])
-    yc = np.concatenate([b for _, b in tr_cold])
-
-    # ------------------------------------------------------------ fit
-    t = time.time(); filt = M.fit_filter(Xf, yk); t_filter = time.time() - t
-    t = time.time(); rank = M.fit_ranker(Xr, yk); t_ranker = time.time() - t
-    t = time.time(); cold = M.fit_cold(Xc, yc); t_cold = time.time() - t
-    log(f"fitted filter {t_filter:.1f}s, ranker {t_ranker:.1f}s, cold_start {t_cold:.1f}s")
+    tr = training_rows(raw, sp)
+    Xf, Xr, yk, Xc, yc = tr["Xf"], tr["Xr"], tr["yk"], tr["Xc"], tr["yc"]
+    filt, rank, cold = fit_models(tr)
 
     # ------------------------------------------------------------ final snapshot = shipped catalog
     S = F.build_snapshot(raw, sp.train, sp.cutoff)
@@ -95,15 +73,10 @@ def main():
     train_X = {"filter": Xf, "ranker": Xr, "cold_start": Xc}
     for name, sp_ in specs.items():
         n_f = len(sp_["feats"])
-        onx = X.to_onnx_sklearn(sp_["model"], n_f, sp_["desc"], sp_["feats"])
+        onx, scorers[name], diff = to_scorer(sp_["model"], sp_["feats"], sp_["desc"], train_X[name])
         X.save_onnx(onx, os.path.join(MODELS_DIR, name, "1", "model.onnx"))
-        scorers[name] = X.OnnxScorer(onx)
-        Xt = train_X[name]
-        ref = sp_["model"].predict_proba(Xt)[:, 1]
-        diff = float(np.max(np.abs(scorers[name](Xt) - ref)))
         sp_["onnx_vs_python_max_abs_diff"] = diff
         log(f"{name}: exported, {n_f} features, ONNX vs python max |diff| on train rows = {diff:.2e}")
-        assert diff < 1e-4, diff
 
     # ------------------------------------------------------------ evaluation rows
     ev_known = M.known_rows(S, sp.eval)
@@ -129,78 +102,21 @@ def main():
     }
 
     # ------------------------------------------------------------ cascade (known users)
-    res = {k: {"ndcg@10": [], "recall@10": []} for k in
-           ("cascade", "popularity", "retrieval_only", "filter_only")}
-    rec100, rec300 = [], []
-    evp = sp.eval[sp.eval["rating"] >= data.POSITIVE_RATING]
     # The same requests, for `cascade eval` to replay through the server's
     # pipeline (derived from the data set: written under .cache, never committed).
     eval_cases = []
-    for u, g in evp.groupby("user_id", sort=True):
-        ur = S.user_row(np.array([u]))[0]
-        if ur < 0:
-            continue
-        rel = set(S.item_row(g["item_id"].to_numpy()).tolist()) - set(S.seen[ur].tolist())
-        if not rel:
-            continue
-        first = sp.eval.loc[sp.eval["user_id"] == u, "timestamp"].min()
-        h, wd = F.context_of([first])
-        eval_cases.append({"segment": "known_users", "user_id": str(u),
-                           "context": {"hour": int(h[0]), "weekday": int(wd[0])},
-                           "relevant": [str(S.item_ids[r]) for r in sorted(rel)]})
-        cand = E.retrieve(S, ur, M.N_RETRIEVE)
-        rec100.append(E.recall_at(cand, rel, 100))
-        rec300.append(E.recall_at(cand, rel, 300))
-        urs = np.full(len(cand), ur)
-        fs = scorers["filter"](F.filter_features(S, urs, cand))
-        keep = cand[E.top_k(fs, M.N_FILTER_KEEP)]
-        urs = np.full(len(keep), ur)
-        rs = scorers["ranker"](F.ranker_features(S, urs, keep, np.full(len(keep), h[0]), np.full(len(keep), wd[0])))
-        ranked = {
-            "cascade": keep[E.top_k(rs, 10)],
-            "popularity": E.popular_for(S, 10, S.seen[ur]),
-            "retrieval_only": cand[:10],
-            "filter_only": keep[:10],
-        }
-        for k, lst in ranked.items():
-            res[k]["ndcg@10"].append(E.ndcg_at(lst, rel, 10))
-            res[k]["recall@10"].append(E.recall_at(lst, rel, 10))
-    n_known_users = len(rec100)
-    # popularity recall@100 for the retrieval comparison
-    pop100 = []
-    for u, g in evp.groupby("user_id", sort=True):
-        ur = S.user_row(np.array([u]))[0]
-        if ur < 0:
-            continue
-        rel = set(S.item_row(g["item_id"].to_numpy()).tolist()) - set(S.seen[ur].tolist())
-        if rel:
-            pop100.append(E.recall_at(E.popular_for(S, 100, S.seen[ur]), rel, 100))
+    known = eval_known(S, sp, scorers, eval_cases)
+    res = top10_metrics(known, KNOWN_SYSTEMS)
+    rec100 = [c["mf_recall@100"] for c in known]
+    rec300 = [c["mf_recall@300"] for c in known]
+    pop100 = [c["popularity_recall@100"] for c in known]
+    n_known_users = len(known)
 
     # ------------------------------------------------------------ cascade (cold start)
     def cold_cascade(ev_df, segment):
-        out = {k: {"ndcg@10": [], "recall@10": []} for k in ("cold_start_model", "popularity")}
-        demo = raw.users.set_index("user_id")
-        evp_ = ev_df[ev_df["rating"] >= data.POSITIVE_RATING]
-        n = 0
-        for u, g in evp_.groupby("user_id", sort=True):
-            rel = set(S.item_row(g["item_id"].to_numpy()).tolist())
-            first = ev_df.loc[ev_df["user_id"] == u, "timestamp"].min()
-            h, wd = F.context_of([first])
-            eval_cases.append({"segment": segment, "user_id": None,
-                               "context": {"hour": int(h[0]), "weekday": int(wd[0]),
-                                           "age": float(demo.at[u, "age"]), "gender": str(demo.at[u, "gender"]),
-                                           "occupation": str(demo.at[u, "occupation"])},
-                               "relevant": [str(S.item_ids[r]) for r in sorted(rel)]})
-            cand = S.popular[:M.N_RETRIEVE]
-            m = len(cand)
-            Xc_u = F.cold_features(S, cand, [float(demo.at[u, "age"])] * m, [demo.at[u, "gender"]] * m,
-                                   [demo.at[u, "occupation"]] * m, np.full(m, h[0]), np.full(m, wd[0]))
-            cs = scorers["cold_start"](Xc_u)
-            for k, lst in (("cold_start_model", cand[E.top_k(cs, 10)]), ("popularity", cand[:10])):
-                out[k]["ndcg@10"].append(E.ndcg_at(lst, rel, 10))
-                out[k]["recall@10"].append(E.recall_at(lst, rel, 10))
-            n += 1
-        return n, {k: {m_: E.mean(v) for m_, v in d.items()} for k, d in out.items()}
+        cases = eval_cold(S, raw, scorers, ev_df, segment, eval_cases)
+        out = top10_metrics(cases, COLD_SYSTEMS)
+        return len(cases), {k: {m_: E.mean(v) for m_, v in d.items()} for k, d in out.items()}
 
     n_cold_users, cold_res = cold_cascade(sp.cold_eval, "cold_start_users")
     n_new_users, new_res = cold_cascade(new_users, "new_users_after_cutoff")
@@ -283,6 +199,128 @@ def main():
     X.write_json(os.path.join(MODELS_DIR, "eval_report.json"), report)  # no timings: byte-reproducible
     print_report(report)
     print(f"train.py wall time {time.time() - T0:.1f} s")
+
+
+KNOWN_SYSTEMS = ("cascade", "popularity", "retrieval_only", "filter_only")
+COLD_SYSTEMS = ("cold_start_model", "popularity")
+
+
+def training_rows(raw, sp):
+    """Training examples from the snapshots before the cutoff: for each snapshot, features from the
+    history before it, labels from the window up to the next snapshot (the last one: the cutoff)."""
+    bounds = list(sp.snapshot_times) + [sp.cutoff]
+    tr_known, tr_cold = [], []
+    for k, t in enumerate(sp.snapshot_times):
+        hist = sp.train[sp.train["timestamp"] < t]
+        win = sp.train[(sp.train["timestamp"] >= t) & (sp.train["timestamp"] < bounds[k + 1])]
+        S_t = F.build_snapshot(raw, hist, t)
+        rk = M.known_rows(S_t, win)
+        rc = M.cold_rows(S_t, win, raw.users, mask_prob=M.DEMO_MASK_PROB, seed=data.SEED + k)
+        tr_known.append((M.X_filter(S_t, rk), M.X_ranker(S_t, rk), rk.label))
+        tr_cold.append((M.X_cold(S_t, rc), rc.label))
+        log(f"snapshot {iso(t)}: history={len(hist)} window={len(win)} "
+            f"known rows={len(rk)} (pos {rk.label.sum()}, users {len(np.unique(rk.user_id))}) "
+            f"cold rows={len(rc)} (pos {rc.label.sum()})")
+    return {"Xf": np.concatenate([a for a, _, _ in tr_known]),
+            "Xr": np.concatenate([b for _, b, _ in tr_known]),
+            "yk": np.concatenate([c for _, _, c in tr_known]),
+            "Xc": np.concatenate([a for a, _ in tr_cold]),
+            "yc": np.concatenate([b for _, b in tr_cold])}
+
+
+def fit_models(tr):
+    """(filter, ranker, cold_start) fitted on training_rows()."""
+    t = time.time(); filt = M.fit_filter(tr["Xf"], tr["yk"]); t_filter = time.time() - t
+    t = time.time(); rank = M.fit_ranker(tr["Xr"], tr["yk"]); t_ranker = time.time() - t
+    t = time.time(); cold = M.fit_cold(tr["Xc"], tr["yc"]); t_cold = time.time() - t
+    log(f"fitted filter {t_filter:.1f}s, ranker {t_ranker:.1f}s, cold_start {t_cold:.1f}s")
+    return filt, rank, cold
+
+
+def to_scorer(model, feats, desc, X_train):
+    """The model as exported ONNX and its onnxruntime scorer (what the evaluation scores with),
+    checked against the Python model on the training rows. Returns (onnx, scorer, max |diff|)."""
+    onx = X.to_onnx_sklearn(model, len(feats), desc, feats)
+    scorer = X.OnnxScorer(onx)
+    ref = model.predict_proba(X_train)[:, 1]
+    diff = float(np.max(np.abs(scorer(X_train) - ref)))
+    assert diff < 1e-4, diff
+    return onx, scorer, diff
+
+
+def eval_known(S, sp, scorers, eval_cases=None):
+    """The cascade for each known user with >= 1 relevant item (rated >= 4 in the evaluation period,
+    not seen in training): MF top-300 -> filter keeps 100 -> ranker -> top 10. One dict per user:
+    user_id, ur (user-table row), rel (relevant item rows), ranked (system -> item rows), and the
+    retrieval recalls. Appends the requests to `eval_cases` when given."""
+    out = []
+    evp = sp.eval[sp.eval["rating"] >= data.POSITIVE_RATING]
+    for u, g in evp.groupby("user_id", sort=True):
+        ur = S.user_row(np.array([u]))[0]
+        if ur < 0:
+            continue
+        rel = set(S.item_row(g["item_id"].to_numpy()).tolist()) - set(S.seen[ur].tolist())
+        if not rel:
+            continue
+        first = sp.eval.loc[sp.eval["user_id"] == u, "timestamp"].min()
+        h, wd = F.context_of([first])
+        if eval_cases is not None:
+            eval_cases.append({"segment": "known_users", "user_id": str(u),
+                               "context": {"hour": int(h[0]), "weekday": int(wd[0])},
+                               "relevant": [str(S.item_ids[r]) for r in sorted(rel)]})
+        cand = E.retrieve(S, ur, M.N_RETRIEVE)
+        urs = np.full(len(cand), ur)
+        fs = scorers["filter"](F.filter_features(S, urs, cand))
+        keep = cand[E.top_k(fs, M.N_FILTER_KEEP)]
+        urs = np.full(len(keep), ur)
+        rs = scorers["ranker"](F.ranker_features(S, urs, keep, np.full(len(keep), h[0]), np.full(len(keep), wd[0])))
+        ranked = {
+            "cascade": keep[E.top_k(rs, 10)],
+            "popularity": E.popular_for(S, 10, S.seen[ur]),
+            "retrieval_only": cand[:10],
+            "filter_only": keep[:10],
+        }
+        out.append({"user_id": int(u), "ur": int(ur), "rel": rel, "ranked": ranked,
+                    "mf_recall@100": E.recall_at(cand, rel, 100),
+                    "mf_recall@300": E.recall_at(cand, rel, 300),
+                    "popularity_recall@100": E.recall_at(E.popular_for(S, 100, S.seen[ur]), rel, 100)})
+    return out
+
+
+def eval_cold(S, raw, scorers, ev_df, segment, eval_cases=None):
+    """Cold start for each user of `ev_df` with >= 1 item rated >= 4: popular[:300] -> cold_start
+    model -> top 10, the request carrying the user's demographics. One dict per user (as eval_known)."""
+    out = []
+    demo = raw.users.set_index("user_id")
+    evp_ = ev_df[ev_df["rating"] >= data.POSITIVE_RATING]
+    for u, g in evp_.groupby("user_id", sort=True):
+        rel = set(S.item_row(g["item_id"].to_numpy()).tolist())
+        first = ev_df.loc[ev_df["user_id"] == u, "timestamp"].min()
+        h, wd = F.context_of([first])
+        if eval_cases is not None:
+            eval_cases.append({"segment": segment, "user_id": None,
+                               "context": {"hour": int(h[0]), "weekday": int(wd[0]),
+                                           "age": float(demo.at[u, "age"]), "gender": str(demo.at[u, "gender"]),
+                                           "occupation": str(demo.at[u, "occupation"])},
+                               "relevant": [str(S.item_ids[r]) for r in sorted(rel)]})
+        cand = S.popular[:M.N_RETRIEVE]
+        m = len(cand)
+        Xc_u = F.cold_features(S, cand, [float(demo.at[u, "age"])] * m, [demo.at[u, "gender"]] * m,
+                               [demo.at[u, "occupation"]] * m, np.full(m, h[0]), np.full(m, wd[0]))
+        cs = scorers["cold_start"](Xc_u)
+        out.append({"user_id": int(u), "ur": -1, "rel": rel,
+                    "ranked": {"cold_start_model": cand[E.top_k(cs, 10)], "popularity": cand[:10]}})
+    return out
+
+
+def top10_metrics(cases, systems):
+    """system -> {"ndcg@10": [per user], "recall@10": [per user]} over eval_known/eval_cold's cases."""
+    res = {k: {"ndcg@10": [], "recall@10": []} for k in systems}
+    for c in cases:
+        for k in systems:
+            res[k]["ndcg@10"].append(E.ndcg_at(c["ranked"][k], c["rel"], 10))
+            res[k]["recall@10"].append(E.recall_at(c["ranked"][k], c["rel"], 10))
+    return res
 
 
 def golden_known(S, ev, rng):
