@@ -42,13 +42,23 @@ enum BinOp {
 #[derive(Debug, Clone)]
 enum Step {
     Binary(BinOp, Operand, Operand),
-    /// `x · w`, `w` `[k, m]` row-major, plus `bias` (`m` values or none).
+    /// `(x - sub) * mul` or `(x - sub) / div` (a scaler: two ops, one pass;
+    /// the same two roundings).
+    Scale {
+        x: usize,
+        sub: Vec<f32>,
+        by: Vec<f32>,
+        divide: bool,
+    },
+    /// `x · w`, `w` `[k, m]` row-major, plus `bias` (`m` values or none),
+    /// then `Relu` when `relu` (a Relu that only it fed).
     MatMul {
         x: usize,
         w: Vec<f32>,
         k: usize,
         m: usize,
         bias: Vec<f32>,
+        relu: bool,
     },
     Relu(usize),
     Sigmoid(usize),
@@ -56,13 +66,15 @@ enum Step {
     Concat(Vec<usize>),
     /// Columns `from..to` of a value.
     Slice(usize, usize, usize),
-    Copy(usize),
 }
 
 /// A graph this module runs: steps in order, each making one value.
 #[derive(Debug, Clone)]
 pub struct Dense {
     steps: Vec<Step>,
+    /// Whether each step's value is read on the way to the output (a step
+    /// that folding left unread is skipped).
+    live: Vec<bool>,
     /// Columns of the input (value 0) and of each step's value.
     cols: Vec<usize>,
     output: usize,
@@ -143,6 +155,7 @@ impl Dense {
         };
         let mut dense = Dense {
             steps: Vec::new(),
+            live: Vec::new(),
             cols: vec![width],
             output: 0,
         };
@@ -156,6 +169,25 @@ impl Dense {
             .chain([&g.output[0].name])
         {
             *uses.entry(name.as_str()).or_default() += 1;
+        }
+        // A Cast to float or an Identity is the same value under a new
+        // name: its reads count as reads of its input, and both names have
+        // the value's total (so a fold never changes a value that is also
+        // read under another name).
+        let alias = |n: &NodeProto| {
+            matches!(n.domain.as_str(), "" | "ai.onnx")
+                && (n.op_type == "Identity" || (n.op_type == "Cast" && attr_i(n, "to", 0) == 1))
+                && n.input.len() == 1
+                && n.output.len() == 1
+        };
+        for n in g.node.iter().rev().filter(|n| alias(n)) {
+            let out = uses.get(n.output[0].as_str()).copied().unwrap_or(0);
+            *uses.entry(n.input[0].as_str()).or_default() += out;
+            *uses.entry(n.input[0].as_str()).or_default() -= 1;
+        }
+        for n in g.node.iter().filter(|n| alias(n)) {
+            let total = uses.get(n.input[0].as_str()).copied().unwrap_or(0);
+            uses.insert(n.output[0].as_str(), total);
         }
         // Values that are constants: initializers, and `Constant` nodes.
         let mut constants: HashMap<&str, &TensorProto> = consts;
@@ -206,15 +238,40 @@ impl Dense {
                             }
                         }
                     }
-                    (Step::Binary(op, oa, ob), cols)
+                    // `(x - a) * b` or `(x - a) / b` where nothing else
+                    // reads `x - a`: one pass.
+                    if let (BinOp::Mul | BinOp::Div, Operand::Value(v), Operand::Const(by)) =
+                        (op, &oa, &ob)
+                    {
+                        let single = uses.get(a.as_str()) == Some(&1);
+                        let made_by = v.checked_sub(1).and_then(|i| dense.steps.get(i));
+                        if let (
+                            true,
+                            Some(Step::Binary(BinOp::Sub, Operand::Value(x), Operand::Const(sub))),
+                        ) = (single, made_by)
+                        {
+                            let step = Step::Scale {
+                                x: *x,
+                                sub: sub.clone(),
+                                by: by.clone(),
+                                divide: matches!(op, BinOp::Div),
+                            };
+                            (step, cols)
+                        } else {
+                            (Step::Binary(op, oa, ob), cols)
+                        }
+                    } else {
+                        (Step::Binary(op, oa, ob), cols)
+                    }
                 }
-                ("" | "ai.onnx", "Cast") if attr_i(n, "to", 0) == 1 => {
+                // A cast to float of a float value, an identity: the same
+                // value under another name.
+                ("" | "ai.onnx", "Cast" | "Identity")
+                    if n.op_type == "Identity" || attr_i(n, "to", 0) == 1 =>
+                {
                     let x = value(n.input.first()?)?;
-                    (Step::Copy(x), dense.cols[x])
-                }
-                ("" | "ai.onnx", "Identity") => {
-                    let x = value(n.input.first()?)?;
-                    (Step::Copy(x), dense.cols[x])
+                    values.insert(n.output.first()?.as_str(), x);
+                    continue;
                 }
                 ("" | "ai.onnx", "MatMul") => {
                     let x = value(n.input.first()?)?;
@@ -234,6 +291,7 @@ impl Dense {
                             k,
                             m,
                             bias: vec![0.0; m],
+                            relu: false,
                         },
                         m,
                     )
@@ -277,10 +335,34 @@ impl Dense {
                             }
                         }
                     };
-                    (Step::MatMul { x, w, k, m, bias }, m)
+                    (
+                        Step::MatMul {
+                            x,
+                            w,
+                            k,
+                            m,
+                            bias,
+                            relu: false,
+                        },
+                        m,
+                    )
                 }
                 ("" | "ai.onnx", "Relu") => {
-                    let x = value(n.input.first()?)?;
+                    let input = n.input.first()?;
+                    let x = value(input)?;
+                    // After a product nothing else reads: applied as the
+                    // product's last pass, in place.
+                    if uses.get(input.as_str()) == Some(&1) {
+                        let step = x.checked_sub(1).and_then(|i| dense.steps.get_mut(i));
+                        if let Some(Step::MatMul {
+                            relu: relu @ false, ..
+                        }) = step
+                        {
+                            *relu = true;
+                            values.insert(n.output.first()?.as_str(), x);
+                            continue;
+                        }
+                    }
                     (Step::Relu(x), dense.cols[x])
                 }
                 ("" | "ai.onnx", "Sigmoid") => {
@@ -328,6 +410,22 @@ impl Dense {
                     if from >= to {
                         return None;
                     }
+                    // Exactly one part of a concatenation: that part.
+                    if let Some(Step::Concat(parts)) =
+                        x.checked_sub(1).and_then(|i| dense.steps.get(i))
+                    {
+                        let mut at = 0;
+                        for &p in parts {
+                            if (at, at + dense.cols[p]) == (from, to) {
+                                values.insert(n.output.first()?.as_str(), p);
+                                break;
+                            }
+                            at += dense.cols[p];
+                        }
+                        if values.contains_key(n.output.first()?.as_str()) {
+                            continue;
+                        }
+                    }
                     (Step::Slice(x, from, to), to - from)
                 }
                 ("ai.onnx.ml", "LinearClassifier") => {
@@ -364,6 +462,7 @@ impl Dense {
                         k,
                         m: classes,
                         bias,
+                        relu: false,
                     });
                     dense.cols.push(classes);
                     let mut v = dense.cols.len() - 1;
@@ -382,7 +481,37 @@ impl Dense {
             values.insert(n.output.first()?.as_str(), dense.cols.len() - 1);
         }
         dense.output = *values.get(g.output[0].name.as_str())?;
+        dense.mark_live();
         Some(dense)
+    }
+
+    /// Marks the steps whose values the output needs, walking back from it.
+    fn mark_live(&mut self) {
+        let mut needed = vec![false; self.cols.len()];
+        needed[self.output] = true;
+        for i in (0..self.steps.len()).rev() {
+            if !needed[i + 1] {
+                continue;
+            }
+            let mut need = |v: usize| needed[v] = true;
+            match &self.steps[i] {
+                Step::Binary(_, a, b) => {
+                    for o in [a, b] {
+                        if let Operand::Value(v) = o {
+                            need(*v);
+                        }
+                    }
+                }
+                Step::Scale { x, .. }
+                | Step::MatMul { x, .. }
+                | Step::Relu(x)
+                | Step::Sigmoid(x)
+                | Step::Softmax(x)
+                | Step::Slice(x, _, _) => need(*x),
+                Step::Concat(parts) => parts.iter().for_each(|&p| need(p)),
+            }
+        }
+        self.live = needed[1..].to_vec();
     }
 
     /// Columns of the input.
@@ -413,10 +542,21 @@ impl Dense {
         vals.push(input);
         for (i, step) in self.steps.iter().enumerate() {
             let cols = self.cols[i + 1];
+            if !self.live[i] {
+                vals.push(Vec::new());
+                continue;
+            }
             let out = match step {
-                Step::Copy(x) => {
+                Step::Scale { x, sub, by, divide } => {
                     let mut out = fresh(n * cols);
-                    out.extend_from_slice(&vals[*x]);
+                    for row in vals[*x].chunks_exact(cols.max(1)) {
+                        let it = row.iter().zip(sub).zip(by);
+                        if *divide {
+                            out.extend(it.map(|((x, s), b)| (x - s) / b));
+                        } else {
+                            out.extend(it.map(|((x, s), b)| (x - s) * b));
+                        }
+                    }
                     out
                 }
                 Step::Binary(op, a, b) => {
@@ -443,10 +583,29 @@ impl Dense {
                     }
                     out
                 }
-                Step::MatMul { x, w, k, m, bias } => {
+                Step::MatMul {
+                    x,
+                    w,
+                    k,
+                    m,
+                    bias,
+                    relu,
+                } => {
                     let mut out = fresh(n * m);
                     out.resize(n * m, 0.0);
-                    kernel(&vals[*x], w, bias, n, *k, *m, &mut out);
+                    if *m == 1 {
+                        // One column: a dot product per row (the kernels'
+                        // column blocks would leave it to a scalar loop).
+                        let dot = crate::catalog::simd::kernels();
+                        for (o, row) in out.iter_mut().zip(vals[*x].chunks_exact(*k)) {
+                            *o = bias[0] + dot.dot(row, w);
+                        }
+                    } else {
+                        kernel(&vals[*x], w, bias, n, *k, *m, &mut out);
+                    }
+                    if *relu {
+                        out.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
                     out
                 }
                 Step::Relu(x) => {
@@ -795,6 +954,240 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    fn constant(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            float_data: values.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn int_constant(name: &str, v: i64) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: vec![1],
+            data_type: pb::tensor_proto::DataType::Int64 as i32,
+            int64_data: vec![v],
+            ..Default::default()
+        }
+    }
+
+    fn graph(
+        nodes: Vec<NodeProto>,
+        consts: Vec<TensorProto>,
+        width: i64,
+        out: &str,
+    ) -> pb::ModelProto {
+        use pb::tensor_shape_proto::{dimension::Value as D, Dimension};
+        let info = |name: &str| pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: pb::tensor_proto::DataType::Float as i32,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: vec![
+                            Dimension {
+                                value: Some(D::DimParam("N".into())),
+                                ..Default::default()
+                            },
+                            Dimension {
+                                value: Some(D::DimValue(width)),
+                                ..Default::default()
+                            },
+                        ],
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        pb::ModelProto {
+            graph: Some(pb::GraphProto {
+                node: nodes,
+                initializer: consts,
+                input: vec![info("x")],
+                output: vec![pb::ValueInfoProto {
+                    name: out.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Folds (scaler, Relu after a product, a cast, the slice of a
+    /// concatenation) never change a value something else still reads.
+    #[test]
+    fn folds_leave_values_read_twice_alone() {
+        let w = [1.0, -1.0, 0.5, -2.0, 0.25, 1.5];
+        let consts = vec![
+            constant("w", &[2, 3], &w),
+            constant("a", &[2], &[0.5, -1.0]),
+            constant("b", &[2], &[2.0, 3.0]),
+            constant("v", &[3, 1], &[1.0, 2.0, -1.0]),
+        ];
+        // c = x - a (read twice), d = c * b; y = d · w (read as y and,
+        // through an Identity, by the Relu); out = [y + relu(y), (y+relu(y)) · v][1]
+        let nodes = vec![
+            node("Sub", &["x", "a"], "c"),
+            node("Mul", &["c", "b"], "d"),
+            node("Add", &["c", "d"], "e"),
+            node("MatMul", &["e", "w"], "y"),
+            node("Identity", &["y"], "z"),
+            node("Relu", &["z"], "r"),
+            node("Add", &["y", "r"], "s"),
+            node("MatMul", &["s", "v"], "t"),
+            node("Concat", &["s", "t"], "st"),
+            NodeProto {
+                attribute: vec![pb::AttributeProto {
+                    name: "axis".into(),
+                    i: 1,
+                    ..Default::default()
+                }],
+                ..node("Concat", &["s", "t"], "st")
+            },
+        ];
+        // The first Concat has no axis (0: rows): use the second, axis 1.
+        let mut nodes = nodes;
+        nodes.remove(8);
+        nodes.push(node("Slice", &["st", "from", "to", "axes"], "out"));
+        let mut consts = consts;
+        consts.extend([
+            int_constant("from", 3),
+            int_constant("to", 4),
+            int_constant("axes", 1),
+        ]);
+        let dense = Dense::from_proto(&graph(nodes, consts, 2, "out")).expect("a dense graph");
+        let n = 5;
+        let x: Vec<f32> = (0..n * 2).map(|i| i as f32 * 0.7 - 3.0).collect();
+        let got = dense.run(x.clone(), n);
+        assert_eq!(got.len(), n);
+        for r in 0..n {
+            let c = [x[r * 2] - 0.5, x[r * 2 + 1] + 1.0];
+            let e = [c[0] + c[0] * 2.0, c[1] + c[1] * 3.0];
+            let y: Vec<f32> = (0..3).map(|j| e[0] * w[j] + e[1] * w[3 + j]).collect();
+            let s: Vec<f32> = y.iter().map(|&v| v + v.max(0.0)).collect();
+            let t = s[0] - s[2] + 2.0 * s[1];
+            assert!(
+                (got[r] - t).abs() <= 1e-4 * t.abs().max(1.0),
+                "row {r}: {} vs {t}",
+                got[r]
+            );
+        }
+        // The Relu had two readers of its input's value: not folded.
+        assert!(dense.steps.iter().any(|s| matches!(s, Step::Relu(_))));
+        // The scaler's Sub is read twice: not folded into a Scale.
+        assert!(!dense.steps.iter().any(|s| matches!(s, Step::Scale { .. })));
+    }
+
+    /// The shipped models' shape: scaler, products with Relu, one column
+    /// out, sigmoid, [1 - p, p], column 1 — folded to one pass per layer.
+    #[test]
+    fn the_exported_mlp_shape_is_folded() {
+        let consts = vec![
+            constant("off", &[2], &[1.0, 2.0]),
+            constant("scale", &[2], &[0.5, 0.25]),
+            constant(
+                "w1",
+                &[2, 8],
+                &(0..16).map(|i| i as f32 * 0.1 - 0.8).collect::<Vec<_>>(),
+            ),
+            constant("b1", &[1, 8], &[0.1; 8]),
+            constant(
+                "w2",
+                &[8, 1],
+                &(0..8).map(|i| 0.3 - i as f32 * 0.1).collect::<Vec<_>>(),
+            ),
+            constant("b2", &[1, 1], &[0.05]),
+            constant("unity", &[], &[1.0]),
+            int_constant("from", 1),
+            int_constant("to", 2),
+            int_constant("axes", 1),
+        ];
+        let mut cast = node("Cast", &["v"], "vc");
+        cast.attribute.push(pb::AttributeProto {
+            name: "to".into(),
+            i: 1,
+            ..Default::default()
+        });
+        let mut concat = node("Concat", &["neg", "p"], "probs");
+        concat.attribute.push(pb::AttributeProto {
+            name: "axis".into(),
+            i: 1,
+            ..Default::default()
+        });
+        let nodes = vec![
+            node("Sub", &["x", "off"], "c"),
+            node("Mul", &["c", "scale"], "v"),
+            cast,
+            node("MatMul", &["vc", "w1"], "m1"),
+            node("Add", &["m1", "b1"], "a1"),
+            node("Relu", &["a1"], "h1"),
+            node("MatMul", &["h1", "w2"], "m2"),
+            node("Add", &["m2", "b2"], "a2"),
+            node("Sigmoid", &["a2"], "p"),
+            node("Sub", &["unity", "p"], "neg"),
+            concat,
+            node("Slice", &["probs", "from", "to", "axes"], "score"),
+        ];
+        let dense = Dense::from_proto(&graph(nodes, consts, 2, "score")).expect("a dense graph");
+        let live: Vec<&Step> = dense
+            .steps
+            .iter()
+            .zip(&dense.live)
+            .filter(|(_, l)| **l)
+            .map(|(s, _)| s)
+            .collect();
+        assert!(
+            matches!(
+                live.as_slice(),
+                [
+                    Step::Scale { .. },
+                    Step::MatMul { relu: true, .. },
+                    Step::MatMul {
+                        relu: false,
+                        m: 1,
+                        ..
+                    },
+                    Step::Sigmoid(_)
+                ]
+            ),
+            "{live:?}"
+        );
+        let n = 6;
+        let x: Vec<f32> = (0..n * 2).map(|i| i as f32 * 0.9 - 4.0).collect();
+        let got = dense.run(x.clone(), n);
+        for r in 0..n {
+            let v = [(x[r * 2] - 1.0) * 0.5, (x[r * 2 + 1] - 2.0) * 0.25];
+            let h: Vec<f32> = (0..8)
+                .map(|j| {
+                    (v[0] * (j as f32 * 0.1 - 0.8) + v[1] * ((8 + j) as f32 * 0.1 - 0.8) + 0.1)
+                        .max(0.0)
+                })
+                .collect();
+            let z: f32 = h
+                .iter()
+                .enumerate()
+                .map(|(j, h)| h * (0.3 - j as f32 * 0.1))
+                .sum::<f32>()
+                + 0.05;
+            let p = 1.0 / (1.0 + (-z).exp());
+            assert!((got[r] - p).abs() <= 1e-5, "row {r}: {} vs {p}", got[r]);
+        }
+    }
 
     #[test]
     fn the_kernels_agree_with_a_plain_triple_loop() {
