@@ -374,6 +374,46 @@ impl Table {
         }
     }
 
+    /// [`Table::scalar`] for each of `rows`, into `out` (same length): the
+    /// delta is checked once, not per row, when there is none.
+    pub fn scalars(&self, rows: &[u32], at: usize, out: &mut [f32]) {
+        if self.delta.is_some() {
+            for (o, &r) in out.iter_mut().zip(rows) {
+                *o = self.scalar(r, at);
+            }
+            return;
+        }
+        let (w, row) = (self.base.width, &self.base.row[..]);
+        for (o, &r) in out.iter_mut().zip(rows) {
+            *o = row[r as usize * w + at];
+        }
+    }
+
+    /// Whether list `i` of each of `rows` holds `code`, as 1 or 0 into
+    /// `out`, read from the lists' bit masks; `false` (and nothing written)
+    /// when the list is not kept as masks or `code` does not fit one.
+    pub fn mask_has(&self, i: usize, rows: &[u32], code: u32, out: &mut [f32]) -> bool {
+        if !self.has_mask(i) || code >= 64 {
+            return false;
+        }
+        let Some(at) = self.base.masks[i] else {
+            return false;
+        };
+        // The mask is two f32 slots holding its low and high 32 bits.
+        let (slot, bit) = (at + (code / 32) as usize, code % 32);
+        if self.delta.is_some() {
+            for (o, &r) in out.iter_mut().zip(rows) {
+                *o = (self.scalar(r, slot).to_bits() >> bit & 1) as f32;
+            }
+        } else {
+            let (w, row) = (self.base.width, &self.base.row[..]);
+            for (o, &r) in out.iter_mut().zip(rows) {
+                *o = (row[r as usize * w + slot].to_bits() >> bit & 1) as f32;
+            }
+        }
+        true
+    }
+
     /// `len` values at offset `at` of row `r`.
     #[inline]
     pub fn values(&self, r: u32, at: usize, len: usize) -> &[f32] {
@@ -512,5 +552,67 @@ mod tests {
         assert_eq!(t.list(0, 0), &[0, 1]);
         assert!(t.list(0, 1).is_empty());
         assert_eq!(t.time(0, 1), 2.0e12);
+    }
+
+    /// The batched reads answer what the per-row reads answer, on the
+    /// snapshot and on a generation with changed and new rows; codes in
+    /// the mask's high half too.
+    #[test]
+    fn batched_reads_match_row_reads() {
+        let names: Vec<String> = (0..40).map(|i| format!("\"c{i}\"")).collect();
+        let schema = Schema::parse(&format!(
+            r#"
+            [items]
+            fields.price = {{ type = "number" }}
+            fields.tags = {{ type = "categories", values = [{}] }}
+            "#,
+            names.join(", ")
+        ))
+        .unwrap();
+        let ids = Ids::new((0..5).map(|i| format!("i{i}")).collect(), "t").unwrap();
+        let t = Table::build(
+            &schema.items,
+            ids,
+            vec![
+                Column::Scalars(vec![1.0, 2.0, f32::NAN, 4.0, 5.0]),
+                Column::Lists(Csr {
+                    offsets: vec![0, 2, 3, 3, 5, 6],
+                    values: vec![0, 33, 5, 31, 39, 32],
+                }),
+            ],
+            None,
+        );
+        let changed = t.with_delta(&[
+            DeltaRow {
+                id: "i1".into(),
+                base: Some(1),
+                values: vec![Value::Values(vec![7.5]), Value::List(vec![1, 34])],
+                vector_set: false,
+            },
+            DeltaRow {
+                id: "new".into(),
+                base: None,
+                values: vec![Value::Values(vec![8.5]), Value::List(vec![0, 38])],
+                vector_set: false,
+            },
+        ]);
+        for table in [&t, &changed] {
+            let rows: Vec<u32> = (0..table.len() as u32).rev().collect();
+            let mut out = vec![0.0; rows.len()];
+            table.scalars(&rows, 0, &mut out);
+            for (o, &r) in out.iter().zip(&rows) {
+                assert_eq!(o.to_bits(), table.scalar(r, 0).to_bits(), "row {r}");
+            }
+            for code in 0..40u32 {
+                assert!(table.mask_has(0, &rows, code, &mut out));
+                for (o, &r) in out.iter().zip(&rows) {
+                    let want = table.mask(0, r).unwrap() >> code & 1;
+                    assert_eq!(*o, want as f32, "row {r} code {code}");
+                }
+            }
+            assert!(!table.mask_has(0, &rows, 64, &mut out), "past a mask");
+        }
+        assert_eq!(changed.scalar(1, 0), 7.5);
+        assert_eq!(changed.mask(0, 5), Some(1 | 1 << 38));
     }
 }

@@ -363,12 +363,7 @@ pub fn column(n: &Num, env: &Env<'_>, items: &[u32], out: &mut [f32], pool: &mut
         return;
     }
     match n {
-        Num::Read(src, at) => {
-            let t = table(env, *src);
-            for (o, &r) in out.iter_mut().zip(items) {
-                *o = t.scalar(r, *at);
-            }
-        }
+        Num::Read(src, at) => table(env, *src).scalars(items, *at, out),
         Num::Unary(op, a) => {
             column(a, env, items, out, pool);
             let op = *op;
@@ -428,6 +423,15 @@ pub fn column(n: &Num, env: &Env<'_>, items: &[u32], out: &mut [f32], pool: &mut
             }
             pool.give(idx);
         }
+        // One code for every row (a name, a request-side value): read
+        // straight from the lists' bit masks when they are kept.
+        Num::Has(l, c)
+            if c.scope() != Reach::Item && {
+                let code = scalar(c, env);
+                !code.is_nan()
+                    && code >= 0.0
+                    && table(env, l.src).mask_has(l.index, items, code as u32, out)
+            } => {}
         Num::Has(l, c) => {
             let mut codes = pool.take(items.len());
             column(c, env, items, &mut codes, pool);
