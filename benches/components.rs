@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade::catalog::index::{search, ExactIndex};
+use cascade::catalog::index::{search, ExactIndex, RowSet};
 use cascade::catalog::Catalog;
 use cascade::config::Config;
 use cascade::data::features::{FeatureSet, Subject};
@@ -340,25 +340,33 @@ fn retrieval(c: &mut Criterion, fx: &Fixture) {
     group.bench_function("exact_top300/skip_seen", |b| {
         b.iter(|| black_box(search(&index, &query, 300, &|r| seen.contains(&r)).unwrap()))
     });
-    // What `pipeline::stages::retrieve` does: one sorted list, binary search.
-    let mut sorted: Vec<u32> = seen.iter().copied().collect();
-    sorted.sort_unstable();
-    group.bench_function("exact_top300/skip_seen_sorted", |b| {
+    // What `pipeline::stages::retrieve` does: the rows to skip as a bit set.
+    let sorted: Vec<u32> = {
+        let mut v: Vec<u32> = seen.iter().copied().collect();
+        v.sort_unstable();
+        v
+    };
+    group.bench_function("exact_top300/skip_seen_rowset", |b| {
         b.iter(|| {
-            black_box(search(&index, &query, 300, &|r| sorted.binary_search(&r).is_ok()).unwrap())
+            RowSet::with(&sorted, |set| {
+                black_box(search(&index, &query, 300, &|r| set.contains(r)).unwrap())
+            })
         })
     });
     // New items from events, searched exactly beside the index (the delta
     // segment): its cost by size, against none.
     for n in [0, 1_000, 10_000] {
         let changed = catalog.with_changes(&new_items(catalog, n), 1);
-        let skip = |r: u32| sorted.binary_search(&r).is_ok();
         group.bench_function(format!("exact_top300/delta_{n}"), |b| {
             b.iter(|| {
-                black_box(
-                    cascade::pipeline::stages::search(&changed, &index, &query, 300, &skip)
+                RowSet::with(&sorted, |set| {
+                    black_box(
+                        cascade::pipeline::stages::search(&changed, &index, &query, 300, &|r| {
+                            set.contains(r)
+                        })
                         .unwrap(),
-                )
+                    )
+                })
             })
         });
     }

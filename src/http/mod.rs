@@ -30,7 +30,7 @@ use crate::telemetry::metrics as m;
 use error::{ApiError, ErrorShape};
 
 /// Which listener a connection arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Listener {
     Public,
     Admin,
@@ -203,13 +203,7 @@ fn finish(
     let route = route_template(segments);
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    metrics::counter!(
-        m::HTTP_REQUESTS_TOTAL,
-        "listener" => listener.as_str(), "route" => route, "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "route" => route)
-        .record(elapsed.as_secs_f64());
+    record_request(listener, route, status, elapsed.as_secs_f64());
     tracing::debug!(%method, path, status, micros = elapsed.as_micros() as u64, "request");
     response
 }
@@ -225,6 +219,44 @@ impl Listener {
 
 /// The route a path matched, as a bounded metric label (names and
 /// versions replaced by placeholders; anything unknown is `other`).
+/// Counts a request and records its duration through handles kept per
+/// thread by (listener, route, status): label values are a bounded set, and
+/// the hot path then builds no label strings and does no registry look-up.
+/// Until the recorder is installed nothing is kept (its handles would be
+/// inert for good).
+fn record_request(listener: Listener, route: &'static str, status: u16, seconds: f64) {
+    type Handles = std::collections::HashMap<
+        (Listener, &'static str, u16),
+        (metrics::Counter, metrics::Histogram),
+    >;
+    thread_local! {
+        static HANDLES: std::cell::RefCell<Handles> = std::cell::RefCell::default();
+    }
+    let register = || {
+        (
+            metrics::counter!(
+                m::HTTP_REQUESTS_TOTAL,
+                "listener" => listener.as_str(), "route" => route, "status" => status.to_string()
+            ),
+            metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "route" => route),
+        )
+    };
+    if !m::installed() {
+        let (count, duration) = register();
+        count.increment(1);
+        duration.record(seconds);
+        return;
+    }
+    HANDLES.with(|cell| {
+        let mut handles = cell.borrow_mut();
+        let (count, duration) = handles
+            .entry((listener, route, status))
+            .or_insert_with(register);
+        count.increment(1);
+        duration.record(seconds);
+    })
+}
+
 fn route_template(segments: &[&str]) -> &'static str {
     match segments {
         ["v2"] => "/v2",

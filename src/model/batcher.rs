@@ -109,6 +109,8 @@ impl Batcher {
             label: label.to_string(),
             workers,
             stats: stats.clone(),
+            depth: metrics::gauge!(m::BATCH_QUEUE_DEPTH, "model" => label.to_string()),
+            wait: metrics::histogram!(m::BATCH_QUEUE_WAIT_SECONDS, "model" => label.to_string()),
         };
         tokio::spawn(actor.run(rx));
         Batcher {
@@ -165,6 +167,8 @@ struct Actor {
     label: String,
     workers: Arc<Semaphore>,
     stats: Arc<Stats>,
+    depth: metrics::Gauge,
+    wait: metrics::Histogram,
 }
 
 impl Actor {
@@ -221,7 +225,7 @@ impl Actor {
                     break;
                 }
             }
-            metrics::gauge!(m::BATCH_QUEUE_DEPTH, "model" => label.clone())
+            self.depth
                 .set(rx.len() as f64 + carry.is_some() as u8 as f64);
 
             // Checked now, after every wait: callers that left or ran out
@@ -234,8 +238,7 @@ impl Actor {
                 } else if job.deadline <= now {
                     "deadline"
                 } else {
-                    metrics::histogram!(m::BATCH_QUEUE_WAIT_SECONDS, "model" => label.clone())
-                        .record((now - job.enqueued).as_secs_f64());
+                    self.wait.record((now - job.enqueued).as_secs_f64());
                     live.push(job);
                     continue;
                 };

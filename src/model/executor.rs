@@ -54,12 +54,8 @@ impl InferencePool {
             .acquire_owned()
             .await
             .map_err(|_| ModelError::Unavailable)?;
-        metrics::histogram!(m::INFERENCE_QUEUE_WAIT_SECONDS).record(queued.elapsed().as_secs_f64());
-        let labels = [
-            ("model", model.name.clone()),
-            ("version", model.version.to_string()),
-            ("backend", model.backend.kind().as_str().to_string()),
-        ];
+        let handles = model.metrics.get_or_init(|| ModelMetrics::register(&model));
+        handles.queue_wait.record(queued.elapsed().as_secs_f64());
         let rows = inputs
             .first()
             .and_then(|t| t.shape.first())
@@ -100,17 +96,41 @@ impl InferencePool {
         }
         let result = match joined {
             Ok((result, took)) => {
-                metrics::histogram!(m::MODEL_INFERENCE_DURATION_SECONDS, &labels)
-                    .record(took.as_secs_f64());
-                metrics::histogram!(m::MODEL_BATCH_ROWS, &labels[..1]).record(rows as f64);
+                handles.inference.record(took.as_secs_f64());
+                handles.rows.record(rows as f64);
                 result
             }
             Err(e) => Err(ModelError::Inference(format!("inference task failed: {e}"))),
         };
         if result.is_err() {
-            metrics::counter!(m::MODEL_ERRORS_TOTAL, &labels[..1]).increment(1);
+            handles.errors.increment(1);
         }
         result
+    }
+}
+
+/// One model version's inference metric handles (label values fixed).
+pub struct ModelMetrics {
+    queue_wait: metrics::Histogram,
+    inference: metrics::Histogram,
+    rows: metrics::Histogram,
+    errors: metrics::Counter,
+}
+
+impl ModelMetrics {
+    fn register(model: &LoadedModel) -> ModelMetrics {
+        let name = model.name.clone();
+        ModelMetrics {
+            queue_wait: metrics::histogram!(m::INFERENCE_QUEUE_WAIT_SECONDS),
+            inference: metrics::histogram!(
+                m::MODEL_INFERENCE_DURATION_SECONDS,
+                "model" => name.clone(),
+                "version" => model.version.to_string(),
+                "backend" => model.backend.kind().as_str()
+            ),
+            rows: metrics::histogram!(m::MODEL_BATCH_ROWS, "model" => name.clone()),
+            errors: metrics::counter!(m::MODEL_ERRORS_TOTAL, "model" => name),
+        }
     }
 }
 
@@ -159,6 +179,7 @@ mod tests {
             }),
             vetting: None,
             ns_per_row: std::sync::atomic::AtomicU64::new(u64::MAX),
+            metrics: std::sync::OnceLock::new(),
         };
         (Arc::new(model), threads)
     }

@@ -44,6 +44,8 @@ pub struct LoadedModel {
     /// Recent inference cost per row in nanoseconds (a moving average;
     /// `u64::MAX` until the first call): small calls run inline.
     pub ns_per_row: std::sync::atomic::AtomicU64,
+    /// Its inference metric handles, registered on first use.
+    pub metrics: std::sync::OnceLock<crate::model::executor::ModelMetrics>,
 }
 
 /// A version folder's state after loading.
@@ -623,6 +625,7 @@ fn load_version(
         backend,
         vetting,
         ns_per_row: std::sync::atomic::AtomicU64::new(u64::MAX),
+        metrics: std::sync::OnceLock::new(),
     })
 }
 

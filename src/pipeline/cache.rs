@@ -125,6 +125,30 @@ pub enum Uncached<E> {
 
 pub struct ResponseCache {
     cache: Cache<CacheKey, Arc<RankResponse>>,
+    metrics: CacheMetrics,
+}
+
+/// A cache's metric handles, registered with the cache.
+pub(super) struct CacheMetrics {
+    pub(super) hits: metrics::Counter,
+    pub(super) misses: metrics::Counter,
+    pub(super) entries: metrics::Gauge,
+    /// Bytes (response cache) or scores (score cache) held.
+    pub(super) size: metrics::Gauge,
+}
+
+impl CacheMetrics {
+    /// `size` is the name of the gauge of what the cache holds.
+    pub(super) fn register(cache: &'static str, size: &'static str) -> CacheMetrics {
+        let size = metrics::gauge!(size);
+        size.set(0.0);
+        CacheMetrics {
+            hits: metrics::counter!(m::CACHE_REQUESTS_TOTAL, "cache" => cache, "result" => "hit"),
+            misses: metrics::counter!(m::CACHE_REQUESTS_TOTAL, "cache" => cache, "result" => "miss"),
+            entries: metrics::gauge!(m::CACHE_ENTRIES, "cache" => cache),
+            size,
+        }
+    }
 }
 
 /// Registers `cache`'s eviction counter and entry gauge at zero (so they
@@ -153,8 +177,10 @@ impl ResponseCache {
             .time_to_live(Duration::from_millis(config.ttl_ms))
             .eviction_listener(count_evictions("response"))
             .build();
-        metrics::gauge!(m::RESPONSE_CACHE_BYTES).set(0.0);
-        ResponseCache { cache }
+        ResponseCache {
+            cache,
+            metrics: CacheMetrics::register("response", m::RESPONSE_CACHE_BYTES),
+        }
     }
 
     /// The cached answer for `key`, or the one `compute` produces (computed
@@ -184,12 +210,10 @@ impl ResponseCache {
             })
             .await;
         let hit = !computed_here.load(Ordering::Relaxed);
-        let label = if hit { "hit" } else { "miss" };
-        metrics::counter!(m::CACHE_REQUESTS_TOTAL, "cache" => "response", "result" => label)
-            .increment(1);
-        metrics::gauge!(m::CACHE_ENTRIES, "cache" => "response")
-            .set(self.cache.entry_count() as f64);
-        metrics::gauge!(m::RESPONSE_CACHE_BYTES).set(self.cache.weighted_size() as f64);
+        let m = &self.metrics;
+        if hit { &m.hits } else { &m.misses }.increment(1);
+        m.entries.set(self.cache.entry_count() as f64);
+        m.size.set(self.cache.weighted_size() as f64);
         result.map(|r| ((*r).clone(), hit))
     }
 }

@@ -49,7 +49,6 @@ use crate::model::batcher::Batcher;
 use crate::model::executor::InferencePool;
 use crate::model::Registry;
 use crate::telemetry::drift::MonitoringConfig;
-use crate::telemetry::metrics as m;
 use cache::ResponseCache;
 use experiments::{ExperimentsConfig, ModelRef};
 use plan::model_ref;
@@ -94,6 +93,8 @@ pub struct Pipeline {
     batchers: RwLock<HashMap<(String, u64), Batcher>>,
     pool: InferencePool,
     experiments: RwLock<Arc<ExperimentsConfig>>,
+    /// Metric handles by arm name (`control` and every arm ever set).
+    arm_metrics: RwLock<HashMap<String, Arc<plan::ArmMetrics>>>,
     pub shadow: ShadowRunner,
     cache: Option<ResponseCache>,
     score_cache: Option<ScoreCache>,
@@ -137,10 +138,6 @@ impl Pipeline {
             millis = started.elapsed().as_millis() as u64,
             "retrieval index ready"
         );
-        for reason in request::Fallback::ALL {
-            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason.as_str(), "variant" => CONTROL)
-                .increment(0);
-        }
         let rules = rules::Rules::compile(&ranking.rules, &catalog)?;
         let online = Arc::new(crate::events::online::Online::new(
             catalog.clone(),
@@ -159,6 +156,7 @@ impl Pipeline {
             batchers: RwLock::new(HashMap::new()),
             pool: pool.clone(),
             experiments: RwLock::new(Arc::new(ExperimentsConfig::default())),
+            arm_metrics: RwLock::new(HashMap::new()),
             shadow: ShadowRunner::start(&ShadowConfig {
                 shadows: Vec::new(),
                 ..config.shadow.clone()
@@ -185,6 +183,7 @@ impl Pipeline {
                     .map_err(|e| format!("{key}: {e}"))?;
             }
         }
+        pipeline.arm_metrics(CONTROL);
         pipeline.set_experiments(registry, config.experiments.clone(), "experiments")?;
         pipeline.set_shadows(registry, config.shadow.shadows.clone(), "shadow.shadows")?;
         Ok(pipeline)
@@ -264,10 +263,7 @@ impl Pipeline {
     ) -> Result<(), String> {
         experiments.validate(prefix, &|r| self.check_model(registry, r))?;
         for arm in &experiments.arms {
-            for reason in request::Fallback::ALL {
-                metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason.as_str(), "variant" => arm.name.clone())
-                    .increment(0);
-            }
+            self.arm_metrics(&arm.name);
         }
         tracing::info!(arms = ?experiments.arms.iter().map(|a| (&a.name, a.share)).collect::<Vec<_>>(), "experiment set");
         *self.experiments.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(experiments);

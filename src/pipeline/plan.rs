@@ -3,19 +3,24 @@
 
 use std::sync::Arc;
 
+use metrics::{Counter, Histogram};
+
 use super::experiments::{self, ModelRef};
-use super::request::ValidRequest;
+use super::request::{Fallback, Stage, ValidRequest};
 use super::shadow::{ShadowSpec, ShadowStage};
 use super::stages::StageModel;
 use super::{Pipeline, CONTROL};
 use crate::data::features::Subject;
 use crate::model::Registry;
+use crate::telemetry::metrics as m;
 
 /// What one request runs with, fixed when it starts: its arm, and the
 /// exact model versions of its stages (a reload or an experiment change
 /// mid-request does not touch it).
 pub(super) struct Plan {
     pub(super) variant: Arc<str>,
+    /// The arm's metric handles.
+    pub(super) metrics: Arc<ArmMetrics>,
     pub(super) filter: Option<Result<Arc<StageModel>, String>>,
     pub(super) rerank: Option<Result<Arc<StageModel>, String>>,
     pub(super) retrieve_n: usize,
@@ -23,6 +28,73 @@ pub(super) struct Plan {
     /// The shadows that sample this request, per stage, with their models.
     pub(super) filter_shadows: Vec<Shadowing>,
     pub(super) rerank_shadows: Vec<Shadowing>,
+}
+
+/// One arm's metric handles, registered once per arm when it is set: a
+/// request records through them, without building label sets or looking
+/// anything up in the registry.
+pub(super) struct ArmMetrics {
+    /// By outcome: `ok`, each [`Fallback`] in `Fallback::ALL` order, `error`.
+    requests: [Counter; 6],
+    duration: Histogram,
+    /// By [`Stage`], in `Stage::ALL` order.
+    stage_seconds: [Histogram; 5],
+    stage_out: [Histogram; 5],
+    /// By [`Fallback`], in `Fallback::ALL` order.
+    fallbacks: [Counter; 4],
+}
+
+impl ArmMetrics {
+    pub(super) fn register(variant: &str) -> ArmMetrics {
+        let v = variant.to_string();
+        let outcomes = [
+            "ok",
+            "cold_start",
+            "deadline",
+            "model_error",
+            "overload",
+            "error",
+        ];
+        let fallbacks = Fallback::ALL.map(|r| {
+            let c = metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => r.as_str(), "variant" => v.clone());
+            // Every reason is exported from the start, at 0.
+            c.increment(0);
+            c
+        });
+        ArmMetrics {
+            requests: outcomes.map(|o| {
+                metrics::counter!(m::RANK_REQUESTS_TOTAL, "variant" => v.clone(), "outcome" => o)
+            }),
+            duration: metrics::histogram!(m::RANK_DURATION_SECONDS, "variant" => v.clone()),
+            stage_seconds: Stage::ALL.map(|s| {
+                metrics::histogram!(m::STAGE_DURATION_SECONDS, "stage" => s.as_str(), "variant" => v.clone())
+            }),
+            stage_out: Stage::ALL.map(|s| {
+                metrics::histogram!(m::STAGE_CANDIDATES_OUT, "stage" => s.as_str(), "variant" => v.clone())
+            }),
+            fallbacks,
+        }
+    }
+
+    /// An answer (or an error: `None` with `error`).
+    pub(super) fn answered(&self, fallback: Option<Fallback>, error: bool, seconds: f64) {
+        let i = match (error, fallback) {
+            (true, _) => 5,
+            (false, None) => 0,
+            (false, Some(f)) => 1 + f as usize,
+        };
+        self.requests[i].increment(1);
+        self.duration.record(seconds);
+    }
+
+    pub(super) fn stage(&self, stage: Stage, seconds: f64, out: usize) {
+        self.stage_seconds[stage as usize].record(seconds);
+        self.stage_out[stage as usize].record(out as f64);
+    }
+
+    pub(super) fn fallback(&self, reason: Fallback) {
+        self.fallbacks[reason as usize].increment(1);
+    }
 }
 
 pub(super) type Shadowing = (ShadowSpec, Result<Arc<StageModel>, String>);
@@ -103,10 +175,12 @@ impl Pipeline {
                 })
                 .collect()
         };
+        let variant = arm_ref.map_or(CONTROL, |a| a.name.as_str());
         Plan {
             filter_shadows: shadows(ShadowStage::Filter),
             rerank_shadows: shadows(ShadowStage::Rerank),
-            variant: arm_ref.map_or(CONTROL, |a| a.name.as_str()).into(),
+            metrics: self.arm_metrics(variant),
+            variant: variant.into(),
             filter,
             rerank,
             retrieve_n: arm_ref
@@ -115,6 +189,54 @@ impl Pipeline {
             filter_keep: arm_ref
                 .and_then(|a| a.filter_keep)
                 .unwrap_or(self.config.filter_keep),
+        }
+    }
+}
+
+impl Pipeline {
+    /// The metric handles of arm `variant`, registered on its first use.
+    pub(super) fn arm_metrics(&self, variant: &str) -> Arc<ArmMetrics> {
+        if let Some(a) = self
+            .arm_metrics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(variant)
+        {
+            return a.clone();
+        }
+        self.arm_metrics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(variant.to_string())
+            .or_insert_with(|| Arc::new(ArmMetrics::register(variant)))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ArmMetrics` indexes its handles by the enums' discriminants: they
+    /// must follow the `ALL` orders the handles were registered in.
+    #[test]
+    fn handle_arrays_follow_the_enum_orders() {
+        for (i, s) in Stage::ALL.into_iter().enumerate() {
+            assert_eq!(s as usize, i, "{}", s.as_str());
+        }
+        for (i, f) in Fallback::ALL.into_iter().enumerate() {
+            assert_eq!(f as usize, i, "{}", f.as_str());
+        }
+        let outcomes = [
+            "ok",
+            "cold_start",
+            "deadline",
+            "model_error",
+            "overload",
+            "error",
+        ];
+        for f in Fallback::ALL {
+            assert_eq!(outcomes[1 + f as usize], f.as_str());
         }
     }
 }

@@ -149,6 +149,14 @@ pub enum Stage {
 }
 
 impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Retrieve,
+        Stage::Rules,
+        Stage::Filter,
+        Stage::Rerank,
+        Stage::Select,
+    ];
+
     /// The name in `debug` answers and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

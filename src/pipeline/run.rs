@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::cache::{CacheKey, Uncached};
-use super::plan::{Plan, Shadowing};
+use super::plan::{ArmMetrics, Plan, Shadowing};
 use super::request::{Fallback, RankResponse, ScoredItem, Stage, StageReport, ValidRequest};
 use super::score_cache::{self, ScoreKey};
 use super::shadow::ShadowJob;
@@ -22,7 +22,6 @@ use crate::data::features::Subject;
 use crate::events::online::Trending;
 use crate::model::executor::InferencePool;
 use crate::model::Registry;
-use crate::telemetry::metrics as m;
 
 impl Pipeline {
     /// Ranks through the response cache (debug requests always compute,
@@ -36,7 +35,7 @@ impl Pipeline {
         let started = Instant::now();
         let subject = self.subject(&req);
         let plan = self.plan(registry, &req, &subject);
-        let variant = plan.variant.clone();
+        let arm = plan.metrics.clone();
         let trending = self.trending_for(&req, &subject);
         let result = match self.cache.as_ref().filter(|_| !req.debug) {
             None => self.rank_for(subject, plan, req, trending).await,
@@ -53,8 +52,7 @@ impl Pipeline {
                         response.cached = hit;
                         // Fallbacks count answers served: a cached cold-start answer is one.
                         if hit && response.fallback == Some(Fallback::ColdStart) {
-                            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start", "variant" => variant.to_string())
-                                .increment(1);
+                            arm.fallback(Fallback::ColdStart);
                         }
                         Ok(response)
                     }
@@ -70,14 +68,11 @@ impl Pipeline {
                 }
             }
         };
-        let outcome = match &result {
-            Ok(r) => r.fallback.map_or("ok", Fallback::as_str),
-            Err(_) => "error",
-        };
-        metrics::counter!(m::RANK_REQUESTS_TOTAL, "variant" => variant.to_string(), "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!(m::RANK_DURATION_SECONDS, "variant" => variant.to_string())
-            .record(started.elapsed().as_secs_f64());
+        arm.answered(
+            result.as_ref().ok().and_then(|r| r.fallback),
+            result.is_err(),
+            started.elapsed().as_secs_f64(),
+        );
         result
     }
 
@@ -166,6 +161,7 @@ impl Pipeline {
         let mut reports = Vec::new();
         let mut models = Map::new();
         let variant = plan.variant.clone();
+        let arm = plan.metrics.clone();
         let mut fallback = if subject.user.is_none() {
             Some(Fallback::ColdStart)
         } else {
@@ -210,14 +206,7 @@ impl Pipeline {
             ),
         };
         let asked = req.candidates.as_ref().map_or(plan.retrieve_n, Vec::len);
-        report(
-            &mut reports,
-            &variant,
-            Stage::Retrieve,
-            asked,
-            current.len(),
-            t,
-        );
+        report(&mut reports, &arm, Stage::Retrieve, asked, current.len(), t);
         if self.rules.has_drop() {
             let t = Instant::now();
             let n_in = current.len();
@@ -231,10 +220,12 @@ impl Pipeline {
                 self.rules
                     .drop_candidates(catalog, None, &subject, &mut current);
             }
-            report(&mut reports, &variant, Stage::Rules, n_in, current.len(), t);
+            report(&mut reports, &arm, Stage::Rules, n_in, current.len(), t);
         }
         if current.is_empty() {
-            return Ok(self.respond(catalog, req, &variant, current, models, fallback, reports));
+            return Ok(self.respond(
+                catalog, req, &variant, &arm, current, models, fallback, reports,
+            ));
         }
 
         // 2. filter (known users only), 3. rerank
@@ -286,22 +277,18 @@ impl Pipeline {
                         );
                     }
                     current = rows.into_iter().zip(out.scores).collect();
-                    stages::sort_scored(&mut current);
-                    if let Some(keep) = keep {
-                        current.truncate(keep);
-                    }
+                    stages::top_scored(&mut current, keep.unwrap_or(usize::MAX));
                     models.insert(
                         model_key(stage, subject.user.is_some()).into(),
                         model.label().into(),
                     );
-                    report(&mut reports, &variant, stage, n_in, current.len(), t);
+                    report(&mut reports, &arm, stage, n_in, current.len(), t);
                 }
                 Err(e) => {
                     let reason = match e {
                         StageError::Deadline => Fallback::Deadline,
                         StageError::Overload if self.config.on_overload == OnOverload::Reject => {
-                            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "overload", "variant" => variant.to_string())
-                                .increment(1);
+                            arm.fallback(Fallback::Overload);
                             return Err(RankError::Overloaded);
                         }
                         StageError::Overload => Fallback::Overload,
@@ -318,29 +305,22 @@ impl Pipeline {
                             Fallback::ModelError
                         }
                     };
-                    metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => reason.as_str(), "variant" => variant.to_string())
-                        .increment(1);
+                    arm.fallback(reason);
                     // A cold-start answer stays marked cold_start.
                     if fallback.is_none() {
                         fallback = Some(reason);
                     }
-                    report(
-                        &mut reports,
-                        &variant,
-                        stage,
-                        current.len(),
-                        current.len(),
-                        t,
-                    );
+                    report(&mut reports, &arm, stage, current.len(), current.len(), t);
                     break;
                 }
             }
         }
         if fallback == Some(Fallback::ColdStart) {
-            metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => "cold_start", "variant" => variant.to_string())
-                .increment(1);
+            arm.fallback(Fallback::ColdStart);
         }
-        Ok(self.respond(catalog, req, &variant, current, models, fallback, reports))
+        Ok(self.respond(
+            catalog, req, &variant, &arm, current, models, fallback, reports,
+        ))
     }
 
     /// Scores one stage's rows. Re-rank rows go through the model's batcher
@@ -495,6 +475,7 @@ impl Pipeline {
         catalog: &Catalog,
         req: ValidRequest,
         variant: &str,
+        arm: &ArmMetrics,
         mut current: Scored,
         models: Map<String, Value>,
         fallback: Option<Fallback>,
@@ -504,7 +485,7 @@ impl Pipeline {
         let n_in = current.len();
         stages::sort_scored(&mut current);
         self.rules.select(catalog, &mut current, req.k);
-        report(&mut reports, variant, Stage::Select, n_in, current.len(), t);
+        report(&mut reports, arm, Stage::Select, n_in, current.len(), t);
         RankResponse {
             request_id: req.request_id,
             items: current
@@ -535,17 +516,14 @@ fn model_key(stage: Stage, known: bool) -> &'static str {
 
 fn report(
     reports: &mut Vec<StageReport>,
-    variant: &str,
+    arm: &ArmMetrics,
     name: Stage,
     n_in: usize,
     n_out: usize,
     t: Instant,
 ) {
     let took = t.elapsed();
-    metrics::histogram!(m::STAGE_DURATION_SECONDS, "stage" => name.as_str(), "variant" => variant.to_string())
-        .record(took.as_secs_f64());
-    metrics::histogram!(m::STAGE_CANDIDATES_OUT, "stage" => name.as_str(), "variant" => variant.to_string())
-        .record(n_out as f64);
+    arm.stage(name, took.as_secs_f64(), n_out);
     reports.push(StageReport {
         name,
         candidates_in: n_in,

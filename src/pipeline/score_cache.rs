@@ -92,6 +92,7 @@ pub struct ScoreCache {
     /// Rows found and not found, for this cache alone (metrics are per process).
     hits: AtomicU64,
     misses: AtomicU64,
+    metrics: super::cache::CacheMetrics,
 }
 
 impl ScoreCache {
@@ -102,9 +103,9 @@ impl ScoreCache {
             .time_to_live(Duration::from_millis(config.ttl_ms))
             .eviction_listener(super::cache::count_evictions("score"))
             .build();
-        metrics::gauge!(m::SCORE_CACHE_SCORES).set(0.0);
         ScoreCache {
             cache,
+            metrics: super::cache::CacheMetrics::register("score", m::SCORE_CACHE_SCORES),
             per_context: config.max_scores_per_context.max(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -142,10 +143,8 @@ impl ScoreCache {
         self.hits.fetch_add(hits, Ordering::Relaxed);
         self.misses
             .fetch_add(missing.len() as u64, Ordering::Relaxed);
-        metrics::counter!(m::CACHE_REQUESTS_TOTAL, "cache" => "score", "result" => "hit")
-            .increment(hits);
-        metrics::counter!(m::CACHE_REQUESTS_TOTAL, "cache" => "score", "result" => "miss")
-            .increment(missing.len() as u64);
+        self.metrics.hits.increment(hits);
+        self.metrics.misses.increment(missing.len() as u64);
         (known, missing, missing_stamps)
     }
 
@@ -182,8 +181,8 @@ impl ScoreCache {
             _ => fresh,
         };
         self.cache.insert(key, Arc::new(entry));
-        metrics::gauge!(m::CACHE_ENTRIES, "cache" => "score").set(self.cache.entry_count() as f64);
-        metrics::gauge!(m::SCORE_CACHE_SCORES).set(self.cache.weighted_size() as f64);
+        self.metrics.entries.set(self.cache.entry_count() as f64);
+        self.metrics.size.set(self.cache.weighted_size() as f64);
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::catalog::index::RowSet;
 use crate::catalog::{index, Catalog, VectorIndex};
 use crate::data::features::{FeatureSet, Sources, Subject};
 use crate::events::online::{Online, Trending};
@@ -15,8 +16,13 @@ use crate::telemetry::drift::{DriftMonitor, MonitoringConfig};
 use crate::telemetry::metrics as m;
 
 /// Sort by score descending, ties by item row ascending (deterministic).
-pub fn sort_scored(v: &mut [(u32, f32)]) {
-    v.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+pub fn sort_scored(v: &mut Vec<(u32, f32)>) {
+    index::top_scored(v, usize::MAX);
+}
+
+/// The `keep` best by score, sorted as [`sort_scored`] does.
+pub fn top_scored(v: &mut Vec<(u32, f32)>, keep: usize) {
+    index::top_scored(v, keep);
 }
 
 /// The caller's candidates: known ids only (unknown ones are counted),
@@ -111,31 +117,39 @@ pub fn retrieve(
         _ => &[],
     };
     let since: &[u32] = if r.exclude_seen { history } else { &[] };
-    // One sorted list of every row to skip: the index asks about each node
-    // it visits, and a binary search over a few hundred rows beats hashing.
-    let mut skipped: Vec<u32> = seen
-        .iter()
-        .chain(since)
-        .chain(&recent)
-        .chain(excluded.iter())
-        .copied()
-        .collect();
-    skipped.sort_unstable();
-    skipped.dedup();
-    let skip = |row: u32| skipped.binary_search(&row).is_ok();
-    if let Some(q) = query {
-        match search(catalog, index, &q, n, &skip) {
-            Ok(found) => return found,
-            // e.g. recent items whose embeddings cancel out: fall through
-            // to popularity rather than fail the request.
-            Err(e) => {
-                tracing::debug!(error = %e, "embedding retrieval not possible; using popularity")
+    // Every row to skip, as one bit each: the index asks about each row it
+    // considers.
+    let mut skipped: Vec<u32> =
+        Vec::with_capacity(seen.len() + since.len() + recent.len() + excluded.len());
+    skipped.extend_from_slice(seen);
+    skipped.extend_from_slice(since);
+    skipped.extend_from_slice(&recent);
+    skipped.extend(excluded.iter());
+    RowSet::with(&skipped, |set| {
+        let skip = |row: u32| set.contains(row);
+        if let Some(q) = query {
+            match search(catalog, index, &q, n, &skip) {
+                Ok(found) => return found,
+                // e.g. recent items whose embeddings cancel out: fall
+                // through to popularity rather than fail the request.
+                Err(e) => {
+                    tracing::debug!(error = %e, "embedding retrieval not possible; using popularity")
+                }
             }
         }
-    }
-    // What is counted most right now first, scored by its count (above
-    // any static popularity), then the snapshot's popularity order.
-    let trending = r.trending.map_or(&[][..], |t| &t.rows[..]);
+        by_popularity(catalog, r.trending, n, &skip)
+    })
+}
+
+/// What is counted most right now first, scored by its count (above any
+/// static popularity), then the snapshot's popularity order.
+fn by_popularity(
+    catalog: &Catalog,
+    trending: Option<&Trending>,
+    n: usize,
+    skip: &dyn Fn(u32) -> bool,
+) -> Vec<(u32, f32)> {
+    let trending = trending.map_or(&[][..], |t| &t.rows[..]);
     let mut out: Vec<(u32, f32)> = trending
         .iter()
         .filter(|&&(row, _)| !skip(row))
@@ -226,6 +240,14 @@ pub struct StageModel {
     /// Feature and score distributions against the version's profile.
     drift: Option<DriftMonitor>,
     cost: CostEstimate,
+    feature_metrics: FeatureMetrics,
+}
+
+/// A stage model's feature metric handles, each registered on first use.
+struct FeatureMetrics {
+    rows: std::sync::OnceLock<metrics::Counter>,
+    /// Per feature, in input order.
+    defaulted: Vec<std::sync::OnceLock<metrics::Counter>>,
 }
 
 /// What a model call costs: an exponentially weighted mean of recent call
@@ -294,12 +316,17 @@ impl StageModel {
                 .map_err(|e| tracing::warn!(model = %model.name, version = model.version, error = %e, "profile.json unreadable; drift not monitored"))
                 .ok()
         });
+        let feature_metrics = FeatureMetrics {
+            rows: std::sync::OnceLock::new(),
+            defaulted: features.names.iter().map(|_| Default::default()).collect(),
+        };
         static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         Ok(StageModel {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             label: format!("{}@{}", model.name, model.version),
             model,
             features,
+            feature_metrics,
             drift,
             cost: CostEstimate::default(),
         })
@@ -367,14 +394,19 @@ impl StageModel {
         );
         for (j, &n) in missing.iter().enumerate() {
             if n > 0 {
-                metrics::counter!(
-                    m::FEATURE_DEFAULTED_TOTAL,
-                    "model" => model.name.clone(), "feature" => self.features.names[j].clone()
-                )
-                .increment(n as u64);
+                self.feature_metrics.defaulted[j]
+                    .get_or_init(|| {
+                        metrics::counter!(
+                            m::FEATURE_DEFAULTED_TOTAL,
+                            "model" => model.name.clone(), "feature" => self.features.names[j].clone()
+                        )
+                    })
+                    .increment(n as u64);
             }
         }
-        metrics::counter!(m::FEATURE_ROWS_TOTAL, "model" => model.name.clone())
+        self.feature_metrics
+            .rows
+            .get_or_init(|| metrics::counter!(m::FEATURE_ROWS_TOTAL, "model" => model.name.clone()))
             .increment(rows.len() as u64);
         // A sampled request keeps a copy of its rows for drift monitoring,
         // and one for the shadows when asked.

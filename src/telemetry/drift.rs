@@ -130,6 +130,8 @@ pub struct DriftMonitor {
     /// Cheap deterministic sampler: observe every n-th request.
     counter: AtomicU64,
     every: u64,
+    /// `cascade_model_score{model}`, registered on first use.
+    score_histogram: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl DriftMonitor {
@@ -170,6 +172,7 @@ impl DriftMonitor {
             window: Mutex::new(window),
             counter: AtomicU64::new(0),
             every,
+            score_histogram: std::sync::OnceLock::new(),
         })
     }
 
@@ -189,8 +192,11 @@ impl DriftMonitor {
         if width == 0 || matrix.len() != scores.len() * width {
             return;
         }
+        let histogram = self
+            .score_histogram
+            .get_or_init(|| metrics::histogram!(m::MODEL_SCORE, "model" => self.model.clone()));
         for &s in scores {
-            metrics::histogram!(m::MODEL_SCORE, "model" => self.model.clone()).record(s as f64);
+            histogram.record(s as f64);
         }
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         for row in matrix.chunks_exact(width) {

@@ -147,6 +147,11 @@ const ROW_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Whether [`install`] has run: metric handles taken before it are inert.
+pub fn installed() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// Installs the process-wide recorder once and returns its handle. Later
 /// calls (tests start many servers in one process) share it.
 pub fn install() -> &'static PrometheusHandle {
