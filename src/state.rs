@@ -11,6 +11,7 @@ use crate::model::executor::InferencePool;
 use crate::model::repository::{LifecycleError, LoadOptions, Registry, ReloadReport, VersionCheck};
 use crate::model::{backend::BackendOptions, ModelError};
 use crate::pipeline::Pipeline;
+use crate::pipeline::Precompiled;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,22 +68,21 @@ impl AppState {
         } else {
             None
         };
-        let check: Option<VersionCheck> = catalog.clone().map(|catalog| {
-            Box::new(move |m: &crate::model::LoadedModel| match &m.spec.input {
-                None => Ok(()),
-                Some(input) => {
-                    crate::data::features::FeatureSet::compile(&input.features, &catalog.tables())
-                        .map(|_| ())
-                        .map_err(|e| format!("features: {e}"))
-                }
-            }) as VersionCheck
+        // Each version's features are compiled (and its drift profile read)
+        // by this check, while it loads: requests never do it.
+        let precompiled = catalog.clone().map(|catalog| {
+            Precompiled::new(catalog, &config.models.repository, &config.monitoring)
+        });
+        let check: Option<VersionCheck> = precompiled.clone().map(|store| {
+            Box::new(move |m: &crate::model::LoadedModel| store.check(m)) as VersionCheck
         });
         let registry = Registry::load(&config.models.repository, &options, check)?;
         record_models(&registry);
-        let pool = InferencePool::new(config.models.inference_threads);
-        let pipeline = match catalog {
-            Some(catalog) => Some(
-                Pipeline::load(&config, catalog, &registry, &pool)
+        let pool = InferencePool::new(config.models.inference_threads)
+            .with_inline_below(config.models.inline_below_us);
+        let pipeline = match catalog.zip(precompiled) {
+            Some((catalog, precompiled)) => Some(
+                Pipeline::load(&config, catalog, &registry, &pool, precompiled)
                     .map_err(StartupError::Ranking)?,
             ),
             None => None,

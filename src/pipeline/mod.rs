@@ -29,6 +29,7 @@
 pub mod cache;
 pub mod experiments;
 mod models;
+pub use models::Precompiled;
 mod plan;
 pub mod request;
 pub mod rules;
@@ -38,7 +39,6 @@ pub mod shadow;
 pub mod stages;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,7 +48,6 @@ use crate::data::features::Subject;
 use crate::model::batcher::Batcher;
 use crate::model::executor::InferencePool;
 use crate::model::Registry;
-use crate::telemetry::drift::MonitoringConfig;
 use cache::ResponseCache;
 use experiments::{ExperimentsConfig, ModelRef};
 use plan::model_ref;
@@ -78,9 +77,8 @@ pub const CONTROL: &str = "control";
 pub struct Pipeline {
     index: Box<dyn VectorIndex>,
     config: RankingConfig,
-    monitoring: MonitoringConfig,
-    /// The model repository (for each version's `profile.json`).
-    repository: PathBuf,
+    /// What version checks compiled, for `prepared`.
+    precompiled: Arc<models::Precompiled>,
     pub limits: Limits,
     /// Stage models outside experiments.
     filter: Option<ModelRef>,
@@ -110,11 +108,14 @@ impl Pipeline {
     /// Builds the index over `catalog` and checks every configured stage
     /// model, experiment arm and shadow. Errors name the config key.
     /// Batchers (when `ranking.batching`) start on the current tokio runtime.
+    /// `precompiled` is the store `registry`'s version check filled
+    /// ([`Precompiled::check`]).
     pub fn load(
         config: &crate::config::Config,
         catalog: Arc<Catalog>,
         registry: &Registry,
         pool: &InferencePool,
+        precompiled: Arc<models::Precompiled>,
     ) -> Result<Pipeline, String> {
         let ranking = &config.ranking;
         let started = Instant::now();
@@ -150,8 +151,7 @@ impl Pipeline {
             cold_start: model_ref("cold_start_model", &ranking.cold_start_model)?,
             index,
             config: ranking.clone(),
-            monitoring: config.monitoring.clone(),
-            repository: registry.root().to_path_buf(),
+            precompiled,
             prepared: RwLock::new(HashMap::new()),
             batchers: RwLock::new(HashMap::new()),
             pool: pool.clone(),

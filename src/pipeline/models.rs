@@ -2,17 +2,82 @@
 //! features compiled against the catalog, its drift profile read), and the
 //! re-ranker's batcher of each version.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::experiments::ModelRef;
-use super::stages::StageModel;
+use super::stages::{Compiled, StageModel};
 use super::Pipeline;
+use crate::catalog::Catalog;
 use crate::model::batcher::{BatchPolicy, Batcher};
 use crate::model::{LoadedModel, Registry};
+use crate::telemetry::drift::MonitoringConfig;
+
+/// Every model version's [`Compiled`] part, made by the registry's version
+/// check while the version loads (off any request), and taken by the
+/// pipeline when a stage first uses the version.
+pub struct Precompiled {
+    catalog: Arc<Catalog>,
+    repository: PathBuf,
+    monitoring: MonitoringConfig,
+    ready: Mutex<HashMap<(String, u64), Compiled>>,
+}
+
+impl Precompiled {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        repository: &Path,
+        monitoring: &MonitoringConfig,
+    ) -> Arc<Precompiled> {
+        Arc::new(Precompiled {
+            catalog,
+            repository: repository.to_path_buf(),
+            monitoring: monitoring.clone(),
+            ready: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The registry's check of a loading version: a model that declares
+    /// input features must have every one of them in the catalog (else it
+    /// is refused, naming the feature); the compiled form is kept.
+    pub fn check(&self, model: &LoadedModel) -> Result<(), String> {
+        if model.spec.input.is_none() {
+            return Ok(());
+        }
+        let compiled = self.compile(model).map_err(|e| format!("features: {e}"))?;
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((model.name.clone(), model.version), compiled);
+        Ok(())
+    }
+
+    fn compile(&self, model: &LoadedModel) -> Result<Compiled, String> {
+        let profile = std::fs::read_to_string(
+            self.repository
+                .join(&model.name)
+                .join(model.version.to_string())
+                .join("profile.json"),
+        )
+        .ok();
+        Compiled::new(model, &self.catalog, profile.as_deref(), &self.monitoring)
+    }
+
+    /// The compiled part of `model`: the one its check made, or made now.
+    fn take(&self, model: &LoadedModel) -> Result<Compiled, String> {
+        let kept = self
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(model.name.clone(), model.version));
+        kept.map_or_else(|| self.compile(model), Ok)
+    }
+}
 
 impl Pipeline {
-    /// The prepared form of `model` (compiled on first use).
+    /// The prepared form of `model` (from what its version check compiled).
     pub(super) fn prepared(&self, model: Arc<LoadedModel>) -> Result<Arc<StageModel>, String> {
         let key = (model.name.clone(), model.version);
         if let Some(p) = self
@@ -23,19 +88,8 @@ impl Pipeline {
         {
             return Ok(p.clone());
         }
-        let profile = std::fs::read_to_string(
-            self.repository
-                .join(&model.name)
-                .join(model.version.to_string())
-                .join("profile.json"),
-        )
-        .ok();
-        let prepared = Arc::new(StageModel::prepare(
-            model,
-            self.online.base(),
-            profile.as_deref(),
-            &self.monitoring,
-        )?);
+        let compiled = self.precompiled.take(&model)?;
+        let prepared = Arc::new(StageModel::from_compiled(model, compiled)?);
         Ok(self
             .prepared
             .write()

@@ -290,6 +290,39 @@ pub struct StageScores {
     pub matrix: Option<Vec<f32>>,
 }
 
+/// What a stage needs of one model version beyond the model: its features
+/// compiled against the catalog and its drift monitor. Made when the
+/// version loads (the registry's version check), before it can serve, so
+/// that no request compiles features or reads a file.
+pub struct Compiled {
+    features: FeatureSet,
+    drift: Option<DriftMonitor>,
+}
+
+impl Compiled {
+    /// Compiles `model`'s declared features against `catalog` (an error
+    /// names the feature); `profile` is its `profile.json`, if any.
+    pub fn new(
+        model: &LoadedModel,
+        catalog: &Catalog,
+        profile: Option<&str>,
+        monitoring: &MonitoringConfig,
+    ) -> Result<Compiled, String> {
+        let input = model
+            .spec
+            .input
+            .as_ref()
+            .ok_or_else(|| format!("model \"{}\" declares no [input] features", model.name))?;
+        let features = FeatureSet::compile(&input.features, &catalog.tables())?;
+        let drift = profile.and_then(|text| {
+            DriftMonitor::new(&model.name, &features.names, text, monitoring)
+                .map_err(|e| tracing::warn!(model = %model.name, version = model.version, error = %e, "profile.json unreadable; drift not monitored"))
+                .ok()
+        });
+        Ok(Compiled { features, drift })
+    }
+}
+
 impl StageModel {
     /// Compiles `model`'s declared features against `catalog`; reads its
     /// drift profile (`<version>/profile.json`) when there is one.
@@ -299,23 +332,22 @@ impl StageModel {
         profile: Option<&str>,
         monitoring: &MonitoringConfig,
     ) -> Result<StageModel, String> {
-        let input = model
-            .spec
-            .input
-            .as_ref()
-            .ok_or_else(|| format!("model \"{}\" declares no [input] features", model.name))?;
+        let compiled = Compiled::new(&model, catalog, profile, monitoring)?;
+        StageModel::from_compiled(model, compiled)
+    }
+
+    /// `model` with what [`Compiled::new`] made of it.
+    pub fn from_compiled(
+        model: Arc<LoadedModel>,
+        compiled: Compiled,
+    ) -> Result<StageModel, String> {
         if model.spec.output.is_none() {
             return Err(format!(
                 "model \"{}\" declares no [output] score",
                 model.name
             ));
         }
-        let features = FeatureSet::compile(&input.features, &catalog.tables())?;
-        let drift = profile.and_then(|text| {
-            DriftMonitor::new(&model.name, &features.names, text, monitoring)
-                .map_err(|e| tracing::warn!(model = %model.name, version = model.version, error = %e, "profile.json unreadable; drift not monitored"))
-                .ok()
-        });
+        let Compiled { features, drift } = compiled;
         let feature_metrics = FeatureMetrics {
             rows: std::sync::OnceLock::new(),
             defaulted: features.names.iter().map(|_| Default::default()).collect(),
