@@ -184,6 +184,11 @@ pub struct ModelsConfig {
     pub backend: BackendKind,
     /// At most this many inferences run at once (across all models).
     pub inference_threads: usize,
+    /// An inference expected (by the model's recent cost per row) to take
+    /// less than this runs on the thread that asks for it; longer ones go
+    /// to a blocking thread, so the reactor is never held longer. 0 sends
+    /// every call to the blocking threads.
+    pub inline_below_us: u64,
     /// `libonnxruntime.so` for the `ort` backend; when empty, the
     /// `ORT_DYLIB_PATH` environment variable, then `.ort/libonnxruntime.so`.
     pub ort_library: Option<PathBuf>,
@@ -200,6 +205,7 @@ impl Default for ModelsConfig {
             repository: PathBuf::from("models"),
             backend: BackendKind::Tract,
             inference_threads: 2,
+            inline_below_us: crate::model::executor::INLINE_BELOW_US,
             ort_library: None,
             overrides: BTreeMap::new(),
             poll_interval_s: 0,

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
 use super::{LoadedModel, ModelError, Tensor};
 use crate::telemetry::metrics as m;
 
-/// Calls expected to finish sooner than this (by the model's recent cost
-/// per row) run inline instead of on a blocking thread.
-pub const INLINE_BELOW: Duration = Duration::from_micros(30);
+/// Calls expected to finish sooner than this many µs (by the model's
+/// recent cost per row) run inline instead of on a blocking thread: the
+/// default of `models.inline_below_us`.
+pub const INLINE_BELOW_US: u64 = 30;
 
 /// A counting gate in front of `spawn_blocking`: at most `threads`
 /// inferences run at once; the rest wait their turn (fairly, FIFO).
@@ -23,6 +23,7 @@ pub const INLINE_BELOW: Duration = Duration::from_micros(30);
 pub struct InferencePool {
     permits: Arc<Semaphore>,
     threads: usize,
+    inline_below_ns: u64,
 }
 
 impl InferencePool {
@@ -31,7 +32,14 @@ impl InferencePool {
         InferencePool {
             permits: Arc::new(Semaphore::new(threads)),
             threads,
+            inline_below_ns: INLINE_BELOW_US * 1_000,
         }
+    }
+
+    /// Calls expected to take less than `micros` run inline (0: none do).
+    pub fn with_inline_below(mut self, micros: u64) -> InferencePool {
+        self.inline_below_ns = micros.saturating_mul(1_000);
+        self
     }
 
     pub fn threads(&self) -> usize {
@@ -40,7 +48,7 @@ impl InferencePool {
 
     /// Runs `inputs` through `model` on a blocking thread, or inline when
     /// the model's recent cost says the call takes less than
-    /// [`INLINE_BELOW`]. A panic inside the backend becomes an error for
+    /// `models.inline_below_us`. A panic inside the backend becomes an error for
     /// this call only.
     pub async fn run(
         &self,
@@ -61,13 +69,13 @@ impl InferencePool {
             .and_then(|t| t.shape.first())
             .copied()
             .unwrap_or(0);
-        // A call expected to take less than INLINE_BELOW runs here, on the
+        // A call expected to take less than inline_below_us runs here, on the
         // calling thread: a hand-off to a blocking thread and back costs
         // more than that (tens of µs of wake-ups on a busy box), and
         // feature assembly already runs here for as long.
         let estimate = model.ns_per_row.load(Ordering::Relaxed);
         let inline = estimate != u64::MAX
-            && estimate.saturating_mul(rows.max(1) as u64) < INLINE_BELOW.as_nanos() as u64;
+            && estimate.saturating_mul(rows.max(1) as u64) < self.inline_below_ns;
         let work = {
             let model = model.clone();
             move || {
@@ -140,6 +148,7 @@ mod tests {
     use crate::model::backend::{Backend, BackendKind};
     use crate::model::tensor::{TensorData, TensorSpec};
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// Sleeps `cost` per call and records the thread it ran on.
     struct Probe {
@@ -205,13 +214,23 @@ mod tests {
         let ran = ran.lock().unwrap().clone();
         assert_ne!(ran[0], here, "unknown cost: the pool");
         assert_eq!(&ran[1..], &[here, here], "cheap: inline");
-        let (slow, ran) = model(INLINE_BELOW * 2);
+        let (slow, ran) = model(Duration::from_micros(INLINE_BELOW_US * 2));
         for _ in 0..2 {
             pool.run(slow.clone(), rows()).await.unwrap();
         }
         assert!(
             ran.lock().unwrap().iter().all(|t| *t != here),
             "slow: the pool"
+        );
+        // 0 turns inlining off: even a cheap call goes to the pool.
+        let never = InferencePool::new(2).with_inline_below(0);
+        let (cheap, ran) = model(Duration::ZERO);
+        for _ in 0..3 {
+            never.run(cheap.clone(), rows()).await.unwrap();
+        }
+        assert!(
+            ran.lock().unwrap().iter().all(|t| *t != here),
+            "off: the pool"
         );
     }
 }
