@@ -510,12 +510,102 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
     group.finish();
 }
 
+/// The parts of one uncached known-user request, each alone and then in a
+/// row, in-process: no HTTP, no runtime, no batcher, no metrics. What the
+/// server's CPU per request is compared with (`benches/RESULTS.md`).
+fn parts(c: &mut Criterion, fx: &Fixture) {
+    use cascade::pipeline::stages::{self, Retrieval};
+    let pipeline = fx.state.pipeline.as_ref().unwrap();
+    let catalog = &*pipeline.catalog();
+    let subject = pipeline.subject(&validate(&fx.state, &known_user_request()));
+    let (vectors, dim) = catalog.item_vectors().expect("item vectors");
+    let index = ExactIndex::new(cascade::catalog::index::unit_rows(vectors, dim), dim);
+    let excluded = HashSet::new();
+    let retrieval = Retrieval {
+        index: &index,
+        history: &[],
+        trending: None,
+        excluded: &excluded,
+        n: fx.state.config.ranking.retrieve_n,
+        exclude_seen: true,
+    };
+    let keep = fx.state.config.ranking.filter_keep;
+    let (filter, ranker) = (fx.stage("filter"), fx.stage("ranker"));
+    let retrieve = || stages::retrieve(catalog, &subject, &[], &retrieval);
+    let assemble = |stage: &StageModel, rows: &[u32]| {
+        let set = stage.features();
+        let (mut matrix, mut missing) = (Vec::new(), vec![0u32; set.width()]);
+        set.assemble(
+            &catalog.sources(),
+            &subject,
+            rows,
+            &mut matrix,
+            &mut missing,
+        );
+        matrix
+    };
+    let infer = |stage: &StageModel, matrix: &[f32], n: usize| -> Vec<f32> {
+        let model = stage.model();
+        let out = model.backend.run(vec![tensor(model, matrix, n)]).unwrap();
+        match &out[0].data {
+            TensorData::F32(v) => v.clone(),
+            _ => panic!("f32 scores"),
+        }
+    };
+    // The inputs each part sees in a real request.
+    let candidates: Vec<u32> = retrieve().into_iter().map(|(r, _)| r).collect();
+    let filter_matrix = assemble(&filter, &candidates);
+    let filter_scores = infer(&filter, &filter_matrix, candidates.len());
+    let top = |scores: &[f32]| {
+        let mut scored: Vec<(u32, f32)> = candidates
+            .iter()
+            .copied()
+            .zip(scores.iter().copied())
+            .collect();
+        stages::top_scored(&mut scored, keep);
+        scored.into_iter().map(|(r, _)| r).collect::<Vec<u32>>()
+    };
+    let kept = top(&filter_scores);
+    let ranker_matrix = assemble(&ranker, &kept);
+    let mut group = c.benchmark_group("parts");
+    group.bench_function("retrieve", |b| b.iter(|| black_box(retrieve())));
+    let n = candidates.len();
+    group.bench_function(format!("filter_features_{n}"), |b| {
+        b.iter(|| black_box(assemble(&filter, &candidates)))
+    });
+    group.bench_function(format!("filter_inference_{n}"), |b| {
+        b.iter(|| black_box(infer(&filter, &filter_matrix, n)))
+    });
+    group.bench_function(format!("filter_keep_{keep}"), |b| {
+        b.iter(|| black_box(top(&filter_scores)))
+    });
+    let k = kept.len();
+    group.bench_function(format!("ranker_features_{k}"), |b| {
+        b.iter(|| black_box(assemble(&ranker, &kept)))
+    });
+    group.bench_function(format!("ranker_inference_{k}"), |b| {
+        b.iter(|| black_box(infer(&ranker, &ranker_matrix, k)))
+    });
+    group.bench_function("all_in_a_row", |b| {
+        b.iter(|| {
+            let rows: Vec<u32> = retrieve().into_iter().map(|(r, _)| r).collect();
+            let scores = infer(&filter, &assemble(&filter, &rows), rows.len());
+            let mut scored: Vec<(u32, f32)> = rows.into_iter().zip(scores).collect();
+            stages::top_scored(&mut scored, keep);
+            let kept: Vec<u32> = scored.into_iter().map(|(r, _)| r).collect();
+            black_box(infer(&ranker, &assemble(&ranker, &kept), kept.len()))
+        })
+    });
+    group.finish();
+}
+
 fn components(c: &mut Criterion) {
     let fx = Fixture::load();
     features(c, &fx);
     batcher(c, &fx);
     cache(c, &fx);
     retrieval(c, &fx);
+    parts(c, &fx);
     live(c, &fx);
     catalog_1m(c, &fx);
 }

@@ -4,7 +4,8 @@
 #   load-tests/profile.sh PID ADMIN_URL SECONDS [OUT_DIR]
 #
 # 1. From /proc and /metrics (always): the server's CPU seconds over the
-#    window, and each model's inference seconds beside them. Those are
+#    window, the ranking answers in it and the CPU per answer, and each
+#    model's inference seconds beside them. Those are
 #    wall time: on a saturated box they include waiting for a core, so
 #    read them as proportions between models, and the perf split below
 #    as the share of CPU.
@@ -12,6 +13,7 @@
 #    stacks (OUT_DIR/perf.data), and the inclusive share of the server's
 #    samples for each part of a /v1/rank request. perf costs the server
 #    some throughput while it samples; the shares are what to read.
+#    PERF=0 skips it (for the CPU per answer without perf's cost).
 #
 # Start the load first, then this; it stops by itself after SECONDS.
 set -euo pipefail
@@ -33,19 +35,29 @@ inference_sums() { # model<TAB>seconds, one line per model
         } END { for (m in s) printf "%s\t%s\n", m, s[m] }' | sort
 }
 
+rank_requests() { # ranking answers so far (every arm and outcome)
+    curl -fsS --max-time 5 "$admin/metrics" |
+        awk '/^cascade_rank_requests_total/ { n += $NF } END { printf "%d\n", n }'
+}
+
 before_cpu=$(cpu_ticks)
 before_inf=$(inference_sums)
-if command -v perf >/dev/null; then
+before_req=$(rank_requests)
+if [ "${PERF:-1}" != 0 ] && command -v perf >/dev/null; then
     perf record -q -F 250 --call-graph dwarf,32768 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" 2>/dev/null
 else
-    echo "perf not found: CPU and inference shares only" >&2
+    [ "${PERF:-1}" = 0 ] || echo "perf not found: CPU and inference shares only" >&2
     sleep "$seconds"
 fi
 after_cpu=$(cpu_ticks)
 after_inf=$(inference_sums)
+after_req=$(rank_requests)
 
 cpu=$(awk -v a="$before_cpu" -v b="$after_cpu" -v t="$tick" 'BEGIN { printf "%.2f", (b - a) / t }')
 echo "server CPU: $cpu s in $seconds s ($(awk -v c="$cpu" -v s="$seconds" 'BEGIN { printf "%.2f", c / s }') cores)"
+awk -v n=$((after_req - before_req)) -v c="$cpu" -v s="$seconds" 'BEGIN {
+    if (n > 0) printf "ranking answers: %d (%.0f/s), server CPU per answer: %.1f us\n", n, n / s, c / n * 1e6
+}'
 join -t $'\t' <(echo "$before_inf") <(echo "$after_inf") |
     awk -F'\t' -v cpu="$cpu" '{ d = $3 - $2; printf "  inference %-12s %7.2f s wall (%.2f per server CPU second)\n", $1, d, d / cpu }'
 
@@ -59,12 +71,14 @@ part() { # label, then a pattern matched against the symbol (the line's last fie
         if (sym ~ pat) { printf "  %-44s %s\n", label, $1; found = 1; exit }
     } END { if (!found) printf "  %-44s -\n", label }' "$out/report.txt"
 }
-part "/v1/rank (everything below)" '^cascade::pipeline::Pipeline::rank_cached::\{\{closure\}\}$'
-part "retrieval (HNSW search)" '^cascade::pipeline::stages::retrieve$'
-part "feature assembly" '^cascade::pipeline::features::FeatureSet::assemble$'
+part "/v1/rank (everything below)" 'Pipeline>::rank_cached::\{\{closure\}\}$'
+part "retrieval" '^cascade::pipeline::stages::retrieve$'
+part "feature assembly" '^cascade::data::features::FeatureSet::assemble$'
 part "caller candidates (id lookup)" '^cascade::pipeline::stages::caller_candidates$'
+part "model inference, dense path (any thread)" '^cascade::model::dense::Dense::run$'
 part "model inference (blocking pool)" 'BlockingTask<cascade::model::executor'
-part "batcher task (bulking, hand-offs)" '^cascade::model::batcher::run::\{\{closure\}\}'
+part "batcher task (bulking, hand-offs)" '^cascade::model::batcher::Actor::run::\{\{closure\}\}$'
+part "drift sampling" '^cascade::telemetry::drift::DriftMonitor::observe$'
 part "score cache insert" '^cascade::pipeline::score_cache::ScoreCache::insert$'
 perf report -i "$out/perf.data" --no-children --sort dso -g none --stdio 2>/dev/null |
     awk '/%/ { printf "  self time in %-30s %s\n", $2, $1 }' | head -4
