@@ -217,8 +217,6 @@ impl Listener {
     }
 }
 
-/// The route a path matched, as a bounded metric label (names and
-/// versions replaced by placeholders; anything unknown is `other`).
 /// Counts a request and records its duration through handles kept per
 /// thread by (listener, route, status): label values are a bounded set, and
 /// the hot path then builds no label strings and does no registry look-up.
@@ -257,6 +255,8 @@ fn record_request(listener: Listener, route: &'static str, status: u16, seconds:
     })
 }
 
+/// The route a path matched, as a bounded metric label (names and
+/// versions replaced by placeholders; anything unknown is `other`).
 fn route_template(segments: &[&str]) -> &'static str {
     match segments {
         ["v2"] => "/v2",

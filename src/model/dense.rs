@@ -710,9 +710,15 @@ fn gemm_portable(
     }
 }
 
+/// The bounds every kernel's unchecked accesses stay within.
+#[cfg(target_arch = "x86_64")]
+fn assert_fits(x: &[f32], w: &[f32], bias: &[f32], n: usize, k: usize, m: usize, out: &[f32]) {
+    assert!(x.len() >= n * k && w.len() >= k * m && bias.len() >= m && out.len() >= n * m);
+}
+
 #[cfg(target_arch = "x86_64")]
 fn gemm_avx2(x: &[f32], w: &[f32], bias: &[f32], n: usize, k: usize, m: usize, out: &mut [f32]) {
-    assert!(x.len() >= n * k && w.len() >= k * m && bias.len() >= m && out.len() >= n * m);
+    assert_fits(x, w, bias, n, k, m, out);
     // SAFETY: `pick` chose this kernel only after detecting AVX2 and FMA;
     // the bounds were checked above and every access stays within them.
     unsafe { avx2::gemm(x, w, bias, n, k, m, out) }
@@ -879,7 +885,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 fn gemm_avx512(x: &[f32], w: &[f32], bias: &[f32], n: usize, k: usize, m: usize, out: &mut [f32]) {
-    assert!(x.len() >= n * k && w.len() >= k * m && bias.len() >= m && out.len() >= n * m);
+    assert_fits(x, w, bias, n, k, m, out);
     // SAFETY: `pick` chose this kernel only after detecting AVX-512F (and
     // AVX2 and FMA); the bounds were checked above.
     unsafe { avx512::gemm(x, w, bias, n, k, m, out) }

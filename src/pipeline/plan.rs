@@ -44,17 +44,20 @@ pub(super) struct ArmMetrics {
     fallbacks: [Counter; 4],
 }
 
+/// The `outcome` label of `cascade_rank_requests_total`, in the order of
+/// [`ArmMetrics`]'s `requests`.
+const OUTCOMES: [&str; 6] = [
+    "ok",
+    "cold_start",
+    "deadline",
+    "model_error",
+    "overload",
+    "error",
+];
+
 impl ArmMetrics {
     pub(super) fn register(variant: &str) -> ArmMetrics {
         let v = variant.to_string();
-        let outcomes = [
-            "ok",
-            "cold_start",
-            "deadline",
-            "model_error",
-            "overload",
-            "error",
-        ];
         let fallbacks = Fallback::ALL.map(|r| {
             let c = metrics::counter!(m::RANK_FALLBACKS_TOTAL, "reason" => r.as_str(), "variant" => v.clone());
             // Every reason is exported from the start, at 0.
@@ -62,7 +65,7 @@ impl ArmMetrics {
             c
         });
         ArmMetrics {
-            requests: outcomes.map(|o| {
+            requests: OUTCOMES.map(|o| {
                 metrics::counter!(m::RANK_REQUESTS_TOTAL, "variant" => v.clone(), "outcome" => o)
             }),
             duration: metrics::histogram!(m::RANK_DURATION_SECONDS, "variant" => v.clone()),
@@ -227,16 +230,8 @@ mod tests {
         for (i, f) in Fallback::ALL.into_iter().enumerate() {
             assert_eq!(f as usize, i, "{}", f.as_str());
         }
-        let outcomes = [
-            "ok",
-            "cold_start",
-            "deadline",
-            "model_error",
-            "overload",
-            "error",
-        ];
         for f in Fallback::ALL {
-            assert_eq!(outcomes[1 + f as usize], f.as_str());
+            assert_eq!(OUTCOMES[1 + f as usize], f.as_str());
         }
     }
 }

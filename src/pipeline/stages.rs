@@ -324,18 +324,6 @@ impl Compiled {
 }
 
 impl StageModel {
-    /// Compiles `model`'s declared features against `catalog`; reads its
-    /// drift profile (`<version>/profile.json`) when there is one.
-    pub fn prepare(
-        model: Arc<LoadedModel>,
-        catalog: &Catalog,
-        profile: Option<&str>,
-        monitoring: &MonitoringConfig,
-    ) -> Result<StageModel, String> {
-        let compiled = Compiled::new(&model, catalog, profile, monitoring)?;
-        StageModel::from_compiled(model, compiled)
-    }
-
     /// `model` with what [`Compiled::new`] made of it.
     pub fn from_compiled(
         model: Arc<LoadedModel>,
