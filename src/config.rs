@@ -197,6 +197,13 @@ pub struct ModelsConfig {
     /// Rescan the repository for new versions this often (seconds); 0 means
     /// only on `POST /admin/models/{name}/reload`.
     pub poll_interval_s: u64,
+    /// The quality gate: a reload refuses a new version whose AUC on the
+    /// labelled golden rows is below the serving version's on the same
+    /// rows by more than `quality_tolerance`. Off: no comparison at all.
+    pub quality_gate: bool,
+    /// How much worse (absolute AUC, 0 to 1) a new version may rank than
+    /// the serving one and still replace it.
+    pub quality_tolerance: f64,
 }
 
 impl Default for ModelsConfig {
@@ -209,6 +216,8 @@ impl Default for ModelsConfig {
             ort_library: None,
             overrides: BTreeMap::new(),
             poll_interval_s: 0,
+            quality_gate: true,
+            quality_tolerance: 0.02,
         }
     }
 }
@@ -470,6 +479,12 @@ impl Config {
         }
         if self.models.inference_threads == 0 {
             return Err(invalid("models.inference_threads", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.models.quality_tolerance) {
+            return Err(invalid(
+                "models.quality_tolerance",
+                "must be between 0 and 1 (an absolute AUC); set models.quality_gate = false to turn the gate off",
+            ));
         }
         let repo = &self.models.repository;
         if !repo.is_dir() {
@@ -782,6 +797,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("server.listen:"));
+
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let mut c = Config::default();
+            c.models.quality_tolerance = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with("models.quality_tolerance: "), "{bad}: {e}");
+        }
+        let env = vec![
+            (
+                "CASCADE_MODELS__QUALITY_GATE".to_string(),
+                "false".to_string(),
+            ),
+            (
+                "CASCADE_MODELS__QUALITY_TOLERANCE".to_string(),
+                "0.05".to_string(),
+            ),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert!(!c.models.quality_gate);
+        assert_eq!(c.models.quality_tolerance, 0.05);
 
         let env = vec![("CASCADE_SERVER__LISTN".to_string(), "x".to_string())];
         let e = Config::load(None, env).unwrap_err().to_string();

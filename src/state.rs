@@ -56,6 +56,10 @@ impl AppState {
                 ort_library: config.models.ort_library.clone(),
                 sessions: config.models.inference_threads,
             },
+            quality_gate: config
+                .models
+                .quality_gate
+                .then_some(config.models.quality_tolerance),
         };
         crate::telemetry::metrics::install();
         // With ranking on, a version whose declared features the catalog
@@ -287,12 +291,14 @@ fn model_folders(root: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Exports which version of each model serves (1) and which do not (0).
+/// Exports which version of each model serves (1) and which do not (0),
+/// and each ready version's quality on its golden set, when measured.
 fn record_models(registry: &Registry) {
+    use crate::model::repository::VersionState;
     use crate::telemetry::metrics as m;
     for entry in registry.entries() {
         metrics::counter!(m::MODEL_ERRORS_TOTAL, "model" => entry.name.clone()).increment(0);
-        for version in entry.versions.keys() {
+        for (version, state) in &entry.versions {
             let serving = if *version == entry.serving { 1.0 } else { 0.0 };
             metrics::gauge!(
                 m::MODEL_INFO,
@@ -301,6 +307,18 @@ fn record_models(registry: &Registry) {
                 "backend" => entry.backend.as_str()
             )
             .set(serving);
+            let VersionState::Ready(model) = state else {
+                continue;
+            };
+            if let Some(q) = model.vetting.as_ref().and_then(|v| v.quality.as_ref()) {
+                metrics::gauge!(
+                    m::MODEL_QUALITY,
+                    "name" => entry.name.clone(),
+                    "version" => version.to_string(),
+                    "metric" => q.metric
+                )
+                .set(q.value);
+            }
         }
     }
 }

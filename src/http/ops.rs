@@ -171,7 +171,8 @@ async fn lifecycle(state: &Arc<AppState>, name: &str, action: &str) -> Resp {
     }
 }
 
-/// Every model, its versions, which one serves, and each version's vetting.
+/// Every model, its versions, which one serves, each version's vetting
+/// (with its quality on the golden set), and the quality gate's setting.
 fn models(state: &AppState) -> serde_json::Value {
     let models: Vec<_> = state
         .registry
@@ -203,7 +204,11 @@ fn models(state: &AppState) -> serde_json::Value {
             })
         })
         .collect();
-    json!({"models": models})
+    let gate = &state.config.models;
+    json!({
+        "models": models,
+        "quality_gate": {"enabled": gate.quality_gate, "tolerance": gate.quality_tolerance},
+    })
 }
 
 #[cfg(test)]

@@ -23,6 +23,30 @@ pub trait Backend: Send + Sync {
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError>;
 }
 
+/// A backend made of a closure, with an empty signature: for tests of what
+/// sits above the trait.
+#[cfg(test)]
+pub struct FnBackend<F>(pub F);
+
+#[cfg(test)]
+impl<F> Backend for FnBackend<F>
+where
+    F: Fn(Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> + Send + Sync,
+{
+    fn kind(&self) -> BackendKind {
+        BackendKind::Tract
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        &[]
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        &[]
+    }
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        (self.0)(inputs)
+    }
+}
+
 /// The runtimes Cascade can use, chosen globally or per model in config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -321,6 +321,7 @@ mod tests {
             default_backend: BackendKind::Tract,
             backend_overrides: Default::default(),
             backend: Default::default(),
+            quality_gate: None,
         };
         Registry::load(&root, &options, None)
             .unwrap()

@@ -145,51 +145,22 @@ impl ModelMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::backend::{Backend, BackendKind};
-    use crate::model::tensor::{TensorData, TensorSpec};
+    use crate::model::backend::FnBackend;
+    use crate::model::tensor::TensorData;
     use std::sync::Mutex;
     use std::time::Duration;
 
-    /// Sleeps `cost` per call and records the thread it ran on.
-    struct Probe {
-        cost: Duration,
-        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
-    }
-
-    impl Backend for Probe {
-        fn kind(&self) -> BackendKind {
-            BackendKind::Tract
-        }
-        fn inputs(&self) -> &[TensorSpec] {
-            &[]
-        }
-        fn outputs(&self) -> &[TensorSpec] {
-            &[]
-        }
-        fn run(&self, _: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
-            std::thread::sleep(self.cost);
-            self.threads
-                .lock()
-                .unwrap()
-                .push(std::thread::current().id());
-            Ok(Vec::new())
-        }
-    }
-
+    /// A model that sleeps `cost` per call and records the thread it ran on.
     fn model(cost: Duration) -> (Arc<LoadedModel>, Arc<Mutex<Vec<std::thread::ThreadId>>>) {
         let threads = Arc::new(Mutex::new(Vec::new()));
-        let model = LoadedModel {
-            name: "probe".into(),
-            version: 1,
-            spec: Arc::new(toml::from_str("").unwrap()),
-            backend: Box::new(Probe {
-                cost,
-                threads: threads.clone(),
-            }),
-            vetting: None,
-            ns_per_row: std::sync::atomic::AtomicU64::new(u64::MAX),
-            metrics: std::sync::OnceLock::new(),
-        };
+        let ran = threads.clone();
+        let probe = FnBackend(move |_: Vec<Tensor>| {
+            std::thread::sleep(cost);
+            ran.lock().unwrap().push(std::thread::current().id());
+            Ok(Vec::new())
+        });
+        let spec = Arc::new(toml::from_str("").unwrap());
+        let model = LoadedModel::new("probe", 1, spec, Box::new(probe), None);
         (Arc::new(model), threads)
     }
 

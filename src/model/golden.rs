@@ -10,6 +10,10 @@
 //! {"tolerance": 1e-4, "inputs": [[0.1, 0.2], [0.3, 0.4]], "outputs": [0.51, 0.77]}
 //! ```
 //!
+//! and, optionally, a label per row (`"labels": [0, 1]`, with `"rows"`
+//! saying where each row came from): vetting then also measures the
+//! version's ranking quality on them (see [`super::quality`]).
+//!
 //! A `generic` model lists named tensors, as the inference protocol spells
 //! them (flat `data`), and the outputs to compare:
 //!
@@ -19,9 +23,12 @@
 //!   "outputs": [{"name": "y", "data": [0.5]}]}}
 //! ```
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use super::backend::Backend;
+use super::quality::{golden_set_digest, Labelled, Quality};
 use super::spec::ModelSpec;
 use super::{DataType, ModelError, Tensor, TensorData};
 
@@ -40,6 +47,11 @@ pub struct GoldenSet {
     pub inputs: Vec<Vec<f32>>,
     #[serde(default)]
     pub outputs: Vec<f32>,
+    /// One label per feature row (1 = relevant), checked by [`GoldenSet::parse`].
+    #[serde(skip)]
+    pub labels: Option<Vec<bool>>,
+    #[serde(default, rename = "labels")]
+    raw_labels: Option<Vec<serde_json::Value>>,
     /// Named tensors in and out (generic models).
     #[serde(default)]
     pub tensors: Option<GoldenTensors>,
@@ -80,13 +92,22 @@ pub struct Vetting {
     pub rows: usize,
     pub max_abs_error: f32,
     pub detail: String,
+    /// Ranking quality on the labelled golden rows; `None` without labels
+    /// or with one class only.
+    pub quality: Option<Quality>,
 }
 
 impl GoldenSet {
     pub fn parse(text: &str, shown: &str) -> Result<GoldenSet, ModelError> {
-        let g: GoldenSet =
+        let mut g: GoldenSet =
             serde_json::from_str(text).map_err(|e| ModelError::load(shown, e.to_string()))?;
         if let Some(t) = &g.tensors {
+            if g.raw_labels.is_some() {
+                return Err(ModelError::load(
+                    shown,
+                    "labels: only for feature rows (inputs/outputs), not tensors",
+                ));
+            }
             if !g.inputs.is_empty() || !g.outputs.is_empty() {
                 return Err(ModelError::load(
                     shown,
@@ -111,6 +132,12 @@ impl GoldenSet {
                 ),
             ));
         }
+        g.labels = g
+            .raw_labels
+            .take()
+            .map(|raw| parse_labels(&raw, g.inputs.len()))
+            .transpose()
+            .map_err(|e| ModelError::load(shown, e))?;
         Ok(g)
     }
 
@@ -140,6 +167,7 @@ impl GoldenSet {
             rows: self.inputs.len(),
             max_abs_error: f32::NAN,
             detail,
+            quality: None,
         };
         if let Some(tensors) = &self.tensors {
             return self.vet_tensors(tensors, backend);
@@ -157,24 +185,15 @@ impl GoldenSet {
             Ok(t) => t,
             Err(e) => return fail(e),
         };
-        let outputs = match backend.run(vec![tensor]) {
-            Ok(o) => o,
-            Err(e) => return fail(e.to_string()),
+        let sample = self.labels.clone().map(|labels| Labelled {
+            width: self.inputs[0].len(),
+            inputs: self.inputs.concat(),
+            labels,
+        });
+        let scores = match scores(backend, tensor, &output.name, self.outputs.len()) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
         };
-        let Some(TensorData::F32(scores)) = outputs
-            .iter()
-            .find(|t| t.name == output.name)
-            .map(|t| &t.data)
-        else {
-            return fail(format!("output \"{}\" missing or not FP32", output.name));
-        };
-        if scores.len() != self.outputs.len() {
-            return fail(format!(
-                "{} scores for {} golden rows",
-                scores.len(),
-                self.outputs.len()
-            ));
-        }
         let mut max_err = 0f32;
         let mut worst = 0;
         for (i, (got, want)) in scores.iter().zip(&self.outputs).enumerate() {
@@ -185,10 +204,15 @@ impl GoldenSet {
             }
         }
         let passed = max_err <= self.tolerance;
+        let quality = sample.and_then(|sample| {
+            let digest = golden_set_digest(&self.rows, &sample.labels);
+            Quality::measure(&scores, Arc::new(sample), digest)
+        });
         Vetting {
             passed,
             rows: self.outputs.len(),
             max_abs_error: max_err,
+            quality,
             detail: if passed {
                 format!("{} rows within {}", self.outputs.len(), self.tolerance)
             } else {
@@ -247,15 +271,57 @@ impl GoldenSet {
                 rows: values,
                 max_abs_error,
                 detail: format!("{values} output values within {}", self.tolerance),
+                quality: None,
             },
             Err(detail) => Vetting {
                 passed: false,
                 rows: 0,
                 max_abs_error: f32::NAN,
                 detail,
+                quality: None,
             },
         }
     }
+}
+
+/// Runs `input` through `backend` and returns the FP32 output `output`,
+/// one score per row of the `rows` expected.
+pub(crate) fn scores(
+    backend: &dyn Backend,
+    input: Tensor,
+    output: &str,
+    rows: usize,
+) -> Result<Vec<f32>, String> {
+    let produced = backend.run(vec![input]).map_err(|e| e.to_string())?;
+    let Some(TensorData::F32(scores)) = produced
+        .into_iter()
+        .find(|t| t.name == output)
+        .map(|t| t.data)
+    else {
+        return Err(format!("output \"{output}\" missing or not FP32"));
+    };
+    if scores.len() != rows {
+        return Err(format!("{} scores for {rows} golden rows", scores.len()));
+    }
+    Ok(scores)
+}
+
+/// `labels`: one 0 or 1 per input row.
+fn parse_labels(raw: &[serde_json::Value], rows: usize) -> Result<Vec<bool>, String> {
+    if raw.len() != rows {
+        return Err(format!(
+            "labels: {} labels for {rows} input rows; need one per row",
+            raw.len()
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, v)| match v.as_f64() {
+            Some(0.0) => Ok(false),
+            Some(1.0) => Ok(true),
+            _ => Err(format!("labels[{i}]: {v} is not 0 or 1")),
+        })
+        .collect()
 }
 
 impl GoldenInput {
@@ -293,5 +359,57 @@ fn as_f64(data: &TensorData) -> Vec<f64> {
         TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
         TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
         TensorData::F64(v) => v.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GoldenSet;
+
+    fn parse(labels: &str) -> Result<GoldenSet, String> {
+        let text = format!(
+            r#"{{"inputs": [[0.1], [0.2], [0.3]], "outputs": [0.1, 0.2, 0.3], "labels": {labels}}}"#
+        );
+        GoldenSet::parse(&text, "ranker/2/golden.json").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn labels_are_one_0_or_1_per_row() {
+        assert_eq!(
+            parse("[0, 1, 1]").unwrap().labels,
+            Some(vec![false, true, true])
+        );
+        assert_eq!(
+            parse("[0.0, 1.0, 0]").unwrap().labels,
+            Some(vec![false, true, false])
+        );
+        let none = GoldenSet::parse(r#"{"inputs": [[0.1]], "outputs": [0.1]}"#, "g").unwrap();
+        assert_eq!(none.labels, None);
+        for (labels, error) in [
+            (
+                "[0, 1]",
+                "labels: 2 labels for 3 input rows; need one per row",
+            ),
+            (
+                "[0, 1, 1, 0]",
+                "labels: 4 labels for 3 input rows; need one per row",
+            ),
+            ("[0, 2, 1]", "labels[1]: 2 is not 0 or 1"),
+            ("[0, 1, true]", "labels[2]: true is not 0 or 1"),
+            ("[0, 1, 0.5]", "labels[2]: 0.5 is not 0 or 1"),
+            ("[0, \"1\", 1]", "labels[1]: \"1\" is not 0 or 1"),
+        ] {
+            assert_eq!(
+                parse(labels).unwrap_err(),
+                format!("ranker/2/golden.json: {error}")
+            );
+        }
+        let e = GoldenSet::parse(
+            r#"{"labels": [1], "tensors": {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], "outputs": [{"name": "y", "data": [1]}]}}"#,
+            "g/1/golden.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("g/1/golden.json: labels: "), "{e}");
     }
 }

@@ -7,6 +7,8 @@
 //! - [`tract_backend`]: tract-onnx, pure Rust, the default.
 //! - `ort_backend` (feature `ort`): ONNX Runtime loaded at run time.
 //! - [`repository`]: `models/<name>/<version>/model.onnx` + `config.toml`.
+//! - [`golden`]: vetting a version on its golden set; [`quality`]: its
+//!   ranking quality there, and the gate a reload applies with it.
 //! - [`batcher`]: dynamic batching of rows from concurrent requests.
 //! - [`executor`]: bounded blocking inference, so 2 cores are never
 //!   oversubscribed and the reactor never blocks.
@@ -18,6 +20,7 @@ pub mod executor;
 pub mod golden;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
+pub mod quality;
 pub mod repository;
 pub mod spec;
 pub mod tensor;

@@ -24,6 +24,15 @@
 //! change (a `golden.json` added, a model replaced), so a broken version is
 //! logged once per change, not once per scan. A version an experiment arm or
 //! a shadow pins (`name@version`) stays loaded when its folder disappears.
+//!
+//! Quality gate (`models.quality_gate`): a reload whose new version would
+//! replace the serving one first compares their ranking quality on the same
+//! labelled golden rows (see [`super::quality`]); a candidate worse by more
+//! than `models.quality_tolerance` is refused like one that fails vetting,
+//! and the next candidate below it, if any, is gated in turn. At start
+//! nothing serves yet, so nothing is gated: the highest vetted version
+//! serves and every version's quality is recorded. A rollback is the
+//! operator's call and is not gated.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +40,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::backend::{self, Backend, BackendKind, BackendOptions};
 use super::golden::{GoldenSet, Vetting};
+use super::quality::{self, GateCheck, GateOutcome};
 use super::spec::ModelSpec;
 use super::ModelError;
 
@@ -46,6 +56,26 @@ pub struct LoadedModel {
     pub ns_per_row: std::sync::atomic::AtomicU64,
     /// Its inference metric handles, registered on first use.
     pub metrics: std::sync::OnceLock<crate::model::executor::ModelMetrics>,
+}
+
+impl LoadedModel {
+    pub fn new(
+        name: &str,
+        version: u64,
+        spec: Arc<ModelSpec>,
+        backend: Box<dyn Backend>,
+        vetting: Option<Vetting>,
+    ) -> LoadedModel {
+        LoadedModel {
+            name: name.to_string(),
+            version,
+            spec,
+            backend,
+            vetting,
+            ns_per_row: std::sync::atomic::AtomicU64::new(u64::MAX),
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// A version folder's state after loading.
@@ -89,6 +119,8 @@ pub struct LoadOptions {
     pub default_backend: BackendKind,
     pub backend_overrides: BTreeMap<String, BackendKind>,
     pub backend: BackendOptions,
+    /// The quality gate's tolerance (absolute AUC) when the gate is on.
+    pub quality_gate: Option<f64>,
 }
 
 /// An extra test every version must pass before it may serve, beyond
@@ -136,6 +168,9 @@ pub struct ReloadReport {
     pub failed: Vec<VersionFailure>,
     /// Versions gone from disk that stay loaded, and why.
     pub kept: Vec<VersionKept>,
+    /// Quality-gate decisions on candidates to replace the serving version
+    /// (a refused one is also in `failed`).
+    pub quality_gate: Vec<GateCheck>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -373,6 +408,7 @@ impl Registry {
             loaded: Vec::new(),
             failed: Vec::new(),
             kept: Vec::new(),
+            quality_gate: Vec::new(),
         };
         self.swap(entry);
         Ok(report)
@@ -495,7 +531,6 @@ fn load_model(
                 Err(reason) => Err(ModelError::load(format!("{name}/{v}"), reason)),
             }
         });
-        record_load(name, outcome.is_ok());
         match outcome {
             Ok(model) => {
                 tracing::info!(model = name, version = v, backend = %kind, "model version ready");
@@ -503,6 +538,7 @@ fn load_model(
                 loaded.push(v.to_string());
             }
             Err(e) => {
+                record_load(name, false);
                 tracing::error!(model = name, version = v, error = %e, "model version will not serve");
                 versions.insert(
                     v,
@@ -543,12 +579,21 @@ fn load_model(
         }
     }
     let retired = current.map(|c| c.retired.clone()).unwrap_or_default();
-    let serving = versions
-        .iter()
-        .rev()
-        .find(|(v, s)| matches!(s, VersionState::Ready(_)) && !retired.contains(v))
-        .map(|(v, _)| *v)
-        .or(current.map(|c| c.serving));
+    let quality_gate = match (current, options.quality_gate) {
+        (Some(current), Some(tolerance)) => {
+            let (checks, refused) = gate(&dir, name, current, &mut versions, &retired, tolerance);
+            for f in refused {
+                loaded.retain(|v| *v != f.version);
+                failed.push(f);
+            }
+            checks
+        }
+        _ => Vec::new(),
+    };
+    for _ in &loaded {
+        record_load(name, true);
+    }
+    let serving = next_serving(&versions, &retired).or(current.map(|c| c.serving));
     let Some(serving) = serving else {
         return Err(last_error.expect("at least one version failed"));
     };
@@ -559,6 +604,7 @@ fn load_model(
         loaded,
         failed,
         kept,
+        quality_gate,
     };
     let entry = ModelEntry {
         name: name.to_string(),
@@ -569,6 +615,62 @@ fn load_model(
         retired,
     };
     Ok((entry, report))
+}
+
+/// The highest ready version that is not retired: the one that serves.
+fn next_serving(versions: &BTreeMap<u64, VersionState>, retired: &BTreeSet<u64>) -> Option<u64> {
+    versions
+        .iter()
+        .rev()
+        .find(|(v, s)| matches!(s, VersionState::Ready(_)) && !retired.contains(v))
+        .map(|(v, _)| *v)
+}
+
+/// The quality gate: while the version that would serve next is not the
+/// one serving now, it is gated against it; a refused one becomes a failed
+/// version (retried only when its files change, or on an operator's
+/// reload) and the next candidate is gated in turn.
+fn gate(
+    dir: &Path,
+    name: &str,
+    current: &ModelEntry,
+    versions: &mut BTreeMap<u64, VersionState>,
+    retired: &BTreeSet<u64>,
+    tolerance: f64,
+) -> (Vec<GateCheck>, Vec<VersionFailure>) {
+    let serving = current.serving();
+    let (mut checks, mut refused) = (Vec::new(), Vec::new());
+    while let Some(v) = next_serving(versions, retired).filter(|v| *v != current.serving) {
+        let Some(VersionState::Ready(candidate)) = versions.get(&v) else {
+            break;
+        };
+        let check = quality::gate(&serving, candidate, tolerance);
+        let passed = check.outcome != GateOutcome::Refused;
+        if passed {
+            tracing::info!(model = name, version = v, detail = %check.detail, "quality gate");
+        } else {
+            tracing::error!(model = name, version = v, detail = %check.detail, "quality gate refused the version");
+            let reason =
+                ModelError::load(format!("{name}/{v}/golden.json"), &check.detail).to_string();
+            versions.insert(
+                v,
+                VersionState::Failed {
+                    reason: reason.clone(),
+                    files: fingerprint(&dir.join(v.to_string())),
+                },
+            );
+            record_load(name, false);
+            refused.push(VersionFailure {
+                version: v.to_string(),
+                error: reason,
+            });
+        }
+        checks.push(check);
+        if passed {
+            break;
+        }
+    }
+    (checks, refused)
 }
 
 fn record_load(name: &str, ok: bool) {
@@ -617,16 +719,13 @@ fn load_version(
             format!("vetting failed: {}", vetting.detail),
         ));
     }
-    let vetting = Some(vetting);
-    Ok(LoadedModel {
-        name: name.to_string(),
+    Ok(LoadedModel::new(
+        name,
         version,
-        spec: spec.clone(),
+        spec.clone(),
         backend,
-        vetting,
-        ns_per_row: std::sync::atomic::AtomicU64::new(u64::MAX),
-        metrics: std::sync::OnceLock::new(),
-    })
+        Some(vetting),
+    ))
 }
 
 /// A fingerprint of a folder's files (names, sizes, modification times):

@@ -21,7 +21,11 @@ pub const INFERENCE_QUEUE_WAIT_SECONDS: &str = "cascade_inference_queue_wait_sec
 pub const MODEL_ERRORS_TOTAL: &str = "cascade_model_errors_total";
 /// 1 for every model version that serves, labelled name/version/backend.
 pub const MODEL_INFO: &str = "cascade_model_info";
-/// Model versions loaded at start or reload, by outcome (ready / failed).
+/// A ready model version's ranking quality on its labelled golden set, by
+/// name, version and metric (`auc`); absent for versions without labels.
+pub const MODEL_QUALITY: &str = "cascade_model_quality";
+/// Model versions loaded at start or reload, by outcome (ready / failed; a
+/// version the quality gate refuses counts as failed).
 pub const MODEL_LOADS_TOTAL: &str = "cascade_model_loads_total";
 /// Per pipeline stage (retrieve, filter, rerank, select): time spent.
 pub const STAGE_DURATION_SECONDS: &str = "cascade_stage_duration_seconds";

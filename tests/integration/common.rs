@@ -332,15 +332,21 @@ pub fn add_ranker_like(repo: &Path, name: &str, fixture: &str) {
     let dir = repo.join(name);
     std::fs::create_dir_all(dir.join("1")).unwrap();
     std::fs::copy(repo.join("ranker/config.toml"), dir.join("config.toml")).unwrap();
+    install_fixture(&dir.join("1"), fixture, fixture);
+}
+
+/// Copies `tests/fixtures/<onnx>.onnx` and `<golden>.golden.json` into the
+/// version folder `version_dir` as its model and golden set.
+pub fn install_fixture(version_dir: &Path, onnx: &str, golden: &str) {
     let fixtures = project_root().join("tests/fixtures");
     std::fs::copy(
-        fixtures.join(format!("{fixture}.onnx")),
-        dir.join("1/model.onnx"),
+        fixtures.join(format!("{onnx}.onnx")),
+        version_dir.join("model.onnx"),
     )
     .unwrap();
     std::fs::copy(
-        fixtures.join(format!("{fixture}.golden.json")),
-        dir.join("1/golden.json"),
+        fixtures.join(format!("{golden}.golden.json")),
+        version_dir.join("golden.json"),
     )
     .unwrap();
 }

@@ -14,5 +14,6 @@ mod lifecycle;
 mod metrics;
 mod oip;
 mod python_client;
+mod quality;
 mod rank;
 mod replicas;
