@@ -525,6 +525,7 @@ fn parts(c: &mut Criterion, fx: &Fixture) {
         index: &index,
         history: &[],
         trending: None,
+        trending_with_embedding: 0,
         excluded: &excluded,
         n: fx.state.config.ranking.retrieve_n,
         exclude_seen: true,

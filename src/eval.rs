@@ -9,7 +9,7 @@
 //! never committed):
 //! `{"segment": "known_users", "user_id": "1", "context": {...}, "relevant": ["12", "50"]}`
 //! and optionally `"timestamp"` (epoch ms): the moment the request is
-//! ranked at.
+//! ranked at, and `"recent_items"` (ids): the request's recent items.
 //!
 //! With `--events interactions.parquet` (the columns `cascade features
 //! --events` reads) the replay also plays the interactions as live events,
@@ -38,6 +38,9 @@ pub struct EvalCase {
     /// When the request is ranked (epoch ms); the wall clock when absent.
     #[serde(default)]
     pub timestamp: Option<i64>,
+    /// The request's `recent_items` (a cold-start session's history).
+    #[serde(default)]
+    pub recent_items: Vec<String>,
 }
 
 /// Metrics of one segment, averaged over its users.
@@ -118,6 +121,7 @@ pub async fn run(
         let request: RankRequest = serde_json::from_value(serde_json::json!({
             "user_id": case.user_id,
             "context": case.context,
+            "recent_items": case.recent_items,
             "k": k,
             "deadline_ms": pipeline.limits.max_deadline_ms,
         }))?;

@@ -126,9 +126,13 @@ struct EvalArgs {
     k: usize,
     /// Parquet interactions (user_id, item_id, kind, value, timestamp)
     /// played as live events in time order while the cases are ranked,
-    /// each case as of its `timestamp`.
+    /// each case as of its `timestamp`. Default: `eval_events.parquet`
+    /// beside the requests file, when there is one (run.sh writes both).
     #[arg(long)]
     events: Option<PathBuf>,
+    /// Play no events, not even the default file.
+    #[arg(long, conflicts_with = "events")]
+    no_events: bool,
 }
 
 #[derive(clap::Args, Default)]
@@ -324,7 +328,16 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let state = AppState::load(config).context("loading models")?;
-        let events = match (&args.events, &state.pipeline) {
+        let beside = args.requests.with_file_name("eval_events.parquet");
+        let events_file = match (&args.events, args.no_events) {
+            (Some(path), _) => Some(path.clone()),
+            (None, false) if beside.is_file() => Some(beside),
+            _ => None,
+        };
+        if let Some(path) = &events_file {
+            println!("playing the interactions of {}", path.display());
+        }
+        let events = match (&events_file, &state.pipeline) {
             (Some(path), Some(p)) => {
                 cascade::offline::read_events(&p.catalog(), path).map_err(anyhow::Error::msg)?
             }

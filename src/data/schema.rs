@@ -30,8 +30,13 @@
 //! user_vector = "embedding"      # a known user's query
 //! popularity = "popularity"      # orders the cold-start list
 //! seen = "seen"                  # never retrieved again for that user
-//! # The cold-start list from live counters, ahead of `popularity`:
-//! trending = { kind = "purchase", last = "7d" }
+//! # The cold-start list from live counters, ahead of `popularity`; an
+//! # embedding retrieval (a known user's, or a query from recent items)
+//! # adds its first `with_embedding` items too (default 0):
+//! trending = { kind = "purchase", last = "7d", with_embedding = 50 }
+//! # The item vector's last coordinate is a MIPS-to-cosine augmentation
+//! # (users hold 0 there): a query built from items zeroes it.
+//! item_vector_augmented = true
 //! ```
 //!
 //! Types: `number` (f32), `integer`, `category` (a code in a vocabulary),
@@ -234,6 +239,16 @@ pub struct Retrieval {
     /// Items most counted by a counter over a window: the cold-start list
     /// from live events, ahead of the static popularity order.
     pub trending: Option<Window>,
+    /// How many of the trending items an embedding retrieval (a known
+    /// user's, or a query from recent items) adds to what it found
+    /// (`trending = { …, with_embedding = N }`; 0: none).
+    pub trending_with_embedding: usize,
+    /// The item vector's last coordinate is an augmentation that turns
+    /// inner-product search into cosine search (large for items with a
+    /// small raw vector, 0 in users' vectors): a query built as the mean of
+    /// item vectors sets it to 0, or that one coordinate would dominate
+    /// the query and retrieve obscure items.
+    pub item_vector_augmented: bool,
 }
 
 /// A windowed counter `[events] counters` declares: interactions of one
@@ -359,6 +374,8 @@ struct WindowFile {
     kind: String,
     min_value: Option<f64>,
     last: Option<String>,
+    #[serde(default)]
+    with_embedding: usize,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +412,8 @@ struct RetrievalFile {
     popularity: Option<String>,
     seen: Option<String>,
     trending: Option<WindowFile>,
+    #[serde(default)]
+    item_vector_augmented: bool,
 }
 
 #[derive(Deserialize)]
@@ -809,6 +828,8 @@ impl Schema {
             popularity: r.popularity,
             seen: r.seen,
             trending,
+            trending_with_embedding: r.trending.as_ref().map_or(0, |t| t.with_embedding),
+            item_vector_augmented: r.item_vector_augmented,
         })
     }
 
@@ -858,7 +879,7 @@ mod tests {
         user_vector = "embedding"
         popularity = "price"
         seen = "seen"
-        trending = { kind = "purchase", last = "7d" }
+        trending = { kind = "purchase", last = "7d", with_embedding = 25 }
     "#;
 
     #[test]
@@ -897,6 +918,8 @@ mod tests {
                 buckets: 7
             })
         );
+        assert_eq!(s.retrieval.trending_with_embedding, 25);
+        assert!(!s.retrieval.item_vector_augmented);
         assert_eq!(s.window("view", Some(30.0), Some("2h")).unwrap().buckets, 2);
         assert!(s.counters[1].counts("view", Some(31.0)));
         assert!(!s.counters[1].counts("view", None));

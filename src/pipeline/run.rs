@@ -102,11 +102,14 @@ impl Pipeline {
         self.rank_for(subject, plan, req, trending).await
     }
 
-    /// The trending list, for a request that may retrieve from it: a
-    /// cold-start one without candidates, when the schema declares one.
+    /// The trending list, for a request that may retrieve from it: one
+    /// without candidates, from a cold-start user or — when the schema's
+    /// `trending` sets `with_embedding` — from anyone.
     fn trending_for(&self, req: &ValidRequest, subject: &Subject) -> Option<Arc<Trending>> {
-        let window = self.schema().retrieval.trending?;
-        (subject.user.is_none() && req.candidates.is_none())
+        let retrieval = &self.schema().retrieval;
+        let window = retrieval.trending?;
+        (req.candidates.is_none()
+            && (subject.user.is_none() || retrieval.trending_with_embedding > 0))
             .then(|| self.online.trending(window, subject.now_ms))
     }
 
@@ -199,6 +202,7 @@ impl Pipeline {
                     index: self.index.as_ref(),
                     history: &history,
                     trending: trending.as_deref(),
+                    trending_with_embedding: self.schema().retrieval.trending_with_embedding,
                     excluded: &excluded,
                     n: plan.retrieve_n,
                     exclude_seen: self.config.exclude_seen,

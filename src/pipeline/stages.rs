@@ -73,14 +73,19 @@ pub struct Retrieval<'a> {
     pub history: &'a [u32],
     /// The most-counted items of `[retrieval] trending`, when declared.
     pub trending: Option<&'a Trending>,
+    /// How many trending items an embedding retrieval adds to what it
+    /// found.
+    pub trending_with_embedding: usize,
     pub excluded: &'a HashSet<u32>,
     pub n: usize,
     pub exclude_seen: bool,
 }
 
 /// Retrieval for a known user (their embedding), a cold-start user with
-/// recent items (the mean of those items' embeddings; without any in the
-/// request, the latest of their event `history`), or anyone else (the
+/// recent items (the mean of those items' embeddings, an augmentation
+/// coordinate zeroed; without any in the request, the latest of their event
+/// `history`) — either then adds the first `trending_with_embedding`
+/// trending items it did not find — or anyone else (the
 /// trending list from live counters, then the popularity list). Returns up
 /// to `n` items, never an excluded one, never one the user has already
 /// seen — in the snapshot or since, by events — (when `exclude_seen`),
@@ -108,6 +113,11 @@ pub fn retrieve(
                     *m += x;
                 }
             }
+            if catalog.schema.retrieval.item_vector_augmented {
+                if let Some(last) = mean.last_mut() {
+                    *last = 0.0;
+                }
+            }
             Some(mean)
         }
         _ => None,
@@ -129,7 +139,10 @@ pub fn retrieve(
         let skip = |row: u32| set.contains(row);
         if let Some(q) = query {
             match search(catalog, index, &q, n, &skip) {
-                Ok(found) => return found,
+                Ok(mut found) => {
+                    add_trending(&mut found, r.trending, r.trending_with_embedding, &skip);
+                    return found;
+                }
                 // e.g. recent items whose embeddings cancel out: fall
                 // through to popularity rather than fail the request.
                 Err(e) => {
@@ -139,6 +152,37 @@ pub fn retrieve(
         }
         by_popularity(catalog, r.trending, n, &skip)
     })
+}
+
+/// Makes the candidates the union of what the embedding `found` and the
+/// first `take` trending items not skipped: those it did not find are
+/// appended in trending order, scored below every similarity (-2, -3, …).
+/// What is popular right now reaches the filter even when the user's
+/// embedding points elsewhere.
+fn add_trending(
+    found: &mut Vec<(u32, f32)>,
+    trending: Option<&Trending>,
+    take: usize,
+    skip: &dyn Fn(u32) -> bool,
+) {
+    let Some(trending) = trending.filter(|_| take > 0) else {
+        return;
+    };
+    let have: HashSet<u32> = found.iter().map(|&(row, _)| row).collect();
+    let extra: Vec<u32> = trending
+        .rows
+        .iter()
+        .map(|&(row, _)| row)
+        .filter(|&row| !skip(row))
+        .take(take)
+        .filter(|row| !have.contains(row))
+        .collect();
+    found.extend(
+        extra
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| (row, -2.0 - i as f32)),
+    );
 }
 
 /// What is counted most right now first, scored by its count (above any

@@ -416,9 +416,20 @@ async fn offline_replay_plays_the_interactions_up_to_each_case() {
         context: serde_json::Map::new(),
         relevant: vec![relevant.into()],
         timestamp: Some(at),
+        recent_items: Vec::new(),
+    };
+    // A session that has seen 1682: its recent items reach the request,
+    // which never answers with them, however much they trend.
+    let session = cascade::eval::EvalCase {
+        recent_items: vec!["1682".into()],
+        ..case("session", t + 2 * day, "1682")
     };
     // Given out of time order: the replay sorts them.
-    let cases = vec![case("later", t + 2 * day, "1681"), case("first", t, "1682")];
+    let cases = vec![
+        case("later", t + 2 * day, "1681"),
+        case("first", t, "1682"),
+        session,
+    ];
     let played =
         cascade::offline::read_events(&s.state.pipeline.as_ref().unwrap().catalog(), &events)
             .unwrap();
@@ -435,6 +446,7 @@ async fn offline_replay_plays_the_interactions_up_to_each_case() {
         (scores["later"].ndcg_at_10 - second).abs() < 1e-9,
         "{scores:?}"
     );
+    assert_eq!(scores["session"].ndcg_at_10, 0.0, "{scores:?}");
 }
 
 #[tokio::test]
