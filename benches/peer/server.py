@@ -9,7 +9,7 @@ src/data/expr/eval.rs) and the model configs, with the features hand-coded:
      items the user has seen and the request's `exclude`; ties to the lower row;
   2. filter: the 6 features of models/filter/config.toml, the logistic
      regression, keep the 100 best (score descending, then item row ascending);
-  3. rerank: the 40 features of models/ranker/config.toml, the MLP, the same
+  3. rerank: the 40 features of models/ranker/config.toml, the ranker, the same
      order, the first k.
 
 Feature values are computed in float32 the way Cascade's expression language

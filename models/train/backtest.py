@@ -49,6 +49,8 @@ SEGMENTS = {
                     "ease", "ease_recent_blend"),
     "cold_start_users": ("cold_start_model", "popularity", "recent_popularity"),
     "new_users_after_cutoff": ("cold_start_model", "popularity", "recent_popularity"),
+    "known_users_as_sessions": ("cold_start_model", "session_similarity", "session_similarity_augmentation_kept",
+                                "recent_popularity"),
 }
 # (row, segment, system a, system b): "a beats b" <=> mean(a - b) over users
 TARGETS = [
@@ -68,6 +70,10 @@ OTHER_COMPARISONS = [
     ("recent popularity beats popularity (known)", "known_users", "recent_popularity", "popularity"),
     ("cold start beats popularity (strangers)", "cold_start_users", "cold_start_model", "popularity"),
     ("cold start beats popularity (new users)", "new_users_after_cutoff", "cold_start_model", "popularity"),
+    ("sessions: recent items beat recent popularity", "known_users_as_sessions", "cold_start_model",
+     "recent_popularity"),
+    ("sessions: similarity order, augmentation zeroed beats kept", "known_users_as_sessions",
+     "session_similarity", "session_similarity_augmentation_kept"),
 ]
 
 T0 = time.time()
@@ -182,7 +188,8 @@ def run_cutoff(raw, q):
     new_users = sp.eval[~sp.eval["user_id"].isin(S.user_ids)]
     cases = {"known_users": known,
              "cold_start_users": T.eval_cold(S, raw, scorers, sp.cold_eval, "cold_start_users"),
-             "new_users_after_cutoff": T.eval_cold(S, raw, scorers, new_users, "new_users_after_cutoff")}
+             "new_users_after_cutoff": T.eval_cold(S, raw, scorers, new_users, "new_users_after_cutoff"),
+             "known_users_as_sessions": T.eval_recent(S, sp, scorers)}
     log(f"cascade evaluated: " + ", ".join(f"{k} {len(v)}" for k, v in cases.items()))
 
     # AUC over the candidate rows (as train.py; no CIs, for reference)
@@ -209,6 +216,8 @@ def run_cutoff(raw, q):
         c["ranked"]["recent_popularity"] = E.top_k(H.recent_score, 10, exclude=seen)
         c["ranked"]["ease"] = E.top_k(s, 10, exclude=seen)
         c["ranked"]["ease_recent_blend"] = blend_top(s, H.recent_score, w, seen)
+    for c in cases["known_users_as_sessions"]:   # the session's items are the user's training history
+        c["ranked"]["recent_popularity"] = E.top_k(H.recent_score, 10, exclude=S.seen[c["ur"]])
     for seg in ("cold_start_users", "new_users_after_cutoff"):
         for c in cases[seg]:          # no training history: nothing to exclude
             c["ranked"]["recent_popularity"] = H.recent_order[:10]
@@ -311,16 +320,17 @@ def reproduction_check(info, per_user):
     """The 0.8 cutoff against the shipped models/eval_report.json (same code path, same data)."""
     ref = json.load(open(os.path.join(MODELS_DIR, "eval_report.json")))
     pairs = []
-    for seg, ref_seg in (("known_users", "known_users"), ("cold_start_users", "cold_start_users"),
-                         ("new_users_after_cutoff", "new_users_after_cutoff")):
-        for s, v in ref[ref_seg].items():
+    for seg in SEGMENTS:
+        for s, v in ref[seg].items():
+            if s not in SEGMENTS[seg]:
+                continue      # a system only train.py reports
             for k in METRICS:
                 pairs.append((f"{seg}.{s}.{k}", float(per_user[seg][(s, k)].mean()), v[k]))
     diffs = {n: a - b for n, a, b in pairs}
     return {"compared": len(pairs), "max_abs_diff": max(abs(d) for d in diffs.values()),
             "users_match": [info["users_evaluated"][s] for s in SEGMENTS] ==
                            [ref["data"]["known_users_evaluated"], ref["data"]["cold_users_evaluated"],
-                            ref["data"]["new_users_evaluated"]],
+                            ref["data"]["new_users_evaluated"], ref["data"]["sessions_evaluated"]],
             "diffs": diffs}
 
 

