@@ -41,6 +41,11 @@ def _per_user(window: pd.DataFrame):
         yield int(u), g
 
 
+def subset(r: Rows, mask) -> Rows:
+    """The rows of `r` where `mask` holds (known-user rows: no demographics lists)."""
+    return Rows(**{k: getattr(r, k)[mask] for k in ("user_id", "ur", "it", "hour", "weekday", "label")})
+
+
 def known_rows(S: Snapshot, window: pd.DataFrame, n_cand: int = N_RETRIEVE) -> Rows:
     out = {k: [] for k in ("user_id", "ur", "it", "hour", "weekday", "label")}
     for u, g in _per_user(window):
