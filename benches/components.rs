@@ -427,6 +427,7 @@ fn catalog_1m(c: &mut Criterion, fx: &Fixture) {
         ctx,
         now_ms: 0.0,
         user_id: None,
+        session: None,
     };
     // Random rows (a fixed xorshift), as retrieval from a million returns.
     let mut x = 0x2545_f491_4f6c_dd1du64;

@@ -9,6 +9,7 @@
 //! | `item_id` | string | required; must be in the catalog |
 //! | `user_id` | string, nullable | a user of the catalog; null or unknown = the cold-start path |
 //! | `timestamp` | timestamp or int64 ms, optional | the row's time: clock defaults (`now.hour`) and `days_since` use it; default now |
+//! | `recent_items` | list of strings, optional | the request's recent items (`session.*`); default none |
 //! | `<context field>` | as the schema declares, nullable | any declared context field; absent or null = not given |
 //!
 //! The output is a Parquet file with one `float32` column per feature, in
@@ -37,7 +38,7 @@ use arrow_array::RecordBatch;
 use crate::catalog::Catalog;
 use crate::data::context::Context;
 use crate::data::features::{FeatureDecl, FeatureSet, Sources, Subject};
-use crate::data::parquet::{millis, numbers, read_batches, strings, write, Out};
+use crate::data::parquet::{millis, numbers, read_batches, string_lists, strings, write, Out};
 use crate::data::schema::FieldType;
 use crate::events::online::Online;
 use crate::events::Event;
@@ -49,6 +50,8 @@ struct Row {
     user_id: Option<String>,
     ctx: Vec<Option<f32>>,
     at_ms: f64,
+    /// The request's recent items (`session.*`), as catalog rows.
+    recent: Vec<u32>,
 }
 
 /// Computes `decls` for every row of `rows` against `catalog` (and the
@@ -95,7 +98,10 @@ pub fn run(
             + parsed[start..]
                 .iter()
                 .take_while(|r| {
-                    r.user_id == first.user_id && r.ctx == first.ctx && r.at_ms == first.at_ms
+                    r.user_id == first.user_id
+                        && r.ctx == first.ctx
+                        && r.at_ms == first.at_ms
+                        && r.recent == first.recent
                 })
                 .count();
         groups.push(start..end);
@@ -119,6 +125,7 @@ pub fn run(
             ctx: Context(first.ctx.clone()).resolve(schema, at),
             now_ms: first.at_ms,
             user_id: first.user_id.clone(),
+            session: crate::pipeline::stages::session_vector(catalog, &first.recent),
         };
         let items: Vec<u32> = parsed[group.clone()].iter().map(|r| r.item).collect();
         online.read(|view| {
@@ -249,6 +256,11 @@ fn read_rows(
         }
         None => vec![None; n],
     };
+    let recent = match column("recent_items") {
+        Some(a) => string_lists(a.as_ref())
+            .ok_or_else(|| format!("{shown}: recent_items must hold lists of strings"))?,
+        None => vec![Vec::new(); n],
+    };
     let times = match column("timestamp") {
         Some(a) => millis(a.as_ref()).ok_or_else(|| {
             format!("{shown}: timestamp must be a timestamp or epoch milliseconds")
@@ -299,12 +311,23 @@ fn read_rows(
             .items
             .row(id)
             .ok_or_else(|| err("item_id", r, format!("item \"{id}\" is not in the catalog")))?;
+        let mut session = Vec::with_capacity(recent[r].len());
+        for id in &recent[r] {
+            session.push(catalog.items.row(id).ok_or_else(|| {
+                err(
+                    "recent_items",
+                    r,
+                    format!("item \"{id}\" is not in the catalog"),
+                )
+            })?);
+        }
         out.push(Row {
             item,
             user: users[r].as_deref().and_then(|u| catalog.users.row(u)),
             user_id: users[r].clone(),
             ctx: ctx.iter().map(|c| c[r]).collect(),
             at_ms: times[r].unwrap_or(now_ms),
+            recent: session,
         });
     }
     Ok(())

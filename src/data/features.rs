@@ -48,6 +48,9 @@ pub struct Subject {
     /// The request's user id, known to the snapshot or not: live state
     /// (`count(user, …)`) is by id.
     pub user_id: Option<String>,
+    /// `session.*`: the mean of the retrieval vectors of the request's
+    /// recent items ([`crate::pipeline::stages::session_vector`]).
+    pub session: Option<Vec<f32>>,
 }
 
 /// What assembly reads: the snapshot's tables and, when there is any, live
@@ -71,6 +74,8 @@ pub struct FeatureSet {
     pub context_reads: Vec<usize>,
     /// What of live state (counters, recency) the features read.
     pub live: LiveReads,
+    /// Whether a feature reads `session.*` (the request's recent items).
+    pub reads_session: bool,
 }
 
 thread_local! {
@@ -102,6 +107,7 @@ impl FeatureSet {
         Ok(FeatureSet {
             names: decls.iter().map(|d| d.name.clone()).collect(),
             defaults: decls.iter().map(|d| d.default).collect(),
+            reads_session: plans.iter().any(Num::reads_session),
             plans,
             context_reads,
             live,
@@ -133,6 +139,7 @@ impl FeatureSet {
             now_ms: subject.now_ms,
             live: src.live,
             user_id: subject.user_id.as_deref(),
+            session: subject.session.as_deref(),
         };
         SCRATCH.with(|scratch| {
             let (pool, col) = &mut *scratch.borrow_mut();
@@ -269,6 +276,7 @@ mod tests {
             ctx: vec![f32::NAN, 1.0],
             now_ms: 0.0,
             user_id: None,
+            session: None,
         };
         let (out, missing) = assemble(
             &f,
@@ -303,6 +311,7 @@ mod tests {
             ctx: vec![25.0, 0.0],
             now_ms: 0.0,
             user_id: None,
+            session: None,
         };
         let (out, missing) = assemble(
             &f,
@@ -316,6 +325,23 @@ mod tests {
         );
         assert_eq!(&out[..4], &[0.0, 1.0, 15.0, 1.0]);
         assert_eq!(missing, vec![3, 0, 1, 0]);
+
+        // A session (the request's recent items) is a vector like the
+        // user's, per request; without one it is missing.
+        let session = [
+            ("dot(session.embedding, item.embedding)", -1.0),
+            ("cosine(session.embedding, item.embedding)", -1.0),
+        ];
+        let with = Subject {
+            session: Some(vec![0.5, 0.0]),
+            ..cold.clone()
+        };
+        let (out, missing) = assemble(&f, &session, &with);
+        assert_eq!(out, vec![0.5, 1.0, 0.3, 0.6, 0.0, 0.0]);
+        assert_eq!(missing, vec![0, 0]);
+        let (out, missing) = assemble(&f, &session, &cold);
+        assert_eq!(out, vec![-1.0; 6]);
+        assert_eq!(missing, vec![3, 3]);
     }
 
     #[test]
@@ -360,6 +386,10 @@ mod tests {
             ),
             ("frobnicate(1)", "no function \"frobnicate\""),
             ("ctx.device", "the context has no field \"device\""),
+            (
+                "dot(session.taste, item.embedding)",
+                "a session holds the mean of its items' retrieval vector only: session.embedding",
+            ),
             ("item.price +", "the expression ends too early"),
         ] {
             let decls = [FeatureDecl {

@@ -324,6 +324,22 @@ pub(crate) fn strings(array: &dyn Array) -> Option<Vec<Option<String>>> {
     None
 }
 
+/// A list-of-strings column, row by row (a null row is an empty list, a
+/// null element is skipped).
+pub(crate) fn string_lists(array: &dyn Array) -> Option<Vec<Vec<String>>> {
+    let (rows, values) = lists(array)?;
+    let values = strings(values.as_ref())?;
+    Some(
+        rows.into_iter()
+            .map(|r| {
+                r.map_or_else(Vec::new, |(a, b)| {
+                    values[a..b].iter().flatten().cloned().collect()
+                })
+            })
+            .collect(),
+    )
+}
+
 /// A list column's rows as ranges into its flat values (None = null row).
 #[allow(clippy::type_complexity)]
 fn lists(array: &dyn Array) -> Option<(Vec<Option<(usize, usize)>>, ArrayRef)> {

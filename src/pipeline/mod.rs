@@ -300,6 +300,8 @@ impl Pipeline {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_millis() as f64),
             user_id: req.user_id.clone(),
+            // Set with the user's history, when the request is ranked.
+            session: None,
         }
     }
 }

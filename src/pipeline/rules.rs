@@ -122,6 +122,7 @@ impl Rules {
             now_ms: subject.now_ms,
             live,
             user_id: subject.user_id.as_deref(),
+            session: subject.session.as_deref(),
         };
         let items: Vec<u32> = rows.iter().map(|(r, _)| *r).collect();
         let mut keep = vec![true; items.len()];

@@ -186,6 +186,11 @@ impl Pipeline {
         // that use its rows are applied).
         let catalog = self.catalog();
         let catalog = &*catalog;
+        let mut subject = subject;
+        subject.session = stages::session_vector(
+            catalog,
+            &stages::session_rows(catalog, &subject, &req.recent_items, &history),
+        );
         let excluded: HashSet<u32> = req
             .exclude
             .iter()
@@ -347,7 +352,8 @@ impl Pipeline {
         let cached = self
             .score_cache
             .as_ref()
-            .filter(|_| rerank && !keep_matrix)
+            // A session's scores are the request's own: no key holds it.
+            .filter(|_| rerank && !keep_matrix && !model.features().reads_session)
             .zip(subject.user.map(|user| ScoreKey {
                 model: model.id(),
                 user,

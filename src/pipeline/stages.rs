@@ -66,6 +66,50 @@ fn base_score(catalog: &Catalog, subject: &Subject, row: u32) -> f32 {
 /// request names no `recent_items`.
 const RECENT_FROM_HISTORY: usize = 10;
 
+/// The request's session: its `recent_items` in the catalog or, for a
+/// cold-start user without any, the latest of their event `history`.
+pub fn session_rows(
+    catalog: &Catalog,
+    subject: &Subject,
+    recent_items: &[String],
+    history: &[u32],
+) -> Vec<u32> {
+    let mut recent: Vec<u32> = recent_items
+        .iter()
+        .filter_map(|id| catalog.items.row(id))
+        .collect();
+    if recent.is_empty() && subject.user.is_none() {
+        recent.extend(history.iter().take(RECENT_FROM_HISTORY));
+    }
+    recent
+}
+
+/// The mean of `rows`' retrieval vectors — a cold-start query, and
+/// `session.*` for features — with the augmentation coordinate zeroed when
+/// the schema declares one (`item_vector_augmented`); `None` without rows
+/// or vectors.
+pub fn session_vector(catalog: &Catalog, rows: &[u32]) -> Option<Vec<f32>> {
+    if rows.is_empty() || catalog.dim() == 0 {
+        return None;
+    }
+    let mut mean = vec![0f32; catalog.dim()];
+    for &r in rows {
+        for (m, x) in mean.iter_mut().zip(catalog.item_vector(r)) {
+            *m += x;
+        }
+    }
+    let n = rows.len() as f32;
+    for m in &mut mean {
+        *m /= n;
+    }
+    if catalog.schema.retrieval.item_vector_augmented {
+        if let Some(last) = mean.last_mut() {
+            *last = 0.0;
+        }
+    }
+    Some(mean)
+}
+
 /// What retrieval reads besides the catalog and the request.
 pub struct Retrieval<'a> {
     pub index: &'a dyn VectorIndex,
@@ -97,29 +141,10 @@ pub fn retrieve(
     r: &Retrieval<'_>,
 ) -> Vec<(u32, f32)> {
     let (index, history, excluded, n) = (r.index, r.history, r.excluded, r.n);
-    let mut recent: Vec<u32> = recent_items
-        .iter()
-        .filter_map(|id| catalog.items.row(id))
-        .collect();
-    if recent.is_empty() && subject.user.is_none() {
-        recent.extend(history.iter().take(RECENT_FROM_HISTORY));
-    }
+    let recent = session_rows(catalog, subject, recent_items, history);
     let query: Option<Vec<f32>> = match subject.user {
         Some(u) if !catalog.user_vector(u).is_empty() => Some(catalog.user_vector(u).to_vec()),
-        None if !recent.is_empty() && catalog.dim() > 0 => {
-            let mut mean = vec![0f32; catalog.dim()];
-            for &r in &recent {
-                for (m, x) in mean.iter_mut().zip(catalog.item_vector(r)) {
-                    *m += x;
-                }
-            }
-            if catalog.schema.retrieval.item_vector_augmented {
-                if let Some(last) = mean.last_mut() {
-                    *last = 0.0;
-                }
-            }
-            Some(mean)
-        }
+        None => session_vector(catalog, &recent),
         _ => None,
     };
     let seen: &[u32] = match subject.user {

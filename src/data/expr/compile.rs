@@ -95,6 +95,10 @@ pub enum Vector {
     Retrieval(Src, usize),
     /// A list of categories as 0/1 over its vocabulary (`dim` values).
     MultiHot(List, usize),
+    /// `session.<item vector>`: the mean of the request's recent items'
+    /// retrieval vectors (`dim` values), the query a retrieval from them
+    /// searches with; missing without recent items.
+    Session(usize),
 }
 
 /// A CSR list of a table.
@@ -125,13 +129,14 @@ impl Vector {
         match self {
             Vector::Row(s, ..) | Vector::Retrieval(s, _) => src_scope(*s),
             Vector::MultiHot(l, _) => src_scope(l.src),
+            Vector::Session(_) => Reach::Request,
         }
     }
 
     pub fn dim(&self) -> usize {
         match self {
             Vector::Row(_, _, len) => *len,
-            Vector::Retrieval(_, d) | Vector::MultiHot(_, d) => *d,
+            Vector::Retrieval(_, d) | Vector::MultiHot(_, d) | Vector::Session(d) => *d,
         }
     }
 }
@@ -153,6 +158,21 @@ impl Num {
             Num::Index(v, i) => v.scope().max(i.scope()),
             Num::Has(l, c) => src_scope(l.src).max(c.scope()),
             Num::Len(l) => src_scope(l.src),
+        }
+    }
+
+    /// Whether the value reads `session.*` (the request's recent items,
+    /// which no score cache key holds).
+    pub fn reads_session(&self) -> bool {
+        let v = |x: &Vector| matches!(x, Vector::Session(_));
+        match self {
+            Num::Dot(a, b) | Num::Cosine(a, b) => v(a) || v(b),
+            Num::Sum(x) => v(x),
+            Num::Index(x, i) => v(x) || i.reads_session(),
+            Num::Unary(_, a) | Num::Has(_, a) => a.reads_session(),
+            Num::Binary(_, a, b) => a.reads_session() || b.reads_session(),
+            Num::If(c, a, b) => c.reads_session() || a.reads_session() || b.reads_session(),
+            _ => false,
         }
     }
 
@@ -285,6 +305,23 @@ fn field(scope: Scope, name: &str, pos: usize, t: &Tables<'_>) -> Result<Typed, 
     let (src, entity, table, what) = match scope {
         Scope::Item => (Src::Item, &t.schema.items, t.items, "items"),
         Scope::User => (Src::User, &t.schema.users, t.users, "users"),
+        Scope::Session => {
+            let vector = t.schema.retrieval.item_vector.as_deref();
+            return match (vector, t.schema.items.field(name)) {
+                (Some(v), Some((_, f))) if v == name => match f.ty {
+                    FieldType::Vector { dim, .. } => Ok(Typed::Vector(Vector::Session(dim), None)),
+                    _ => err(pos, format!("items.{name} is not a vector")),
+                },
+                _ => err(
+                    pos,
+                    format!(
+                        "a session holds the mean of its items' retrieval vector only: \
+                         session.{}",
+                        vector.unwrap_or("<[retrieval] item_vector, not declared>")
+                    ),
+                ),
+            };
+        }
         Scope::Ctx => {
             let Some((i, f)) = t.schema.context_field(name) else {
                 return err(pos, format!("the context has no field \"{name}\""));

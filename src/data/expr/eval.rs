@@ -45,6 +45,9 @@ pub struct Env<'a> {
     pub live: Option<&'a dyn Live>,
     /// The user's id, known or not (live state is by id).
     pub user_id: Option<&'a str>,
+    /// `session.*`: the mean of the request's recent items' retrieval
+    /// vectors, when it has any.
+    pub session: Option<&'a [f32]>,
 }
 
 /// `count()` for `who`: 0 without live state (nothing happened).
@@ -202,6 +205,7 @@ fn dense<'a>(env: &Env<'a>, v: &Vector, row: u32) -> Option<&'a [f32]> {
         Vector::Row(src, at, len) => Some(table(env, src).values(row, at, len)),
         Vector::Retrieval(src, _) => Some(table(env, src).vector(row)),
         Vector::MultiHot(..) => None,
+        Vector::Session(_) => env.session,
     }
 }
 
@@ -225,13 +229,11 @@ fn expand(env: &Env<'_>, v: &Vector, row: u32, buf: &mut Vec<f32>) {
 fn row_of(env: &Env<'_>, v: &Vector, item: u32) -> Option<u32> {
     match v.scope() {
         Reach::Item => Some(item),
-        _ => request_row(
-            env,
-            match v {
-                Vector::Row(s, ..) | Vector::Retrieval(s, _) => *s,
-                Vector::MultiHot(l, _) => l.src,
-            },
-        ),
+        _ => match v {
+            Vector::Row(s, ..) | Vector::Retrieval(s, _) => request_row(env, *s),
+            Vector::MultiHot(l, _) => request_row(env, l.src),
+            Vector::Session(_) => env.session.map(|_| 0),
+        },
     }
 }
 
@@ -528,6 +530,7 @@ fn dot_column(a: &Vector, b: &Vector, env: &Env<'_>, items: &[u32], out: &mut [f
                 });
             }
         }
+        Vector::Session(_) => unreachable!("a session vector is request-side"),
     }
 }
 

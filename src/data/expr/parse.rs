@@ -11,7 +11,7 @@
 //! unary   := ("-" | "!") unary | postfix
 //! postfix := primary ("[" expr "]")*
 //! primary := number | 'string' | "string" | name "(" args ")"
-//!          | ("item" | "user" | "ctx") "." name | "(" expr ")"
+//!          | ("item" | "user" | "ctx" | "session") "." name | "(" expr ")"
 //! ```
 
 /// Where a field reference points.
@@ -20,6 +20,8 @@ pub enum Scope {
     Item,
     User,
     Ctx,
+    /// The request's session: its recent items.
+    Session,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -314,10 +316,11 @@ impl Parser {
                 self.expect(")")?;
                 return Ok(e);
             }
-            Tok::Name(name) if matches!(name.as_str(), "item" | "user" | "ctx") => {
+            Tok::Name(name) if matches!(name.as_str(), "item" | "user" | "ctx" | "session") => {
                 let scope = match name.as_str() {
                     "item" => Scope::Item,
                     "user" => Scope::User,
+                    "session" => Scope::Session,
                     _ => Scope::Ctx,
                 };
                 if !self.eat(".") {
