@@ -53,10 +53,12 @@ RANKER_FEATURES = [
 ]
 
 # Cold start: what is popular right now (the live counter behind the trending list), the item's
-# share of positive ratings, and how well its audience fits the request's demographics. Chosen by
-# the backtest (README "Cold start"): every variant with the item's static attributes or raw
-# demographics added ranked below recent positive popularity for held-out users.
-COLD_FEATURES = ["item_trending", "item_pos_rate", "age_gap", "gender_affinity", "occupation_lift"]
+# share of positive ratings, how well its audience fits the request's demographics, and how close
+# it is to the request's recent items (a session). Chosen by the backtest (models/README.md):
+# every variant with the item's static attributes or raw demographics added ranked below recent
+# positive popularity for held-out users.
+COLD_FEATURES = ["item_trending", "item_pos_rate", "age_gap", "gender_affinity", "occupation_lift",
+                 "session_similarity", "session_given"]
 # Features that read live state (the interactions before the row's time), not the snapshot:
 # `cascade features` replays the snapshot's history as events for them.
 LIVE_FEATURES = {"item_trending"}
@@ -88,6 +90,12 @@ FEATURE_EXPRS.update({
     "user_item_dot": ("dot(user.embedding, item.embedding)", 0.0),
     "user_genre_affinity": ("dot(user.genre_profile, multihot(item.genres))", 0.0),
     "age_gap": ("abs(coalesce(user.age, ctx.age) - item.mean_rater_age)", AGE_GAP_DEFAULT),
+    # How close the item is to the request's recent items (the mean of their embeddings, the
+    # retrieval query); 0 without any: the same for every candidate, so it does not reorder them.
+    "session_similarity": ("cosine(session.embedding, item.embedding)", 0.0),
+    # 1 with a session: absorbs how differently sessions' rows are labelled, so that the weight of
+    # session_similarity is about the order within a request.
+    "session_given": ("1 - is_missing(session.embedding[0])", 0.0),
     "item_trending": (f"log1p(count(item, kind = 'rating', min_value = {POSITIVE_RATING}, "
                       f"last = '{TRENDING_DAYS}d'))", 0.0),
     "gender_affinity": ("if(coalesce(user.gender, ctx.gender) == 'M', item.male_share, 1 - item.male_share)", 0.5),
@@ -278,7 +286,7 @@ def snapshot_dir(S: Snapshot) -> str:
     return hit[1]
 
 
-def served_features(S: Snapshot, model: str, it, ur=None, ctx=None) -> np.ndarray:
+def served_features(S: Snapshot, model: str, it, ur=None, ctx=None, recent=None) -> np.ndarray:
     """`cascade features` of `model` for items `it` (rows of S), users `ur` (rows; None = the
     cold-start path) and request context columns `ctx` (name -> values, None = not given)."""
     import pyarrow as pa
@@ -294,6 +302,16 @@ def served_features(S: Snapshot, model: str, it, ur=None, ctx=None) -> np.ndarra
         else:
             cols[name] = pa.array([None if v is None or v != v else float(v) for v in values],
                                   type=pa.float32())
+    if recent is not None:   # a session per row: its items' ids (the `recent_items` of a request)
+        ids = {}
+        def session(rows):
+            if rows is None:
+                return []
+            key = id(rows)
+            if key not in ids:
+                ids[key] = [str(int(S.item_ids[i])) for i in rows]
+            return ids[key]
+        cols["recent_items"] = pa.array([session(r) for r in recent], type=pa.list_(pa.string()))
     live = [f for f in {"filter": FILTER_FEATURES, "ranker": RANKER_FEATURES, "cold_start": COLD_FEATURES}[model]
             if f in LIVE_FEATURES]
     extra = []
@@ -338,10 +356,11 @@ def ranker_features(S: Snapshot, ur, it, hour, weekday) -> np.ndarray:
     return served_features(S, "ranker", it, ur, {"hour": hour, "weekday": weekday})
 
 
-def cold_features(S: Snapshot, it, age, gender, occupation, hour, weekday) -> np.ndarray:
+def cold_features(S: Snapshot, it, age, gender, occupation, hour, weekday, recent=None) -> np.ndarray:
+    """`recent`: per row, the request's recent items (item rows) or None."""
     return served_features(S, "cold_start", it, None,
                            {"age": list(age), "gender": list(gender), "occupation": list(occupation),
-                            "hour": hour, "weekday": weekday})
+                            "hour": hour, "weekday": weekday}, recent)
 
 
 def write_snapshot(S: Snapshot, out: str, cutoff_iso: str = "") -> None:

@@ -31,6 +31,7 @@ class Rows:
     age: list = None      # cold start only: request demographics (None = missing)
     gender: list = None
     occupation: list = None
+    recent: list = None   # cold start only: the request's recent items (item rows) or None
 
     def __len__(self):
         return len(self.it)
@@ -72,15 +73,20 @@ def cold_rows(S: Snapshot, window: pd.DataFrame, users: pd.DataFrame, mask_prob:
     rng = np.random.default_rng(seed)
     demo = users.set_index("user_id")
     out = {k: [] for k in ("user_id", "ur", "it", "hour", "weekday", "label")}
-    age, gender, occ = [], [], []
+    age, gender, occ, recent = [], [], [], []
     for u, g in _per_user(window):
         ur = S.user_row(np.array([u]))[0]
         seen = S.seen[ur] if ur >= 0 else np.array([], dtype=np.int64)
         w_it = S.item_row(g["item_id"].to_numpy())
         keep = ~np.isin(w_it, seen)
         pos = set(w_it[keep & (g["rating"].to_numpy() >= POSITIVE_RATING)].tolist())
-        cand = E.cold_candidates(S, n_cand)
-        items = np.sort(cand[~np.isin(cand, seen)])
+        if ur >= 0:
+            # A user with history before the snapshot: served as an anonymous session whose
+            # recent items are that history (retrieval from them + trending), so the model
+            # learns what `session_similarity` is worth. The others: trending, then popular.
+            items = np.sort(E.recent_candidates(S, seen, n_cand))
+        else:
+            items = np.sort(E.cold_candidates(S, n_cand))
         h, wd = context_of([g["timestamp"].min()])
         n = len(items)
         out["user_id"].append(np.full(n, u))
@@ -96,8 +102,9 @@ def cold_rows(S: Snapshot, window: pd.DataFrame, users: pd.DataFrame, mask_prob:
         age += [a] * n
         gender += [s] * n
         occ += [o] * n
+        recent += [seen if ur >= 0 else None] * n
     r = Rows(**{k: np.concatenate(v) for k, v in out.items()})
-    r.age, r.gender, r.occupation = age, gender, occ
+    r.age, r.gender, r.occupation, r.recent = age, gender, occ, recent
     return r
 
 
@@ -110,7 +117,7 @@ def X_ranker(S, r: Rows):
 
 
 def X_cold(S, r: Rows):
-    return cold_features(S, r.it, r.age, r.gender, r.occupation, r.hour, r.weekday)
+    return cold_features(S, r.it, r.age, r.gender, r.occupation, r.hour, r.weekday, r.recent)
 
 
 # --------------------------------------------------------------------------- models
@@ -121,7 +128,7 @@ FILTER_PARAMS = dict(C=1.0, max_iter=2000)
 # (pointwise, or listwise softmax loss) and the logistic regression with windowed counts, recency
 # or an EASE score added were all below it.
 RANKER_PARAMS = dict(C=1.0, max_iter=3000)
-# Cold start: a logistic regression over the five inputs of features.COLD_FEATURES.
+# Cold start: a logistic regression over the inputs of features.COLD_FEATURES.
 COLD_PARAMS = dict(C=1.0, max_iter=3000)
 
 

@@ -335,7 +335,8 @@ def eval_recent(S, sp, scorers, eval_cases=None):
         cand = E.recent_candidates(S, recent, M.N_RETRIEVE)
         m = len(cand)
         none = [None] * m
-        cs = scorers["cold_start"](F.cold_features(S, cand, none, none, none, np.full(m, h[0]), np.full(m, wd[0])))
+        cs = scorers["cold_start"](F.cold_features(S, cand, none, none, none, np.full(m, h[0]), np.full(m, wd[0]),
+                                                   [recent] * m))
         ranked["cold_start_model"] = cand[E.top_k(cs, 10)]
         out.append({"user_id": int(u), "ur": int(ur), "rel": rel, "ranked": ranked})
     return out

@@ -145,6 +145,62 @@ fn offline_features_reproduce_the_golden_inputs() {
     assert_eq!(live, 1, "only cold_start's item_trending reads live state");
 }
 
+/// `session.*`: a row's `recent_items` are its request's session. The
+/// shipped cold-start model reads how close each item is to the mean of
+/// their embeddings (the MIPS coordinate zeroed, as retrieval's query) and
+/// whether there is a session at all; without one, the defaults.
+#[test]
+fn recent_items_are_the_session_the_features_read() {
+    let catalog = Catalog::load(&shipped_models().join("catalog")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.parquet");
+    let session = vec!["50".to_string(), "181".to_string()];
+    write(
+        &rows,
+        vec![
+            ("item_id", Out::Strings(vec!["1".into(), "1".into()])),
+            ("recent_items", Out::StringLists(vec![session, vec![]])),
+        ],
+    )
+    .unwrap();
+    let kept: Vec<_> = decls("cold_start")
+        .into_iter()
+        .filter(|d| d.expr.contains("session."))
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let out = dir.path().join("out.parquet");
+    assert_eq!(
+        cascade::offline::run(&catalog, &kept, &rows, None, &out),
+        Ok(2)
+    );
+    let (names, m) = read_matrix(&out);
+    // Independently, in f64: the mean of the two, last coordinate 0.
+    let v = |id: &str| catalog.item_vector(catalog.items.row(id).unwrap()).to_vec();
+    let (a, b, x) = (v("50"), v("181"), v("1"));
+    let mut q: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(p, r)| (*p as f64 + *r as f64) / 2.0)
+        .collect();
+    *q.last_mut().unwrap() = 0.0;
+    let norm = |v: &[f64]| v.iter().map(|p| p * p).sum::<f64>().sqrt();
+    let x: Vec<f64> = x.iter().map(|r| *r as f64).collect();
+    let cos = q.iter().zip(&x).map(|(p, r)| p * r).sum::<f64>() / (norm(&q) * norm(&x));
+    let col = |n: &str| names.iter().position(|c| c == n).unwrap();
+    let (sim, given) = (col("session_similarity"), col("session_given"));
+    assert!(
+        (m[0][sim] as f64 - cos).abs() < 1e-5,
+        "{} vs {cos}",
+        m[0][sim]
+    );
+    assert_eq!(m[0][given], 1.0);
+    assert_eq!(
+        (m[1][sim], m[1][given]),
+        (0.0, 0.0),
+        "no session: the defaults"
+    );
+}
+
 /// The command line does the same, and names a bad row.
 #[test]
 fn the_features_command_writes_the_matrix_and_names_bad_rows() {
