@@ -343,6 +343,12 @@ fn scores(v: &Value) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// Posts `events` (a JSON array) and checks that all were applied.
+async fn accept(s: &TestServer, events: Value) {
+    let r = post(s.public, "/v1/events", &json!({ "events": events })).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 fn rated(id: &str, user: &str, item: &str, value: f64) -> Value {
     json!({"type": "interaction", "id": id, "user_id": user, "item_id": item, "kind": "rating", "value": value})
 }
@@ -450,17 +456,15 @@ async fn cold_start_retrieves_what_is_trending_now() {
     let before = ids(&s.post_json("/v1/rank", &ask).await.json());
     let obscure = "1682"; // one rating in the whole dataset
     assert!(!before.contains(&obscure.to_string()));
-    let r = post(
-        s.public,
-        "/v1/events",
-        &json!({"events": [
+    accept(
+        &s,
+        json!([
             rated("t-1", "u-a", obscure, 5.0),
             rated("t-2", "u-b", obscure, 4.0),
             rated("t-3", "u-c", "1681", 5.0),
-        ]}),
+        ]),
     )
     .await;
-    assert_eq!(r.status, 200);
     let v = s.post_json("/v1/rank", &ask).await.json();
     assert_eq!(v["cached"], false);
     let got = ids(&v);
@@ -498,19 +502,17 @@ async fn known_users_also_retrieve_what_is_trending_now() {
     for far in ["1682", "1681"] {
         assert!(!before.contains(&far.to_string()));
     }
-    let r = post(
-        s.public,
-        "/v1/events",
-        &json!({"events": [
+    accept(
+        &s,
+        json!([
             rated("k-1", "u-a", "1682", 5.0),
             rated("k-2", "u-b", "1682", 4.0),
             rated("k-3", "u-c", "1681", 5.0),
             rated("k-4", "u-d", "50", 5.0),
             rated("k-5", "u-e", "1680", 3.0),
-        ]}),
+        ]),
     )
     .await;
-    assert_eq!(r.status, 200);
     let v = s.post_json("/v1/rank", &ask).await.json();
     assert_eq!(v["cached"], false);
     let got = scores(&v);
