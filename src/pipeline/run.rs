@@ -186,11 +186,11 @@ impl Pipeline {
         // that use its rows are applied).
         let catalog = self.catalog();
         let catalog = &*catalog;
+        // The request's session: what a cold-start query searches with and
+        // what `session.*` features read, computed once.
         let mut subject = subject;
-        subject.session = stages::session_vector(
-            catalog,
-            &stages::session_rows(catalog, &subject, &req.recent_items, &history),
-        );
+        let session = stages::session_rows(catalog, &subject, &req.recent_items, &history);
+        subject.session = stages::session_vector(catalog, &session);
         let excluded: HashSet<u32> = req
             .exclude
             .iter()
@@ -202,7 +202,7 @@ impl Pipeline {
             None => stages::retrieve(
                 catalog,
                 &subject,
-                &req.recent_items,
+                &session,
                 &stages::Retrieval {
                     index: self.index.as_ref(),
                     history: &history,

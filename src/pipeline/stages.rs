@@ -134,17 +134,19 @@ pub struct Retrieval<'a> {
 /// to `n` items, never an excluded one, never one the user has already
 /// seen — in the snapshot or since, by events — (when `exclude_seen`),
 /// never a recent item.
+///
+/// `recent` is the request's session ([`session_rows`]); a cold-start
+/// query is its vector, `subject.session` ([`session_vector`]).
 pub fn retrieve(
     catalog: &Catalog,
     subject: &Subject,
-    recent_items: &[String],
+    recent: &[u32],
     r: &Retrieval<'_>,
 ) -> Vec<(u32, f32)> {
     let (index, history, excluded, n) = (r.index, r.history, r.excluded, r.n);
-    let recent = session_rows(catalog, subject, recent_items, history);
-    let query: Option<Vec<f32>> = match subject.user {
-        Some(u) if !catalog.user_vector(u).is_empty() => Some(catalog.user_vector(u).to_vec()),
-        None => session_vector(catalog, &recent),
+    let query: Option<&[f32]> = match subject.user {
+        Some(u) if !catalog.user_vector(u).is_empty() => Some(catalog.user_vector(u)),
+        None => subject.session.as_deref(),
         _ => None,
     };
     let seen: &[u32] = match subject.user {
@@ -158,12 +160,12 @@ pub fn retrieve(
         Vec::with_capacity(seen.len() + since.len() + recent.len() + excluded.len());
     skipped.extend_from_slice(seen);
     skipped.extend_from_slice(since);
-    skipped.extend_from_slice(&recent);
+    skipped.extend_from_slice(recent);
     skipped.extend(excluded.iter());
     RowSet::with(&skipped, |set| {
         let skip = |row: u32| set.contains(row);
         if let Some(q) = query {
-            match search(catalog, index, &q, n, &skip) {
+            match search(catalog, index, q, n, &skip) {
                 Ok(mut found) => {
                     add_trending(&mut found, r.trending, r.trending_with_embedding, &skip);
                     return found;
