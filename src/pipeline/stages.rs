@@ -195,15 +195,28 @@ fn add_trending(
     let Some(trending) = trending.filter(|_| take > 0) else {
         return;
     };
-    let have: HashSet<u32> = found.iter().map(|&(row, _)| row).collect();
-    let extra: Vec<u32> = trending
+    let mut extra: Vec<u32> = trending
         .rows
         .iter()
         .map(|&(row, _)| row)
         .filter(|&row| !skip(row))
         .take(take)
-        .filter(|row| !have.contains(row))
         .collect();
+    if extra.is_empty() {
+        // No traffic counted yet: nothing to add, nothing to hash.
+        return;
+    }
+    // At most `take` extras against a few hundred found: the extras, sorted,
+    // are probed by each found row, and the ones found are struck out.
+    let mut sorted = extra.clone();
+    sorted.sort_unstable();
+    let mut struck = vec![false; sorted.len()];
+    for &(row, _) in found.iter() {
+        if let Ok(i) = sorted.binary_search(&row) {
+            struck[i] = true;
+        }
+    }
+    extra.retain(|row| sorted.binary_search(row).map_or(true, |i| !struck[i]));
     found.extend(
         extra
             .into_iter()
@@ -580,6 +593,43 @@ mod tests {
         cost.record(300);
         assert!(cost.fits(49_000));
         assert!(!CostEstimate::default().fits(0), "no time left: skip");
+    }
+
+    /// Trending rows the embedding did not find are appended in trending
+    /// order below every similarity; found and skipped rows are not.
+    #[test]
+    fn trending_rows_are_added_once_in_their_order() {
+        use crate::events::online::Trending;
+        let trending = Trending {
+            key: (0, 0),
+            rows: vec![(9, 50), (4, 40), (7, 30), (2, 20), (8, 10), (5, 5)],
+        };
+        let mut found = vec![(4, 0.9), (1, 0.5), (8, 0.1)];
+        // Row 7 is skipped (seen); take the first 5 not skipped: 9 4 2 8 5.
+        super::add_trending(&mut found, Some(&trending), 5, &|row| row == 7);
+        assert_eq!(
+            found,
+            vec![
+                (4, 0.9),
+                (1, 0.5),
+                (8, 0.1),
+                (9, -2.0),
+                (2, -3.0),
+                (5, -4.0)
+            ]
+        );
+        let mut none = vec![(3, 0.2)];
+        super::add_trending(
+            &mut none,
+            Some(&Trending {
+                key: (0, 0),
+                rows: vec![],
+            }),
+            5,
+            &|_| false,
+        );
+        super::add_trending(&mut none, Some(&trending), 0, &|_| false);
+        assert_eq!(none, vec![(3, 0.2)]);
     }
 
     /// The index plus the delta segment answers exactly what one exact
