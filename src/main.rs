@@ -9,6 +9,13 @@ use clap::{Parser, Subcommand};
 use cascade::config::Config;
 use cascade::state::AppState;
 
+/// mimalloc's per-thread free lists: the reactor threads, the inference
+/// pool and the batcher free each other's buffers all the time, which glibc
+/// serialises on its arena locks (see benches/RESULTS.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cascade",
