@@ -18,6 +18,9 @@ fn pipeline(c: &mut Criterion) {
     config.models.repository = root.join("models");
     config.ranking.catalog = root.join("models/catalog");
     config.state.dir = std::env::temp_dir().join(format!("cascade-bench-{}", std::process::id()));
+    // Every re-rank row scored, as `benches/peer/compare.sh` serves (caches
+    // off): the score cache would answer a repeated user's rows.
+    config.ranking.score_cache.enabled = false;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -31,6 +31,8 @@ pub struct AppState {
     /// Admission control: one permit per ranking or inference request in
     /// flight (`server.max_in_flight`); none left means a fast 503.
     pub admission: Arc<Semaphore>,
+    /// `cascade_in_flight`, registered once (admission moves it twice per request).
+    pub in_flight: metrics::Gauge,
     /// Set once everything is loaded, warmed up and vetted.
     pub ready: AtomicBool,
     /// Set when shutdown starts: readiness drops so balancers drain us.
@@ -99,6 +101,7 @@ impl AppState {
         Ok(AppState {
             events,
             admission: Arc::new(Semaphore::new(config.server.max_in_flight)),
+            in_flight: metrics::gauge!(crate::telemetry::metrics::IN_FLIGHT),
             config,
             registry,
             pool,

@@ -168,6 +168,7 @@ async fn dispatch(
 pub struct Admitted {
     _permit: tokio::sync::OwnedSemaphorePermit,
     n: u32,
+    gauge: metrics::Gauge,
 }
 
 impl AppState {
@@ -180,14 +181,18 @@ impl AppState {
             .clone()
             .try_acquire_many_owned(n)
             .map_err(|_| ApiError::overloaded(1))?;
-        metrics::gauge!(m::IN_FLIGHT).increment(n as f64);
-        Ok(Admitted { _permit: permit, n })
+        self.in_flight.increment(n as f64);
+        Ok(Admitted {
+            _permit: permit,
+            n,
+            gauge: self.in_flight.clone(),
+        })
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        metrics::gauge!(m::IN_FLIGHT).decrement(self.n as f64);
+        self.gauge.decrement(self.n as f64);
     }
 }
 
