@@ -426,6 +426,41 @@ impl Dense {
                             continue;
                         }
                     }
+                    // Columns of a sigmoid of a product, where nothing else
+                    // reads either: the product of those columns alone, then
+                    // the sigmoid (a binary LinearClassifier's positive
+                    // class: one dot per row instead of two columns, half
+                    // the exponentials, no copy).
+                    if let Some(Step::Sigmoid(y)) =
+                        x.checked_sub(1).and_then(|i| dense.steps.get(i))
+                    {
+                        let y = *y;
+                        let read_once = |v: usize| {
+                            values
+                                .iter()
+                                .all(|(name, &w)| w != v || uses.get(name) == Some(&1))
+                        };
+                        let single = uses.get(n.input[0].as_str()) == Some(&1)
+                            && read_once(x)
+                            && read_once(y)
+                            && y + 1 == x;
+                        if let (true, Some(Step::MatMul { w, k, m, bias, .. })) = (
+                            single,
+                            y.checked_sub(1).and_then(|i| dense.steps.get_mut(i)),
+                        ) {
+                            let (rows, stride) = (*k, *m);
+                            let kept: Vec<f32> = (0..rows)
+                                .flat_map(|j| w[j * stride + from..j * stride + to].to_vec())
+                                .collect();
+                            *w = kept;
+                            *bias = bias[from..to].to_vec();
+                            *m = to - from;
+                            dense.cols[y] = to - from;
+                            dense.cols[x] = to - from;
+                            values.insert(n.output.first()?.as_str(), x);
+                            continue;
+                        }
+                    }
                     (Step::Slice(x, from, to), to - from)
                 }
                 ("ai.onnx.ml", "LinearClassifier") => {
@@ -1192,6 +1227,81 @@ mod tests {
                 + 0.05;
             let p = 1.0 / (1.0 + (-z).exp());
             assert!((got[r] - p).abs() <= 1e-5, "row {r}: {} vs {p}", got[r]);
+        }
+    }
+
+    /// A binary LinearClassifier (skl2onnx's logistic regression: scaler,
+    /// classifier with a logistic post-transform, column 1 of its
+    /// probabilities) runs as one dot per row and one sigmoid; read twice,
+    /// its probabilities keep both columns.
+    #[test]
+    fn a_binary_linear_classifiers_positive_class_is_one_dot() {
+        let classifier = |probs: &str| {
+            let mut n = node("LinearClassifier", &["x"], "label");
+            n.domain = "ai.onnx.ml".into();
+            n.output.push(probs.into());
+            let f = |name: &str, v: &[f32]| pb::AttributeProto {
+                name: name.into(),
+                floats: v.to_vec(),
+                ..Default::default()
+            };
+            n.attribute = vec![
+                f("coefficients", &[-0.5, 1.5, -2.0, 0.5, -1.5, 2.0]),
+                f("intercepts", &[0.25, -0.25]),
+                pb::AttributeProto {
+                    name: "post_transform".into(),
+                    s: b"LOGISTIC".to_vec(),
+                    ..Default::default()
+                },
+            ];
+            n
+        };
+        let consts = || {
+            vec![
+                int_constant("from", 1),
+                int_constant("to", 2),
+                int_constant("axes", 1),
+            ]
+        };
+        let slice = node("Slice", &["probs", "from", "to", "axes"], "score");
+        let folded = Dense::from_proto(&graph(
+            vec![classifier("probs"), slice.clone()],
+            consts(),
+            3,
+            "score",
+        ))
+        .expect("a dense graph");
+        assert!(
+            matches!(
+                folded.steps.as_slice(),
+                [Step::MatMul { m: 1, .. }, Step::Sigmoid(_)]
+            ),
+            "{:?}",
+            folded.steps
+        );
+        let n = 7;
+        let x: Vec<f32> = (0..n * 3).map(|i| i as f32 * 0.6 - 5.0).collect();
+        let got = folded.run(x.clone(), n);
+        for r in 0..n {
+            let z = 0.5 * x[r * 3] - 1.5 * x[r * 3 + 1] + 2.0 * x[r * 3 + 2] - 0.25;
+            let p = 1.0 / (1.0 + (-z).exp());
+            assert!((got[r] - p).abs() <= 1e-6, "row {r}: {} vs {p}", got[r]);
+        }
+        // The probabilities also read by an Add: both columns stay.
+        let twice = Dense::from_proto(&graph(
+            vec![
+                classifier("probs"),
+                slice,
+                node("Add", &["probs", "probs"], "both"),
+            ],
+            consts(),
+            3,
+            "score",
+        ))
+        .expect("a dense graph");
+        assert!(twice.steps.iter().any(|s| matches!(s, Step::Slice(..))));
+        for (a, b) in twice.run(x, n).iter().zip(&got) {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         }
     }
 
