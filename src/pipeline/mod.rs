@@ -85,10 +85,11 @@ pub struct Pipeline {
     ranker: Option<ModelRef>,
     cold_start: Option<ModelRef>,
     /// Every model version a stage has used, prepared once.
-    prepared: RwLock<HashMap<(String, u64), Arc<StageModel>>>,
+    /// Keyed by model name, then version: a lookup borrows the name.
+    prepared: RwLock<HashMap<String, HashMap<u64, Arc<StageModel>>>>,
     /// Re-ranker batchers, one per model version (created on first use,
     /// with that version's `[batching]`; dropped when the version goes).
-    batchers: RwLock<HashMap<(String, u64), Batcher>>,
+    batchers: RwLock<HashMap<String, HashMap<u64, Batcher>>>,
     pool: InferencePool,
     experiments: RwLock<Arc<ExperimentsConfig>>,
     /// Metric handles by arm name (`control` and every arm ever set).

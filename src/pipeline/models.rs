@@ -79,22 +79,25 @@ impl Precompiled {
 impl Pipeline {
     /// The prepared form of `model` (from what its version check compiled).
     pub(super) fn prepared(&self, model: Arc<LoadedModel>) -> Result<Arc<StageModel>, String> {
-        let key = (model.name.clone(), model.version);
         if let Some(p) = self
             .prepared
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(model.name.as_str())
+            .and_then(|versions| versions.get(&model.version))
         {
             return Ok(p.clone());
         }
+        let (name, version) = (model.name.clone(), model.version);
         let compiled = self.precompiled.take(&model)?;
         let prepared = Arc::new(StageModel::from_compiled(model, compiled)?);
         Ok(self
             .prepared
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
+            .entry(name)
+            .or_default()
+            .entry(version)
             .or_insert(prepared)
             .clone())
     }
@@ -124,10 +127,14 @@ impl Pipeline {
             return;
         };
         // Batchers of versions no longer loaded stop once their last job is done.
-        self.batchers
+        if let Some(versions) = self
+            .batchers
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(n, v), _| n != name || entry.versions.contains_key(v));
+            .get_mut(name)
+        {
+            versions.retain(|v, _| entry.versions.contains_key(v));
+        }
         for state in entry.versions.values() {
             if let crate::model::repository::VersionState::Ready(m) = state {
                 if m.spec.input.is_some() {
@@ -145,12 +152,12 @@ impl Pipeline {
             return None;
         }
         let loaded = model.model();
-        let key = (loaded.name.clone(), loaded.version);
         if let Some(b) = self
             .batchers
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(loaded.name.as_str())
+            .and_then(|versions| versions.get(&loaded.version))
         {
             return Some(b.clone());
         }
@@ -165,7 +172,9 @@ impl Pipeline {
         let mut batchers = self.batchers.write().unwrap_or_else(|e| e.into_inner());
         Some(
             batchers
-                .entry(key)
+                .entry(loaded.name.clone())
+                .or_default()
+                .entry(loaded.version)
                 .or_insert_with(|| Batcher::spawn(model.name(), output, policy, self.pool.clone()))
                 .clone(),
         )

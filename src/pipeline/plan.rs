@@ -146,11 +146,10 @@ impl Pipeline {
         let pick = |over: Option<&String>,
                     default: &Option<ModelRef>|
          -> Option<Result<Arc<StageModel>, String>> {
-            let r = match over {
-                Some(o) => Some(ModelRef::parse(o)),
-                None => default.clone().map(Ok),
-            }?;
-            Some(r.and_then(|r| self.resolve(registry, &r)))
+            match over {
+                Some(o) => Some(ModelRef::parse(o).and_then(|r| self.resolve(registry, &r))),
+                None => default.as_ref().map(|r| self.resolve(registry, r)),
+            }
         };
         let arm_ref = arm.as_ref();
         let (filter, rerank) = if subject.user.is_some() {
