@@ -151,6 +151,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
         }
         Some(_) => return Err(ApiError::invalid("request body must be a JSON object")),
     }
+    // Most bodies are valid: parse without tracking the path (a third of
+    // the parse's cost), and only for an error parse again to name where.
+    if let Ok(value) = T::deserialize(&mut serde_json::Deserializer::from_slice(bytes)) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

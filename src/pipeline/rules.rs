@@ -144,6 +144,11 @@ impl Rules {
         });
     }
 
+    /// Whether [`Rules::select`] only takes the first `k` (no quotas).
+    pub fn takes_the_first(&self) -> bool {
+        self.diversity.is_empty()
+    }
+
     /// The first `k` of `sorted` that respect every diversity quota.
     pub fn select(&self, catalog: &Catalog, sorted: &mut Vec<(u32, f32)>, k: usize) {
         if self.diversity.is_empty() {

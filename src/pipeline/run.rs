@@ -493,7 +493,12 @@ impl Pipeline {
     ) -> RankResponse {
         let t = Instant::now();
         let n_in = current.len();
-        stages::sort_scored(&mut current);
+        if self.rules.takes_the_first() {
+            // Only the first k are answered: select them, sort only them.
+            stages::top_scored(&mut current, req.k);
+        } else {
+            stages::sort_scored(&mut current);
+        }
         self.rules.select(catalog, &mut current, req.k);
         report(&mut reports, arm, Stage::Select, n_in, current.len(), t);
         RankResponse {
