@@ -203,16 +203,31 @@ pub fn exact_top_k(
     if k == 0 || dim == 0 {
         return Vec::new();
     }
-    let kern = simd::kernels();
-    with_keys(|keys| {
-        keys.extend(
-            vectors
-                .chunks_exact(dim)
-                .enumerate()
-                .filter(|(row, _)| !skip(*row as u32))
-                .map(|(row, v)| key(kern.dot(query, v), row as u32)),
-        );
-        best_of(keys, k)
+    if query.len() != dim {
+        debug_assert!(false, "a {}-long query over {dim}-long rows", query.len());
+        return Vec::new();
+    }
+    SCORES.with(|cell| {
+        let mut own = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let scores = match guard.as_deref_mut() {
+            Ok(scores) => scores,
+            Err(_) => &mut own,
+        };
+        scores.clear();
+        // Every row in one call (skipped ones too: a few percent of them,
+        // cheaper than a call per row), then the keys of those kept.
+        simd::kernels().dots(query, vectors, scores);
+        with_keys(|keys| {
+            keys.extend(
+                scores
+                    .iter()
+                    .enumerate()
+                    .filter(|(row, _)| !skip(*row as u32))
+                    .map(|(row, &s)| key(s, row as u32)),
+            );
+            best_of(keys, k)
+        })
     })
 }
 
@@ -256,6 +271,8 @@ fn with_keys<R>(f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
 }
 
 thread_local! {
+    /// Per-thread score buffer of [`exact_top_k`].
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread selection buffer of [`exact_top_k`] and [`top_scored`].
     static KEYS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -17,6 +17,10 @@ use std::sync::OnceLock;
 pub type DotF32 = unsafe fn(&[f32], &[f32]) -> f32;
 /// `a · b` with `b` quantised to `i8` (the caller applies the scale).
 pub type DotI8 = unsafe fn(&[f32], &[i8]) -> f32;
+/// `q · row` for every `q.len()`-long row of a matrix, appended to `out`:
+/// the same arithmetic as [`DotF32`] row by row, in one call (an exact scan
+/// pays no call through a pointer per row).
+pub type DotsF32 = unsafe fn(&[f32], &[f32], &mut Vec<f32>);
 
 /// The kernels this CPU runs, and the name of the instruction set they use.
 ///
@@ -34,6 +38,7 @@ pub struct Kernels {
     name: &'static str,
     dot: DotF32,
     dot_i8: DotI8,
+    dots: DotsF32,
 }
 
 impl Kernels {
@@ -51,6 +56,17 @@ impl Kernels {
         // `is_x86_feature_detected!` confirmed every feature it enables, and
         // the slices passed are of equal length.
         unsafe { (self.dot)(&a[..n], &b[..n]) }
+    }
+
+    /// `q · row` for every row of `rows` (each `q.len()` long), appended
+    /// to `out`; each score is bit for bit what [`Kernels::dot`] gives.
+    pub fn dots(&self, q: &[f32], rows: &[f32], out: &mut Vec<f32>) {
+        if q.is_empty() {
+            return;
+        }
+        let whole = rows.len() - rows.len() % q.len();
+        // SAFETY: as in `dot`; every row is `q.len()` long.
+        unsafe { (self.dots)(q, &rows[..whole], out) }
     }
 
     #[inline]
@@ -74,6 +90,7 @@ pub fn scalar_kernels() -> Kernels {
         name: "scalar",
         dot: dot_scalar,
         dot_i8: dot_i8_scalar,
+        dots: dots_scalar,
     }
 }
 
@@ -90,6 +107,7 @@ fn detect() -> Kernels {
                 name: "avx512",
                 dot: x86::dot_avx512,
                 dot_i8: x86::dot_i8_avx512,
+                dots: x86::dots_avx512,
             };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -97,10 +115,21 @@ fn detect() -> Kernels {
                 name: "avx2",
                 dot: x86::dot_avx2,
                 dot_i8: x86::dot_i8_avx2,
+                dots: x86::dots_avx2,
             };
         }
     }
     scalar_kernels()
+}
+
+/// # Safety
+/// Safe for any input; `unsafe` only to share the kernels' pointer type.
+pub unsafe fn dots_scalar(q: &[f32], rows: &[f32], out: &mut Vec<f32>) {
+    // SAFETY: dot_scalar is safe for any input.
+    out.extend(
+        rows.chunks_exact(q.len())
+            .map(|r| unsafe { dot_scalar(q, r) }),
+    );
 }
 
 /// Eight independent accumulators so the compiler vectorises the loop for
@@ -108,6 +137,7 @@ fn detect() -> Kernels {
 ///
 /// # Safety
 /// Safe for any input; `unsafe` only to share the kernels' pointer type.
+#[inline]
 pub unsafe fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -153,7 +183,19 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU must support AVX2 and FMA; `rows` whole rows of `q.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots_avx2(q: &[f32], rows: &[f32], out: &mut Vec<f32>) {
+        // SAFETY: the caller's CPU check covers dot_avx2; rows match q.
+        out.extend(
+            rows.chunks_exact(q.len())
+                .map(|r| unsafe { dot_avx2(q, r) }),
+        );
+    }
+
+    /// # Safety
     /// The CPU must support AVX2 and FMA; `a` and `b` of equal length.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len();
@@ -214,7 +256,19 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU must support AVX-512F; `rows` whole rows of `q.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dots_avx512(q: &[f32], rows: &[f32], out: &mut Vec<f32>) {
+        // SAFETY: the caller's CPU check covers dot_avx512; rows match q.
+        out.extend(
+            rows.chunks_exact(q.len())
+                .map(|r| unsafe { dot_avx512(q, r) }),
+        );
+    }
+
+    /// # Safety
     /// The CPU must support AVX-512F; `a` and `b` of equal length.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len();
@@ -310,6 +364,7 @@ mod tests {
                     name: "avx2",
                     dot: x86::dot_avx2,
                     dot_i8: x86::dot_i8_avx2,
+                    dots: x86::dots_avx2,
                 });
             }
             if is_x86_feature_detected!("avx512f") {
@@ -317,10 +372,33 @@ mod tests {
                     name: "avx512",
                     dot: x86::dot_avx512,
                     dot_i8: x86::dot_i8_avx512,
+                    dots: x86::dots_avx512,
                 });
             }
         }
         out
+    }
+
+    /// A matrix's scores in one call are each row's `dot`, bit for bit.
+    #[test]
+    fn dots_are_the_rows_dots_exactly() {
+        for dim in [1, 7, 16, 32, 33, 64] {
+            let q = sample(dim, 3);
+            let rows = sample(dim * 50, 11);
+            for k in all_kernels() {
+                let mut got = vec![9.0];
+                k.dots(&q, &rows, &mut got);
+                let want: Vec<f32> = std::iter::once(9.0)
+                    .chain(rows.chunks_exact(dim).map(|r| k.dot(&q, r)))
+                    .collect();
+                assert_eq!(
+                    got.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                    "{} dim {dim}",
+                    k.name()
+                );
+            }
+        }
     }
 
     #[test]
