@@ -124,7 +124,11 @@ impl AsyncRead for TimedIo {
                 if Instant::now() >= deadline {
                     return Poll::Ready(Err(timed_out(why)));
                 }
-                if self.timer.deadline() != deadline {
+                // An armed timer due sooner is kept: when it fires the
+                // deadline is checked again and the timer moved to it. So a
+                // keep-alive connection re-arms about once per idle timeout,
+                // not once per request (each answer moves the idle deadline).
+                if self.timer.deadline() > deadline || self.timer.is_elapsed() {
                     self.timer.as_mut().reset(deadline);
                 }
                 match self.timer.as_mut().poll(cx) {
