@@ -207,14 +207,7 @@ pub fn exact_top_k(
         debug_assert!(false, "a {}-long query over {dim}-long rows", query.len());
         return Vec::new();
     }
-    SCORES.with(|cell| {
-        let mut own = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let scores = match guard.as_deref_mut() {
-            Ok(scores) => scores,
-            Err(_) => &mut own,
-        };
-        scores.clear();
+    with_buffer(&SCORES, |scores| {
         // Every row in one call (skipped ones too: a few percent of them,
         // cheaper than a call per row), then the keys of those kept.
         simd::kernels().dots(query, vectors, scores);
@@ -257,16 +250,24 @@ fn best_of(keys: &mut Vec<u64>, k: usize) -> Vec<(u32, f32)> {
 
 /// Runs `f` with this thread's (emptied) key buffer.
 fn with_keys<R>(f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
-    KEYS.with(|cell| {
+    with_buffer(&KEYS, f)
+}
+
+/// Runs `f` with this thread's (emptied) buffer `key`.
+fn with_buffer<T: 'static, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    f: impl FnOnce(&mut Vec<T>) -> R,
+) -> R {
+    key.with(|cell| {
         // A nested call (none today) gets a buffer of its own.
         let mut own = Vec::new();
         let mut guard = cell.try_borrow_mut();
-        let keys = match guard.as_deref_mut() {
-            Ok(keys) => keys,
+        let buf = match guard.as_deref_mut() {
+            Ok(buf) => buf,
             Err(_) => &mut own,
         };
-        keys.clear();
-        f(keys)
+        buf.clear();
+        f(buf)
     })
 }
 
