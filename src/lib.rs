@@ -20,7 +20,8 @@
 //! [`eval`] replays held-out requests offline; [`offline`] computes declared
 //! features for historical rows (`cascade features`).
 //!
-//! [`config`] is the typed configuration; [`state`] is what handlers share.
+//! [`config`] is the typed configuration; [`state`] is what handlers share;
+//! [`snapshot`] holds what requests read and rarely changes.
 //! `main.rs` only parses the command line and starts things.
 
 pub mod catalog;
@@ -33,5 +34,6 @@ pub mod model;
 pub mod offline;
 pub mod pipeline;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod telemetry;

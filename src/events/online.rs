@@ -180,7 +180,7 @@ pub struct Online {
     /// The snapshot catalog, and the generation with every change so far
     /// laid over it (what requests read; replaced, never mutated).
     base: Arc<Catalog>,
-    catalog: RwLock<Arc<Catalog>>,
+    catalog: crate::snapshot::Snapshot<Catalog>,
     max_history: usize,
     trending: Mutex<TrendingSlot>,
 }
@@ -220,7 +220,7 @@ impl Online {
                 kinds: catalog.schema.event_kinds.clone(),
                 ..View::default()
             }),
-            catalog: RwLock::new(catalog.clone()),
+            catalog: crate::snapshot::Snapshot::from_arc(catalog.clone()),
             base: catalog,
             max_history: max_history.max(1),
             trending: Mutex::new(TrendingSlot::default()),
@@ -230,18 +230,12 @@ impl Online {
     /// The catalog as events have changed it (rows only ever grow: a row
     /// of an older generation means the same entity in a newer one).
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.catalog.get()
     }
 
     /// The current catalog generation.
     pub fn generation(&self) -> u64 {
-        self.catalog
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation
+        self.catalog.load().generation
     }
 
     /// The snapshot catalog, without changes from events (its schema is
@@ -256,7 +250,7 @@ impl Online {
         // Built outside the catalog's lock (requests keep reading the old
         // generation meanwhile); rebuilds are serialised by the view's lock.
         let next = Arc::new(self.base.with_changes(&view.changes, self.generation() + 1));
-        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        self.catalog.store(next.clone());
         metrics::histogram!(crate::telemetry::metrics::CATALOG_REBUILD_SECONDS)
             .record(started.elapsed().as_secs_f64());
         for (entity, n) in [

@@ -74,7 +74,7 @@ pub enum BatchError {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
-    label: String,
+    drops: Arc<Drops>,
     stats: Arc<Stats>,
     /// What a caller needs to run its job alone when the actor is idle
     /// (`None` when `max_wait` is not zero: jobs wait for company).
@@ -87,6 +87,29 @@ struct Direct {
     pool: InferencePool,
     output: String,
     wait: metrics::Histogram,
+}
+
+/// `cascade_batch_rows_dropped_total` of one batcher, by reason,
+/// registered when it starts (and exported from the start, at zero).
+struct Drops {
+    deadline: metrics::Counter,
+    caller_gone: metrics::Counter,
+    overload: metrics::Counter,
+}
+
+impl Drops {
+    fn register(label: &str) -> Drops {
+        let reason = |r: &'static str| {
+            let c = metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => label.to_string(), "reason" => r);
+            c.increment(0);
+            c
+        };
+        Drops {
+            deadline: reason("deadline"),
+            caller_gone: reason("caller_gone"),
+            overload: reason("overload"),
+        }
+    }
 }
 
 /// What an actor did, for tests and benches (metrics carry the same).
@@ -112,11 +135,7 @@ impl Batcher {
         pool: InferencePool,
         workers: Arc<Semaphore>,
     ) -> Batcher {
-        // Export the drop counters from the start, at zero.
-        for reason in ["deadline", "caller_gone", "overload"] {
-            metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => label.to_string(), "reason" => reason)
-                .increment(0);
-        }
+        let drops = Arc::new(Drops::register(label));
         let (tx, rx) = mpsc::channel(policy.queue_capacity.max(1));
         let stats = Arc::new(Stats::default());
         let wait = metrics::histogram!(m::BATCH_QUEUE_WAIT_SECONDS, "model" => label.to_string());
@@ -132,7 +151,7 @@ impl Batcher {
             policy,
             pool,
             output: output.to_string(),
-            label: label.to_string(),
+            drops: drops.clone(),
             workers,
             stats: stats.clone(),
             depth: metrics::gauge!(m::BATCH_QUEUE_DEPTH, "model" => label.to_string()),
@@ -141,7 +160,7 @@ impl Batcher {
         tokio::spawn(actor.run(rx));
         Batcher {
             tx,
-            label: label.to_string(),
+            drops,
             stats,
             direct,
         }
@@ -185,8 +204,7 @@ impl Batcher {
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => self.label.clone(), "reason" => "overload")
-                    .increment(n as u64);
+                self.drops.overload.increment(n as u64);
                 return Err(BatchError::Overloaded);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(BatchError::Closed),
@@ -221,7 +239,7 @@ struct Actor {
     policy: BatchPolicy,
     pool: InferencePool,
     output: String,
-    label: String,
+    drops: Arc<Drops>,
     workers: Arc<Semaphore>,
     stats: Arc<Stats>,
     depth: metrics::Gauge,
@@ -231,7 +249,6 @@ struct Actor {
 impl Actor {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
         let policy = &self.policy;
-        let label = &self.label;
         let mut carry: Option<Job> = None;
         loop {
             let first = match carry.take() {
@@ -290,17 +307,16 @@ impl Actor {
             let now = Instant::now();
             let mut live = Vec::with_capacity(jobs.len());
             for job in jobs {
-                let reason = if job.reply.is_closed() {
-                    "caller_gone"
+                let dropped = if job.reply.is_closed() {
+                    &self.drops.caller_gone
                 } else if job.deadline <= now {
-                    "deadline"
+                    &self.drops.deadline
                 } else {
                     self.wait.record((now - job.enqueued).as_secs_f64());
                     live.push(job);
                     continue;
                 };
-                metrics::counter!(m::BATCH_ROWS_DROPPED_TOTAL, "model" => label.clone(), "reason" => reason)
-                    .increment(job.n as u64);
+                dropped.increment(job.n as u64);
                 self.stats
                     .rows_dropped
                     .fetch_add(job.n as u64, Ordering::Relaxed);
@@ -528,7 +544,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let batcher = Batcher {
             tx,
-            label: "filter".into(),
+            drops: Arc::new(Drops::register("filter")),
             stats: Default::default(),
             direct: None,
         };
@@ -549,7 +565,7 @@ mod tests {
         let workers = Arc::new(Semaphore::new(1));
         let batcher = Batcher {
             tx,
-            label: "filter".into(),
+            drops: Arc::new(Drops::register("filter")),
             stats: Default::default(),
             direct: Some(Arc::new(Direct {
                 workers: workers.clone(),

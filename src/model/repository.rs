@@ -36,7 +36,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use super::backend::{self, Backend, BackendKind, BackendOptions};
 use super::golden::{GoldenSet, Vetting};
@@ -135,7 +135,7 @@ pub struct Registry {
     root: PathBuf,
     options: LoadOptions,
     check: Option<VersionCheck>,
-    models: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+    models: crate::snapshot::Snapshot<BTreeMap<String, Arc<ModelEntry>>>,
     /// One reload or rollback at a time.
     changing: Mutex<()>,
     /// What the poller saw of each model's files: on the last scan, and
@@ -275,7 +275,7 @@ impl Registry {
             root: root.to_path_buf(),
             options: options.clone(),
             check,
-            models: RwLock::new(models),
+            models: crate::snapshot::Snapshot::new(models),
             changing: Mutex::new(()),
             scans: Mutex::new(scans),
         })
@@ -416,9 +416,7 @@ impl Registry {
 
     fn swap(&self, entry: ModelEntry) {
         self.models
-            .write()
-            .expect("registry lock poisoned")
-            .insert(entry.name.clone(), Arc::new(entry));
+            .update(|m| m.insert(entry.name.clone(), Arc::new(entry)));
     }
 
     pub fn root(&self) -> &Path {
@@ -427,18 +425,12 @@ impl Registry {
 
     /// Snapshot of every entry, in name order.
     pub fn entries(&self) -> Vec<Arc<ModelEntry>> {
-        self.models
-            .read()
-            .expect("registry lock poisoned")
-            .values()
-            .cloned()
-            .collect()
+        self.models.load().values().cloned().collect()
     }
 
     pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, ModelError> {
         self.models
-            .read()
-            .expect("registry lock poisoned")
+            .load()
             .get(name)
             .cloned()
             .ok_or_else(|| ModelError::NotFound(name.to_string()))
@@ -446,18 +438,35 @@ impl Registry {
 
     /// The serving version of `name`, or the given version if it is ready.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ModelError> {
-        let entry = self.entry(name)?;
+        let version = match version {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|_| ModelError::VersionNotFound {
+                name: name.to_string(),
+                version: v.to_string(),
+            })?),
+        };
+        self.get_version(name, version)
+    }
+
+    /// [`Registry::get`] with the version as a number (a parsed reference).
+    pub fn get_version(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
+        let models = self.models.load();
+        let entry = models
+            .get(name)
+            .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
         let Some(v) = version else {
             return Ok(entry.serving());
         };
-        let not_found = || ModelError::VersionNotFound {
-            name: name.to_string(),
-            version: v.to_string(),
-        };
-        let n: u64 = v.parse().map_err(|_| not_found())?;
-        match entry.versions.get(&n) {
+        match entry.versions.get(&v) {
             Some(VersionState::Ready(m)) => Ok(m.clone()),
-            _ => Err(not_found()),
+            _ => Err(ModelError::VersionNotFound {
+                name: name.to_string(),
+                version: v.to_string(),
+            }),
         }
     }
 }

@@ -158,11 +158,12 @@ impl CacheMetrics {
 pub(super) fn count_evictions<K, V>(
     cache: &'static str,
 ) -> impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static {
-    metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => cache).increment(0);
+    let evictions = metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => cache);
+    evictions.increment(0);
     metrics::gauge!(m::CACHE_ENTRIES, "cache" => cache).set(0.0);
     move |_k, _v, cause| {
         if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-            metrics::counter!(m::CACHE_EVICTIONS_TOTAL, "cache" => cache).increment(1);
+            evictions.increment(1);
         }
     }
 }

@@ -170,17 +170,22 @@ impl ExperimentsConfig {
     /// The arm of `unit` (a user id, or a request id when there is none);
     /// `None` when there is no experiment.
     pub fn assign(&self, unit: &str) -> Option<&ArmConfig> {
+        self.assign_index(unit).map(|i| &self.arms[i])
+    }
+
+    /// [`ExperimentsConfig::assign`], as the arm's position in `arms`.
+    pub fn assign_index(&self, unit: &str) -> Option<usize> {
         let point = unit_interval(stable_hash(&self.salt, unit));
         let mut upper = 0.0;
-        for arm in &self.arms {
+        for (i, arm) in self.arms.iter().enumerate() {
             upper += arm.share;
             if point < upper {
-                return Some(arm);
+                return Some(i);
             }
         }
         // Rounding can leave a sliver at the top: it goes to the last arm
         // with traffic.
-        self.arms.iter().rev().find(|a| a.share > 0.0)
+        self.arms.iter().rposition(|a| a.share > 0.0)
     }
 
     pub fn arm(&self, name: &str) -> Option<&ArmConfig> {

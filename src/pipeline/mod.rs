@@ -39,7 +39,7 @@ pub mod shadow;
 pub mod stages;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::catalog::{self, Catalog, VectorIndex};
@@ -48,6 +48,7 @@ use crate::data::features::Subject;
 use crate::model::batcher::Batcher;
 use crate::model::executor::InferencePool;
 use crate::model::Registry;
+use crate::snapshot::Snapshot;
 use cache::ResponseCache;
 use experiments::{ExperimentsConfig, ModelRef};
 use plan::model_ref;
@@ -86,14 +87,17 @@ pub struct Pipeline {
     cold_start: Option<ModelRef>,
     /// Every model version a stage has used, prepared once.
     /// Keyed by model name, then version: a lookup borrows the name.
-    prepared: RwLock<HashMap<String, HashMap<u64, Arc<StageModel>>>>,
+    prepared: Snapshot<HashMap<String, HashMap<u64, Arc<StageModel>>>>,
     /// Re-ranker batchers, one per model version (created on first use,
     /// with that version's `[batching]`; dropped when the version goes).
-    batchers: RwLock<HashMap<String, HashMap<u64, Batcher>>>,
+    batchers: Snapshot<HashMap<String, HashMap<u64, Batcher>>>,
     pool: InferencePool,
-    experiments: RwLock<Arc<ExperimentsConfig>>,
+    /// The experiment in force, its arms compiled when it was set.
+    experiment: Snapshot<plan::Experiment>,
+    /// The arm of requests outside any experiment.
+    control: Arc<plan::Arm>,
     /// Metric handles by arm name (`control` and every arm ever set).
-    arm_metrics: RwLock<HashMap<String, Arc<plan::ArmMetrics>>>,
+    arm_metrics: Mutex<HashMap<String, Arc<plan::ArmMetrics>>>,
     pub shadow: ShadowRunner,
     cache: Option<ResponseCache>,
     score_cache: Option<ScoreCache>,
@@ -153,11 +157,12 @@ impl Pipeline {
             index,
             config: ranking.clone(),
             precompiled,
-            prepared: RwLock::new(HashMap::new()),
-            batchers: RwLock::new(HashMap::new()),
+            prepared: Snapshot::default(),
+            batchers: Snapshot::default(),
             pool: pool.clone(),
-            experiments: RwLock::new(Arc::new(ExperimentsConfig::default())),
-            arm_metrics: RwLock::new(HashMap::new()),
+            experiment: Snapshot::default(),
+            control: Arc::new(plan::Arm::control(plan::ArmMetrics::register(CONTROL))),
+            arm_metrics: Mutex::new(HashMap::new()),
             shadow: ShadowRunner::start(&ShadowConfig {
                 shadows: Vec::new(),
                 ..config.shadow.clone()
@@ -184,7 +189,7 @@ impl Pipeline {
                     .map_err(|e| format!("{key}: {e}"))?;
             }
         }
-        pipeline.arm_metrics(CONTROL);
+        pipeline.arm_metrics_insert(&pipeline.control.metrics);
         pipeline.set_experiments(registry, config.experiments.clone(), "experiments")?;
         pipeline.set_shadows(registry, config.shadow.shadows.clone(), "shadow.shadows")?;
         Ok(pipeline)
@@ -242,17 +247,14 @@ impl Pipeline {
                 pin(model, format!("experiment arm \"{}\"", arm.name));
             }
         }
-        for shadow in self.shadow.active().iter() {
+        for shadow in &self.shadow.active() {
             pin(&shadow.model, format!("shadow \"{}\"", shadow.name));
         }
         pins
     }
 
     pub fn experiments(&self) -> Arc<ExperimentsConfig> {
-        self.experiments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.experiment.load().config.clone()
     }
 
     /// Validates and installs an experiment; `prefix` names where it came from.
@@ -263,11 +265,9 @@ impl Pipeline {
         prefix: &str,
     ) -> Result<(), String> {
         experiments.validate(prefix, &|r| self.check_model(registry, r))?;
-        for arm in &experiments.arms {
-            self.arm_metrics(&arm.name);
-        }
         tracing::info!(arms = ?experiments.arms.iter().map(|a| (&a.name, a.share)).collect::<Vec<_>>(), "experiment set");
-        *self.experiments.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(experiments);
+        let compiled = self.compile_experiment(experiments)?;
+        self.experiment.store(Arc::new(compiled));
         Ok(())
     }
 

@@ -81,25 +81,24 @@ impl Pipeline {
     pub(super) fn prepared(&self, model: Arc<LoadedModel>) -> Result<Arc<StageModel>, String> {
         if let Some(p) = self
             .prepared
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .load()
             .get(model.name.as_str())
             .and_then(|versions| versions.get(&model.version))
         {
             return Ok(p.clone());
         }
         let (name, version) = (model.name.clone(), model.version);
+        // Built before the writers' turn: a concurrent first use of the
+        // same version may build it twice; the first one published stays.
         let compiled = self.precompiled.take(&model)?;
         let prepared = Arc::new(StageModel::from_compiled(model, compiled)?);
-        Ok(self
-            .prepared
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name)
-            .or_default()
-            .entry(version)
-            .or_insert(prepared)
-            .clone())
+        Ok(self.prepared.update(|all| {
+            all.entry(name)
+                .or_default()
+                .entry(version)
+                .or_insert(prepared)
+                .clone()
+        }))
     }
 
     /// The version `r` names (or the serving one), prepared for a stage.
@@ -108,9 +107,8 @@ impl Pipeline {
         registry: &Registry,
         r: &ModelRef,
     ) -> Result<Arc<StageModel>, String> {
-        let version = r.version.map(|v| v.to_string());
         let loaded = registry
-            .get(&r.name, version.as_deref())
+            .get_version(&r.name, r.version)
             .map_err(|e| e.to_string())?;
         self.prepared(loaded)
     }
@@ -127,13 +125,12 @@ impl Pipeline {
             return;
         };
         // Batchers of versions no longer loaded stop once their last job is done.
-        if let Some(versions) = self
-            .batchers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(name)
-        {
-            versions.retain(|v, _| entry.versions.contains_key(v));
+        if self.batchers.load().contains_key(name) {
+            self.batchers.update(|all| {
+                if let Some(versions) = all.get_mut(name) {
+                    versions.retain(|v, _| entry.versions.contains_key(v));
+                }
+            });
         }
         for state in entry.versions.values() {
             if let crate::model::repository::VersionState::Ready(m) = state {
@@ -154,8 +151,7 @@ impl Pipeline {
         let loaded = model.model();
         if let Some(b) = self
             .batchers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .load()
             .get(loaded.name.as_str())
             .and_then(|versions| versions.get(&loaded.version))
         {
@@ -169,15 +165,14 @@ impl Pipeline {
             queue_capacity: self.config.batch_queue_capacity,
             workers: self.config.batch_workers,
         };
-        let mut batchers = self.batchers.write().unwrap_or_else(|e| e.into_inner());
-        Some(
-            batchers
-                .entry(loaded.name.clone())
+        // Spawned inside the writers' turn: one batcher per version.
+        Some(self.batchers.update(|all| {
+            all.entry(loaded.name.clone())
                 .or_default()
                 .entry(loaded.version)
                 .or_insert_with(|| Batcher::spawn(model.name(), output, policy, self.pool.clone()))
-                .clone(),
-        )
+                .clone()
+        }))
     }
 
     /// The default stage model of `role` (`filter`, `ranker`, `cold_start`)

@@ -7,7 +7,7 @@ use metrics::{Counter, Histogram};
 
 use super::experiments::{self, ModelRef};
 use super::request::{Fallback, Stage, ValidRequest};
-use super::shadow::{ShadowSpec, ShadowStage};
+use super::shadow::{ActiveShadow, ShadowStage};
 use super::stages::StageModel;
 use super::{Pipeline, CONTROL};
 use crate::data::features::Subject;
@@ -100,7 +100,7 @@ impl ArmMetrics {
     }
 }
 
-pub(super) type Shadowing = (ShadowSpec, Result<Arc<StageModel>, String>);
+pub(super) type Shadowing = (Arc<ActiveShadow>, Result<Arc<StageModel>, String>);
 
 impl Plan {
     /// `name@version` of each stage model, for the cache key.
@@ -126,92 +126,145 @@ pub(super) fn model_ref(key: &str, name: &Option<String>) -> Result<Option<Model
     }
 }
 
+/// An experiment arm as requests use it, built when the experiment is set:
+/// its model references parsed, its metric handles registered.
+pub(super) struct Arm {
+    pub(super) name: Arc<str>,
+    filter: Option<ModelRef>,
+    ranker: Option<ModelRef>,
+    cold_start: Option<ModelRef>,
+    retrieve_n: Option<usize>,
+    filter_keep: Option<usize>,
+    pub(super) metrics: Arc<ArmMetrics>,
+}
+
+impl Arm {
+    /// Requests outside any experiment: the pipeline's own stage models.
+    pub(super) fn control(metrics: ArmMetrics) -> Arm {
+        Arm {
+            name: CONTROL.into(),
+            filter: None,
+            ranker: None,
+            cold_start: None,
+            retrieve_n: None,
+            filter_keep: None,
+            metrics: Arc::new(metrics),
+        }
+    }
+}
+
+/// The experiment in force: the config as set (what `GET
+/// /admin/experiments` shows) and its arms, compiled in the same order.
+#[derive(Default)]
+pub(super) struct Experiment {
+    pub(super) config: Arc<experiments::ExperimentsConfig>,
+    arms: Vec<Arc<Arm>>,
+}
+
 impl Pipeline {
+    /// Parses an experiment's model references and registers its arms'
+    /// metrics (the experiment is already validated).
+    pub(super) fn compile_experiment(
+        &self,
+        config: experiments::ExperimentsConfig,
+    ) -> Result<Experiment, String> {
+        let mut arms = Vec::with_capacity(config.arms.len());
+        for a in &config.arms {
+            let parse = |field: &str, v: &Option<String>| {
+                v.as_deref()
+                    .map(ModelRef::parse)
+                    .transpose()
+                    .map_err(|e| format!("arm \"{}\".{field}: {e}", a.name))
+            };
+            arms.push(Arc::new(Arm {
+                name: a.name.as_str().into(),
+                filter: parse("filter_model", &a.filter_model)?,
+                ranker: parse("ranker_model", &a.ranker_model)?,
+                cold_start: parse("cold_start_model", &a.cold_start_model)?,
+                retrieve_n: a.retrieve_n,
+                filter_keep: a.filter_keep,
+                metrics: self.arm_metrics(&a.name),
+            }));
+        }
+        Ok(Experiment {
+            config: Arc::new(config),
+            arms,
+        })
+    }
+
     /// The arm a request falls in: forced by name, or the stable hash of
-    /// its user id (its request id when it has none).
-    pub fn arm_of(&self, req: &ValidRequest) -> Option<experiments::ArmConfig> {
-        let experiments = self.experiments();
-        if let Some(name) = &req.variant {
-            return experiments.arm(name).cloned();
-        }
-        if experiments.arms.is_empty() {
-            return None;
-        }
-        let unit = req.user_id.as_deref().unwrap_or(&req.request_id);
-        experiments.assign(unit).cloned()
+    /// its user id (its request id when it has none); `control` outside
+    /// any experiment.
+    pub(super) fn arm_of(&self, req: &ValidRequest) -> Arc<Arm> {
+        let experiment = self.experiment.load();
+        let config = &experiment.config;
+        let index = match &req.variant {
+            Some(name) => config.arms.iter().position(|a| &a.name == name),
+            None if config.arms.is_empty() => None,
+            None => config.assign_index(req.user_id.as_deref().unwrap_or(&req.request_id)),
+        };
+        index.map_or_else(|| self.control.clone(), |i| experiment.arms[i].clone())
     }
 
     pub(super) fn plan(&self, registry: &Registry, req: &ValidRequest, subject: &Subject) -> Plan {
         let arm = self.arm_of(req);
-        let pick = |over: Option<&String>,
-                    default: &Option<ModelRef>|
-         -> Option<Result<Arc<StageModel>, String>> {
-            match over {
-                Some(o) => Some(ModelRef::parse(o).and_then(|r| self.resolve(registry, &r))),
-                None => default.as_ref().map(|r| self.resolve(registry, r)),
-            }
+        let pick = |over: &Option<ModelRef>, default: &Option<ModelRef>| {
+            over.as_ref()
+                .or(default.as_ref())
+                .map(|r| self.resolve(registry, r))
         };
-        let arm_ref = arm.as_ref();
         let (filter, rerank) = if subject.user.is_some() {
             (
-                pick(arm_ref.and_then(|a| a.filter_model.as_ref()), &self.filter),
-                pick(arm_ref.and_then(|a| a.ranker_model.as_ref()), &self.ranker),
+                pick(&arm.filter, &self.filter),
+                pick(&arm.ranker, &self.ranker),
             )
         } else {
-            (
-                None,
-                pick(
-                    arm_ref.and_then(|a| a.cold_start_model.as_ref()),
-                    &self.cold_start,
-                ),
-            )
+            (None, pick(&arm.cold_start, &self.cold_start))
         };
         let shadows = |stage| -> Vec<Shadowing> {
             self.shadow
                 .sampled(stage, &req.request_id)
                 .into_iter()
-                .map(|spec| {
-                    let model =
-                        ModelRef::parse(&spec.model).and_then(|r| self.resolve(registry, &r));
-                    (spec, model)
+                .map(|shadow| {
+                    let model = match &shadow.model {
+                        Ok(r) => self.resolve(registry, r),
+                        Err(e) => Err(e.clone()),
+                    };
+                    (shadow, model)
                 })
                 .collect()
         };
-        let variant = arm_ref.map_or(CONTROL, |a| a.name.as_str());
         Plan {
             filter_shadows: shadows(ShadowStage::Filter),
             rerank_shadows: shadows(ShadowStage::Rerank),
-            metrics: self.arm_metrics(variant),
-            variant: variant.into(),
+            metrics: arm.metrics.clone(),
+            variant: arm.name.clone(),
             filter,
             rerank,
-            retrieve_n: arm_ref
-                .and_then(|a| a.retrieve_n)
-                .unwrap_or(self.config.retrieve_n),
-            filter_keep: arm_ref
-                .and_then(|a| a.filter_keep)
-                .unwrap_or(self.config.filter_keep),
+            retrieve_n: arm.retrieve_n.unwrap_or(self.config.retrieve_n),
+            filter_keep: arm.filter_keep.unwrap_or(self.config.filter_keep),
         }
     }
 }
 
 impl Pipeline {
-    /// The metric handles of arm `variant`, registered on its first use.
+    /// The metric handles of arm `variant`, registered on its first use
+    /// (an arm set again, or set again later, keeps its handles).
     pub(super) fn arm_metrics(&self, variant: &str) -> Arc<ArmMetrics> {
-        if let Some(a) = self
-            .arm_metrics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(variant)
-        {
-            return a.clone();
-        }
         self.arm_metrics
-            .write()
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(variant.to_string())
             .or_insert_with(|| Arc::new(ArmMetrics::register(variant)))
             .clone()
+    }
+
+    /// Records `control`'s handles, registered with the pipeline.
+    pub(super) fn arm_metrics_insert(&self, control: &Arc<ArmMetrics>) {
+        self.arm_metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(CONTROL.to_string(), control.clone());
     }
 }
 

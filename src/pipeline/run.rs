@@ -438,11 +438,11 @@ impl Pipeline {
         variant: &Arc<str>,
         request_id: &str,
     ) {
-        for (spec, model) in shadows {
+        for (shadow, model) in shadows {
             let model = match model {
                 Ok(m) => m,
                 Err(e) => {
-                    self.shadow.error(&spec.name, &e);
+                    self.shadow.error(&shadow, &e);
                     continue;
                 }
             };
@@ -465,8 +465,8 @@ impl Pipeline {
                 own
             };
             self.shadow.offer(ShadowJob {
-                shadow: spec.name.as_str().into(),
-                stage: spec.stage,
+                stage: shadow.spec.stage,
+                shadow,
                 model,
                 live_model: live.label().to_string(),
                 matrix,

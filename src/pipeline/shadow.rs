@@ -15,15 +15,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use metrics::{Counter, Histogram};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::experiments::{stable_hash, valid_label, ModelRef};
 use super::stages::{scores_from, StageModel};
 use crate::model::{Tensor, TensorData};
+use crate::snapshot::Snapshot;
 use crate::telemetry::jsonl::JsonLines;
 use crate::telemetry::metrics as m;
 
@@ -122,7 +124,7 @@ pub fn validate_shadows(
 
 /// One sampled request's work for one shadow.
 pub struct ShadowJob {
-    pub shadow: Arc<str>,
+    pub shadow: Arc<ActiveShadow>,
     pub stage: ShadowStage,
     pub model: Arc<StageModel>,
     pub live_model: String,
@@ -134,6 +136,47 @@ pub struct ShadowJob {
     pub variant: Arc<str>,
     pub request_id: String,
     pub enqueued: Instant,
+}
+
+/// An active shadow as requests use it, built when the shadow list is set:
+/// its model reference parsed, its metric handles registered.
+pub struct ActiveShadow {
+    pub spec: ShadowSpec,
+    /// Why `spec.model` cannot be parsed (never, once validated).
+    pub model: Result<ModelRef, String>,
+    compared: Counter,
+    dropped: Counter,
+    errors: Counter,
+    duration: Histogram,
+    lag: Histogram,
+    overlap: Histogram,
+    rank_correlation: Histogram,
+    score_delta: Histogram,
+}
+
+impl ActiveShadow {
+    fn new(spec: ShadowSpec) -> ActiveShadow {
+        let name = spec.name.clone();
+        let outcome = |o: &'static str| metrics::counter!(m::SHADOW_REQUESTS_TOTAL, "shadow" => name.clone(), "outcome" => o);
+        let histogram =
+            |metric: &'static str| metrics::histogram!(metric, "shadow" => name.clone());
+        ActiveShadow {
+            model: ModelRef::parse(&spec.model),
+            compared: outcome("compared"),
+            dropped: outcome("dropped"),
+            errors: outcome("error"),
+            duration: histogram(m::SHADOW_DURATION_SECONDS),
+            lag: histogram(m::SHADOW_LAG_SECONDS),
+            overlap: histogram(m::SHADOW_OVERLAP),
+            rank_correlation: histogram(m::SHADOW_RANK_CORRELATION),
+            score_delta: histogram(m::SHADOW_SCORE_DELTA),
+            spec,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
 }
 
 /// Running totals per shadow, for `GET /admin/shadow`.
@@ -164,7 +207,7 @@ impl ShadowStats {
 pub struct ShadowRunner {
     tx: SyncSender<ShadowJob>,
     depth: Arc<AtomicUsize>,
-    active: RwLock<Arc<Vec<ShadowSpec>>>,
+    active: Snapshot<Vec<Arc<ActiveShadow>>>,
     stats: Arc<Mutex<BTreeMap<String, ShadowStats>>>,
     config: ShadowConfig,
 }
@@ -192,7 +235,7 @@ impl ShadowRunner {
         let runner = ShadowRunner {
             tx,
             depth,
-            active: RwLock::new(Arc::new(Vec::new())),
+            active: Snapshot::default(),
             stats,
             config: config.clone(),
         };
@@ -202,38 +245,42 @@ impl ShadowRunner {
 
     /// Replaces the active shadows (already validated).
     pub fn set(&self, shadows: Vec<ShadowSpec>) {
+        tracing::info!(shadows = ?shadows.iter().map(|s| &s.name).collect::<Vec<_>>(), "shadow set changed");
+        let active: Vec<_> = shadows
+            .into_iter()
+            .map(|s| Arc::new(ActiveShadow::new(s)))
+            .collect();
         {
             let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            for s in &shadows {
-                stats.entry(s.name.clone()).or_default();
-                for outcome in ["compared", "dropped", "error"] {
-                    metrics::counter!(m::SHADOW_REQUESTS_TOTAL, "shadow" => s.name.clone(), "outcome" => outcome)
-                        .increment(0);
+            for s in &active {
+                stats.entry(s.spec.name.clone()).or_default();
+                // Every outcome is exported from the start, at 0.
+                for c in [&s.compared, &s.dropped, &s.errors] {
+                    c.increment(0);
                 }
             }
         }
-        tracing::info!(shadows = ?shadows.iter().map(|s| &s.name).collect::<Vec<_>>(), "shadow set changed");
-        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(shadows);
+        self.active.store(Arc::new(active));
     }
 
-    pub fn active(&self) -> Arc<Vec<ShadowSpec>> {
-        self.active
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The active shadows as they were set.
+    pub fn active(&self) -> Vec<ShadowSpec> {
+        self.active.load().iter().map(|s| s.spec.clone()).collect()
     }
 
     /// The shadows of `stage` that sample this request (a stable draw from
     /// the request id, so a retried request is shadowed alike).
-    pub fn sampled(&self, stage: ShadowStage, request_id: &str) -> Vec<ShadowSpec> {
-        let active = self.active();
+    pub fn sampled(&self, stage: ShadowStage, request_id: &str) -> Vec<Arc<ActiveShadow>> {
+        let active = self.active.load();
         active
             .iter()
-            .filter(|s| s.stage == stage && s.sample_rate > 0.0)
-            .filter(|s| {
-                s.sample_rate >= 1.0
-                    || ((stable_hash(&s.name, request_id) >> 11) as f64 / (1u64 << 53) as f64)
-                        < s.sample_rate
+            .filter(|a| {
+                let s = &a.spec;
+                s.stage == stage
+                    && s.sample_rate > 0.0
+                    && (s.sample_rate >= 1.0
+                        || ((stable_hash(&s.name, request_id) >> 11) as f64 / (1u64 << 53) as f64)
+                            < s.sample_rate)
             })
             .cloned()
             .collect()
@@ -249,32 +296,33 @@ impl ShadowRunner {
             Ok(()) => metrics::gauge!(m::SHADOW_QUEUE_DEPTH).set(d.saturating_add(1) as f64),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
-                self.count(&shadow, |s| s.dropped += 1);
-                metrics::counter!(m::SHADOW_REQUESTS_TOTAL, "shadow" => shadow.to_string(), "outcome" => "dropped")
-                    .increment(1);
+                self.count(shadow.name(), |s| s.dropped += 1);
+                shadow.dropped.increment(1);
             }
         }
     }
 
     /// Counts a shadow error found on the live side (its model cannot be
     /// prepared for this request).
-    pub fn error(&self, shadow: &str, why: &str) {
-        tracing::debug!(shadow, error = why, "shadow not run");
-        self.count(shadow, |s| s.errors += 1);
-        metrics::counter!(m::SHADOW_REQUESTS_TOTAL, "shadow" => shadow.to_string(), "outcome" => "error")
-            .increment(1);
+    pub fn error(&self, shadow: &ActiveShadow, why: &str) {
+        tracing::debug!(shadow = shadow.name(), error = why, "shadow not run");
+        self.count(shadow.name(), |s| s.errors += 1);
+        shadow.errors.increment(1);
     }
 
     fn count(&self, shadow: &str, f: impl FnOnce(&mut ShadowStats)) {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        f(stats.entry(shadow.to_string()).or_default());
+        match stats.get_mut(shadow) {
+            Some(s) => f(s),
+            None => f(stats.entry(shadow.to_string()).or_default()),
+        }
     }
 
     /// What `GET /admin/shadow` shows.
     pub fn describe(&self) -> serde_json::Value {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         json!({
-            "shadows": *self.active(),
+            "shadows": self.active(),
             "queue_capacity": self.config.queue_capacity,
             "queue_depth": self.depth.load(Ordering::Relaxed),
             "stats": stats,
@@ -308,11 +356,10 @@ fn worker(
         let took = started.elapsed();
         let d = depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         metrics::gauge!(m::SHADOW_QUEUE_DEPTH).set(d as f64);
-        let name = job.shadow.to_string();
-        metrics::histogram!(m::SHADOW_DURATION_SECONDS, "shadow" => name.clone())
-            .record(took.as_secs_f64());
-        metrics::histogram!(m::SHADOW_LAG_SECONDS, "shadow" => name.clone())
-            .record(lag.as_secs_f64());
+        let shadow = &*job.shadow;
+        let name = shadow.name();
+        shadow.duration.record(took.as_secs_f64());
+        shadow.lag.record(lag.as_secs_f64());
         let mut line = json!({
             "ts_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
             "request_id": job.request_id,
@@ -327,7 +374,7 @@ fn worker(
         });
         {
             let mut stats = stats.lock().unwrap_or_else(|e| e.into_inner());
-            let s = stats.entry(name.clone()).or_default();
+            let s = stats.entry(name.to_string()).or_default();
             match &outcome {
                 Ok(c) => s.add(c, took.as_micros() as f64),
                 Err(_) => s.errors += 1,
@@ -335,14 +382,11 @@ fn worker(
         }
         match outcome {
             Ok(c) => {
-                metrics::counter!(m::SHADOW_REQUESTS_TOTAL, "shadow" => name.clone(), "outcome" => "compared")
-                    .increment(1);
-                metrics::histogram!(m::SHADOW_OVERLAP, "shadow" => name.clone()).record(c.overlap);
-                metrics::histogram!(m::SHADOW_RANK_CORRELATION, "shadow" => name.clone())
-                    .record(c.tau);
-                let deltas = metrics::histogram!(m::SHADOW_SCORE_DELTA, "shadow" => name.clone());
+                shadow.compared.increment(1);
+                shadow.overlap.record(c.overlap);
+                shadow.rank_correlation.record(c.tau);
                 for d in &c.deltas {
-                    deltas.record(*d as f64);
+                    shadow.score_delta.record(*d as f64);
                 }
                 line["overlap"] = json!(c.overlap);
                 line["kendall_tau"] = json!(c.tau);
@@ -350,8 +394,7 @@ fn worker(
             }
             Err(e) => {
                 tracing::debug!(shadow = %name, error = %e, "shadow model failed");
-                metrics::counter!(m::SHADOW_REQUESTS_TOTAL, "shadow" => name.clone(), "outcome" => "error")
-                    .increment(1);
+                shadow.errors.increment(1);
                 line["error"] = json!(e);
             }
         }
