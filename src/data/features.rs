@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::expr::compile::LiveReads;
 use super::expr::eval::{column, scalar, Env, Live, Pool};
-use super::expr::{self, Num, Reach, Tables};
+use super::expr::{self, Num, Reach, Src, Tables};
 use super::table::Table;
 
 /// One declared input column.
@@ -76,11 +76,48 @@ pub struct FeatureSet {
     pub live: LiveReads,
     /// Whether a feature reads `session.*` (the request's recent items).
     pub reads_session: bool,
+    /// Item columns read straight from each item's row, in one pass.
+    row_reads: RowReads,
+}
+
+/// Item features that are one cell of the item's row: a field, or whether
+/// a list holds a constant category (a bit of the list's mask, when the
+/// catalog keeps it as one). Assembled in one pass over the rows — each
+/// item's row is fetched once and its cells written side by side — instead
+/// of a pass per column (the shipped re-ranker has 27 of its 40 this way).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RowReads {
+    /// `(feature, row-table offset)`.
+    values: Vec<(usize, usize)>,
+    /// `(feature, list index, code)`.
+    bits: Vec<(usize, usize, u32)>,
+}
+
+impl RowReads {
+    fn of(plans: &[Num]) -> RowReads {
+        let mut reads = RowReads::default();
+        for (j, plan) in plans.iter().enumerate() {
+            match plan {
+                Num::Read(Src::Item, at) => reads.values.push((j, *at)),
+                Num::Has(l, code) if l.src == Src::Item => {
+                    if let Num::Const(c) = **code {
+                        if (0.0..64.0).contains(&c) && c.fract() == 0.0 {
+                            reads.bits.push((j, l.index, c as u32));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        reads
+    }
 }
 
 thread_local! {
-    /// Scratch columns, reused by every assembly on this thread.
-    static SCRATCH: RefCell<(Pool, Vec<f32>)> = RefCell::new((Pool::default(), Vec::new()));
+    /// Scratch columns, reused by every assembly on this thread, and which
+    /// features the one-pass row reads wrote.
+    static SCRATCH: RefCell<(Pool, Vec<f32>, Vec<bool>)> =
+        RefCell::new((Pool::default(), Vec::new(), Vec::new()));
 }
 
 impl FeatureSet {
@@ -108,6 +145,7 @@ impl FeatureSet {
             names: decls.iter().map(|d| d.name.clone()).collect(),
             defaults: decls.iter().map(|d| d.default).collect(),
             reads_session: plans.iter().any(Num::reads_session),
+            row_reads: RowReads::of(&plans),
             plans,
             context_reads,
             live,
@@ -142,8 +180,12 @@ impl FeatureSet {
             session: subject.session.as_deref(),
         };
         SCRATCH.with(|scratch| {
-            let (pool, col) = &mut *scratch.borrow_mut();
+            let (pool, col, done) = &mut *scratch.borrow_mut();
+            self.assemble_row_reads(src.items, rows, out, missing, done);
             for (j, plan) in self.plans.iter().enumerate() {
+                if done.get(j).copied().unwrap_or(false) {
+                    continue;
+                }
                 let default = self.defaults[j];
                 if plan.scope() != Reach::Item {
                     let mut v = scalar(plan, &env);
@@ -169,6 +211,57 @@ impl FeatureSet {
                 }
             }
         });
+    }
+
+    /// The [`RowReads`] columns, into `out`; `done` says which were written
+    /// (a bit whose list the catalog does not keep as a mask is left to
+    /// the per-column path).
+    fn assemble_row_reads(
+        &self,
+        items: &Table,
+        rows: &[u32],
+        out: &mut [f32],
+        missing: &mut [u32],
+        done: &mut Vec<bool>,
+    ) {
+        let width = self.width();
+        done.clear();
+        done.resize(width, false);
+        let reads = &self.row_reads;
+        if reads.values.len() + reads.bits.len() < 2 {
+            return;
+        }
+        for &(j, _) in &reads.values {
+            done[j] = true;
+        }
+        // `(feature, row-table offset, bit)` of each bit read here.
+        let mut bits = [(0usize, 0usize, 0u32); 64];
+        let mut n_bits = 0;
+        for &(j, list, code) in &reads.bits {
+            if let (Some(at), true) = (items.mask_slot(list), n_bits < bits.len()) {
+                bits[n_bits] = (j, at + (code / 32) as usize, code % 32);
+                n_bits += 1;
+                done[j] = true;
+            }
+        }
+        let bits = &bits[..n_bits];
+        let n = items.width();
+        for (r, &item) in rows.iter().enumerate() {
+            let cells = items.values(item, 0, n);
+            let line = &mut out[r * width..(r + 1) * width];
+            for &(j, at) in &reads.values {
+                let v = cells[at];
+                line[j] = if v.is_finite() {
+                    v
+                } else {
+                    missing[j] += 1;
+                    self.defaults[j]
+                };
+            }
+            for &(j, at, bit) in bits {
+                line[j] = (cells[at].to_bits() >> bit & 1) as f32;
+            }
+        }
     }
 }
 
@@ -242,7 +335,8 @@ mod tests {
         }
     }
 
-    fn assemble(f: &Fixture, decls: &[(&str, f32)], subject: &Subject) -> (Vec<f32>, Vec<u32>) {
+    /// Features `f0`, `f1`, … with these expressions and defaults.
+    fn compile(f: &Fixture, decls: &[(&str, f32)]) -> FeatureSet {
         let decls: Vec<FeatureDecl> = decls
             .iter()
             .enumerate()
@@ -257,7 +351,11 @@ mod tests {
             items: &f.items,
             users: &f.users,
         };
-        let set = FeatureSet::compile(&decls, &tables).unwrap();
+        FeatureSet::compile(&decls, &tables).unwrap()
+    }
+
+    fn assemble(f: &Fixture, decls: &[(&str, f32)], subject: &Subject) -> (Vec<f32>, Vec<u32>) {
+        let set = compile(f, decls);
         let (mut out, mut missing) = (Vec::new(), vec![0; set.width()]);
         let src = Sources {
             items: &f.items,
@@ -266,6 +364,57 @@ mod tests {
         };
         set.assemble(&src, subject, &[0, 1, 2], &mut out, &mut missing);
         (out, missing)
+    }
+
+    /// The one-pass row reads write what the per-column path writes, with
+    /// the same defaults and missing counts.
+    #[test]
+    fn one_pass_row_reads_match_the_column_path() {
+        let f = fixture();
+        let fused = compile(
+            &f,
+            &[
+                ("item.price", 7.0),
+                ("has(item.tags, 'a')", 0.0),
+                ("user.age", 0.0),
+                ("has(item.tags, 'c')", 0.0),
+                ("log1p(item.price)", -1.0),
+                ("has(item.tags, 'b')", 0.0),
+            ],
+        );
+        assert_eq!(fused.row_reads.values.len(), 1);
+        assert_eq!(fused.row_reads.bits.len(), 3);
+        assert!(f.items.mask_slot(0).is_some(), "tags are kept as masks");
+        let per_column = FeatureSet {
+            row_reads: RowReads::default(),
+            ..fused.clone()
+        };
+        let subject = Subject {
+            user: Some(0),
+            ..Subject::default()
+        };
+        let src = Sources {
+            items: &f.items,
+            users: &f.users,
+            live: None,
+        };
+        let rows = [2, 0, 1, 0];
+        let run = |set: &FeatureSet| {
+            let (mut out, mut missing) = (Vec::new(), vec![0; set.width()]);
+            set.assemble(&src, &subject, &rows, &mut out, &mut missing);
+            (out, missing)
+        };
+        let (out, missing) = run(&fused);
+        assert_eq!(
+            (out.clone(), missing.clone()),
+            run(&per_column),
+            "the fused and per-column matrices differ"
+        );
+        // Item 2: no price (the default, counted), tag b only.
+        assert_eq!(&out[..6], &[7.0, 0.0, 30.0, 0.0, -1.0, 1.0]);
+        // Item 0: tags a and c.
+        assert_eq!(&out[6..12], &[10.0, 1.0, 30.0, 1.0, 10f32.ln_1p(), 0.0]);
+        assert_eq!(missing, vec![1, 0, 0, 0, 1, 0]);
     }
 
     #[test]

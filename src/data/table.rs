@@ -472,6 +472,16 @@ impl Table {
         self.base.masks[i].is_some() && !self.delta.as_ref().is_some_and(|d| d.unmasked[i])
     }
 
+    /// Where list `i`'s bit mask sits in the row table (two slots: the low
+    /// and high 32 bits), when the list is kept as masks.
+    pub fn mask_slot(&self, i: usize) -> Option<usize> {
+        if self.has_mask(i) {
+            self.base.masks[i]
+        } else {
+            None
+        }
+    }
+
     /// List `i` of row `r` as a bit mask of its codes, when they all fit.
     #[inline]
     pub fn mask(&self, i: usize, r: u32) -> Option<u64> {

@@ -18,7 +18,7 @@ pub mod compile;
 pub mod eval;
 pub mod parse;
 
-pub use compile::{Num, Reach, Tables};
+pub use compile::{Num, Reach, Src, Tables};
 
 /// Parses and compiles `text`; an error says where, with the text.
 pub fn plan(text: &str, tables: &Tables<'_>) -> Result<Num, String> {
