@@ -178,14 +178,19 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn unit_rows(vectors: &[f32], dim: usize) -> Vec<f32> {
     let mut out = vectors.to_vec();
     for row in out.chunks_exact_mut(dim) {
-        let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-        if norm.is_finite() && norm > 1e-12 {
-            row.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
-        } else {
-            row.iter_mut().for_each(|x| *x = 0.0);
-        }
+        to_unit(row);
     }
     out
+}
+
+/// One row of [`unit_rows`], in place.
+fn to_unit(row: &mut [f32]) {
+    let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    if norm.is_finite() && norm > 1e-12 {
+        row.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+    } else {
+        row.iter_mut().for_each(|x| *x = 0.0);
+    }
 }
 
 /// Exact top-k over a `[len, dim]` matrix: every row's score first, then
@@ -436,20 +441,35 @@ impl HnswIndex {
                 want.ef_construction
             ));
         }
-        let unit = unit_rows(vectors, dim);
-        if graph.vectors() != unit.as_slice() {
-            return Err("the dump was built from other item embeddings than the catalog's".into());
+        // Row by row, without a unit copy of the whole matrix (256 MB more
+        // at start-up at a million 64-dim items): the dump must hold the
+        // catalog's embeddings at unit length, bit for bit.
+        let mut shared = shared.filter(|v| v.len() == vectors.len());
+        let mut unit = vec![0.0f32; dim];
+        for (i, (row, dumped)) in vectors
+            .chunks_exact(dim)
+            .zip(graph.vectors().chunks_exact(dim))
+            .enumerate()
+        {
+            unit.copy_from_slice(row);
+            to_unit(&mut unit);
+            if dumped != unit.as_slice() {
+                return Err(
+                    "the dump was built from other item embeddings than the catalog's".into(),
+                );
+            }
+            // Catalog embeddings that are unit already (to float rounding)
+            // are the dump's vectors: keep one copy (256 MB at a million
+            // 64-dim items). Scores then differ from the dump's by rounding only.
+            shared = shared.filter(|v| {
+                v[i * dim..(i + 1) * dim]
+                    .iter()
+                    .zip(&unit)
+                    .all(|(a, b)| (a - b).abs() <= 1e-6)
+            });
         }
-        // Catalog embeddings that are unit already (to float rounding) are
-        // the dump's vectors: keep one copy (256 MB at a million 64-dim
-        // items). Scores then differ from the dump's by rounding only.
         let mut graph = graph;
-        let same = |v: &Arc<[f32]>| {
-            v.iter()
-                .zip(unit.iter())
-                .all(|(a, b)| (a - b).abs() <= 1e-6)
-        };
-        if let Some(shared) = shared.filter(|v| same(v)) {
+        if let Some(shared) = shared {
             graph.vectors = shared.clone();
         }
         Ok(HnswIndex::from_graph(graph, params))
@@ -752,6 +772,15 @@ mod tests {
         // Unit catalog rows are kept once: the index uses the catalog's copy.
         let shared = HnswIndex::load(&file, &v, Some(&v), 8, &params).unwrap();
         assert!(std::ptr::eq(shared.graph().vectors().as_ptr(), v.as_ptr()));
+        // Rows twice as long are the same unit rows (the dump loads) but
+        // not unit themselves: the index keeps the dump's copy.
+        let doubled: Arc<[f32]> = v.iter().map(|x| x * 2.0).collect();
+        let own = HnswIndex::load(&file, &doubled, Some(&doubled), 8, &params).unwrap();
+        assert!(!std::ptr::eq(
+            own.graph().vectors().as_ptr(),
+            doubled.as_ptr()
+        ));
+        assert_eq!(own.graph().vectors(), unit_rows(&v, 8).as_slice());
         let exact = open(IndexKind::Exact, 0, &v, 8, &params).unwrap();
         assert_eq!(exact.name(), "exact");
 

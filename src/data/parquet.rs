@@ -34,7 +34,11 @@ pub fn read(
     vector_field: Option<&str>,
 ) -> Result<Table, DataError> {
     let file = entity.file.as_str();
-    let batches = read_batches(&dir.join(file), file)?;
+    // Batch by batch: each decoded batch is copied into the columns and
+    // dropped before the next is decoded, so a large snapshot is never
+    // held decoded whole beside its columns (a 1M-item catalog's start-up
+    // peak was both at once).
+    let (n, batches) = batches(&dir.join(file), file)?;
     let err = |column: &str, row: Option<usize>, reason: String| match row {
         Some(r) => DataError::load(file, format!("column \"{column}\", row {r}: {reason}")),
         None => DataError::load(file, format!("column \"{column}\": {reason}")),
@@ -46,11 +50,11 @@ pub fn read(
                 .cloned()
                 .ok_or_else(|| DataError::load(file, format!("no column \"{name}\" ({declared})")))
         };
-    let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let mut ids = Vec::with_capacity(n);
     let mut columns: Vec<Builder> = entity.fields.iter().map(|f| Builder::new(f, n)).collect();
     let mut offset = 0;
-    for batch in &batches {
+    for batch in batches {
+        let batch = &batch?;
         let id = column_of(batch, "id", "the key column")?;
         let values = strings(id.as_ref())
             .ok_or_else(|| err("id", None, format!("holds {}, not strings", id.data_type())))?;
@@ -72,16 +76,40 @@ pub fn read(
 }
 
 pub(crate) fn read_batches(path: &Path, shown: &str) -> Result<Vec<RecordBatch>, DataError> {
+    batches(path, shown)?.1.collect()
+}
+
+/// A hint of the file's row count (from its footer) and its record batches,
+/// decoded one at a time as the iterator is advanced.
+fn batches<'a>(
+    path: &Path,
+    shown: &'a str,
+) -> Result<
+    (
+        usize,
+        impl Iterator<Item = Result<RecordBatch, DataError>> + 'a,
+    ),
+    DataError,
+> {
     let f = File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::load(shown, "file not found"),
         kind => DataError::load(shown, kind),
     })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .and_then(|b| b.with_batch_size(64 * 1024).build())
-        .map_err(|e| DataError::load(shown, format!("not a readable Parquet file: {e}")))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DataError::load(shown, format!("cannot be read: {e}")))
+    let unreadable = |e| DataError::load(shown, format!("not a readable Parquet file: {e}"));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(unreadable)?;
+    // A capacity hint only (the columns grow past it): a damaged footer
+    // must not reserve without bound.
+    let rows = usize::try_from(builder.metadata().file_metadata().num_rows())
+        .unwrap_or(0)
+        .min(1 << 20);
+    let reader = builder
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(unreadable)?;
+    Ok((
+        rows,
+        reader.map(move |b| b.map_err(|e| DataError::load(shown, format!("cannot be read: {e}")))),
+    ))
 }
 
 /// A failure at a row of the current batch (or of the whole column).
