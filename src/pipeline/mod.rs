@@ -149,6 +149,8 @@ impl Pipeline {
             catalog.clone(),
             config.state.max_history,
         ));
+        // `control`'s handles, shared with an arm that takes its name.
+        let control = Arc::new(plan::ArmMetrics::register(CONTROL));
         let pipeline = Pipeline {
             limits: ranking.limits(),
             filter: model_ref("filter_model", &ranking.filter_model)?,
@@ -161,8 +163,8 @@ impl Pipeline {
             batchers: Snapshot::default(),
             pool: pool.clone(),
             experiment: Snapshot::default(),
-            control: Arc::new(plan::Arm::control(plan::ArmMetrics::register(CONTROL))),
-            arm_metrics: Mutex::new(HashMap::new()),
+            control: Arc::new(plan::Arm::control(control.clone())),
+            arm_metrics: Mutex::new(HashMap::from([(CONTROL.to_string(), control)])),
             shadow: ShadowRunner::start(&ShadowConfig {
                 shadows: Vec::new(),
                 ..config.shadow.clone()
@@ -189,7 +191,6 @@ impl Pipeline {
                     .map_err(|e| format!("{key}: {e}"))?;
             }
         }
-        pipeline.arm_metrics_insert(&pipeline.control.metrics);
         pipeline.set_experiments(registry, config.experiments.clone(), "experiments")?;
         pipeline.set_shadows(registry, config.shadow.shadows.clone(), "shadow.shadows")?;
         Ok(pipeline)

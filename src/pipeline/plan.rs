@@ -140,7 +140,7 @@ pub(super) struct Arm {
 
 impl Arm {
     /// Requests outside any experiment: the pipeline's own stage models.
-    pub(super) fn control(metrics: ArmMetrics) -> Arm {
+    pub(super) fn control(metrics: Arc<ArmMetrics>) -> Arm {
         Arm {
             name: CONTROL.into(),
             filter: None,
@@ -148,7 +148,7 @@ impl Arm {
             cold_start: None,
             retrieve_n: None,
             filter_keep: None,
-            metrics: Arc::new(metrics),
+            metrics,
         }
     }
 }
@@ -257,14 +257,6 @@ impl Pipeline {
             .entry(variant.to_string())
             .or_insert_with(|| Arc::new(ArmMetrics::register(variant)))
             .clone()
-    }
-
-    /// Records `control`'s handles, registered with the pipeline.
-    pub(super) fn arm_metrics_insert(&self, control: &Arc<ArmMetrics>) {
-        self.arm_metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(CONTROL.to_string(), control.clone());
     }
 }
 
