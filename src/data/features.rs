@@ -183,7 +183,7 @@ impl FeatureSet {
             let (pool, col, done) = &mut *scratch.borrow_mut();
             self.assemble_row_reads(src.items, rows, out, missing, done);
             for (j, plan) in self.plans.iter().enumerate() {
-                if done.get(j).copied().unwrap_or(false) {
+                if done[j] {
                     continue;
                 }
                 let default = self.defaults[j];
