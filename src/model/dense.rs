@@ -231,7 +231,12 @@ impl Dense {
                         if uses.get(name.as_str()) == Some(&1) {
                             // Value v (> 0) is made by step v - 1.
                             let step = v.checked_sub(1).and_then(|i| dense.steps.get_mut(i));
-                            if let Some(Step::MatMul { bias, .. }) = step {
+                            // Not after a Relu was folded in: relu(xW + b) + c
+                            // is not relu(xW + b + c).
+                            if let Some(Step::MatMul {
+                                bias, relu: false, ..
+                            }) = step
+                            {
                                 bias.iter_mut().zip(c).for_each(|(b, c)| *b += c);
                                 values.insert(n.output.first()?.as_str(), *v);
                                 continue;
@@ -1132,6 +1137,26 @@ mod tests {
         assert!(dense.steps.iter().any(|s| matches!(s, Step::Relu(_))));
         // The scaler's Sub is read twice: not folded into a Scale.
         assert!(!dense.steps.iter().any(|s| matches!(s, Step::Scale { .. })));
+    }
+
+    /// MatMul → Relu → Add(c): the constant is added after the Relu, not
+    /// folded into the product's bias under it.
+    #[test]
+    fn a_bias_after_a_relu_is_not_folded_under_it() {
+        let consts = vec![
+            constant("w", &[2, 2], &[1.0, -1.0, -1.0, 1.0]),
+            constant("c", &[2], &[0.5, 5.0]),
+        ];
+        let nodes = vec![
+            node("MatMul", &["x", "w"], "y"),
+            node("Relu", &["y"], "r"),
+            node("Add", &["r", "c"], "out"),
+        ];
+        let dense = Dense::from_proto(&graph(nodes, consts, 2, "out")).expect("a dense graph");
+        // x = [1, 3]: xW = [-2, 2]; relu → [0, 2]; + c → [0.5, 7].
+        // Folded under the Relu it would be relu([-1.5, 7]) = [0, 7].
+        let got = dense.run(vec![1.0, 3.0], 1);
+        assert_eq!(got, [0.5, 7.0]);
     }
 
     /// The shipped models' shape: scaler, products with Relu, one column
