@@ -286,6 +286,9 @@ impl Registry {
     /// the last scan (a version being written). Otherwise a reload that
     /// retries failed versions only if their files changed.
     pub fn poll(&self, name: &str, pins: &Pins) -> Option<Result<ReloadReport, LifecycleError>> {
+        if !valid_name(name) {
+            return None;
+        }
         let dir = self.root.join(name);
         let files = model_fingerprint(&dir);
         let (retry, config) = {
@@ -319,6 +322,11 @@ impl Registry {
     /// `pins` are versions that must stay loaded even if their folder is
     /// gone (an experiment arm or a shadow uses them).
     pub fn reload(&self, name: &str, pins: &Pins) -> Result<ReloadReport, LifecycleError> {
+        // A name that cannot be a model folder never reaches the file
+        // system (`..`, `a/b`, hidden folders).
+        if !valid_name(name) {
+            return Err(LifecycleError::NotFound(name.to_string()));
+        }
         let dir = self.root.join(name);
         let (files, config) = (model_fingerprint(&dir), config_fingerprint(&dir));
         let result = self.reload_with(name, Retry::All, pins);
@@ -820,4 +828,39 @@ fn warm_up(backend: &dyn Backend) -> Result<(), ModelError> {
         })
         .collect();
     backend.run(inputs).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name that cannot be a model folder is refused before anything
+    /// under (or above) the repository is listed, read or remembered.
+    #[test]
+    fn a_hostile_name_never_reaches_the_file_system() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = root.path().join("models");
+        std::fs::create_dir(&repo).unwrap();
+        // What `models/../config.toml` would open.
+        std::fs::write(root.path().join("config.toml"), "role = \"ranker\"").unwrap();
+        let options = LoadOptions {
+            default_backend: BackendKind::Tract,
+            backend_overrides: BTreeMap::new(),
+            backend: Default::default(),
+            quality_gate: None,
+        };
+        let registry = Registry::load(&repo, &options, None).unwrap();
+        for name in ["..", ".hidden", "a/b", ""] {
+            assert!(
+                matches!(
+                    registry.reload(name, &Pins::new()),
+                    Err(LifecycleError::NotFound(_))
+                ),
+                "{name}"
+            );
+            assert!(registry.poll(name, &Pins::new()).is_none(), "{name}");
+        }
+        let scans = registry.scans.lock().unwrap();
+        assert!(scans.is_empty(), "nothing was scanned: {:?}", scans.keys());
+    }
 }
