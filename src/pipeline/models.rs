@@ -124,6 +124,18 @@ impl Pipeline {
         let Ok(entry) = registry.entry(name) else {
             return;
         };
+        // Prepared versions no longer loaded go (requests in flight keep
+        // theirs alive until they finish).
+        let gone = |versions: Option<&HashMap<u64, Arc<StageModel>>>| {
+            versions.is_some_and(|v| v.keys().any(|v| !entry.versions.contains_key(v)))
+        };
+        if gone(self.prepared.load().get(name)) {
+            self.prepared.update(|all| {
+                if let Some(versions) = all.get_mut(name) {
+                    versions.retain(|v, _| entry.versions.contains_key(v));
+                }
+            });
+        }
         // Batchers of versions no longer loaded stop once their last job is done.
         if self.batchers.load().contains_key(name) {
             self.batchers.update(|all| {
