@@ -651,7 +651,7 @@ fn live(c: &mut Criterion, fx: &Fixture) {
         value: Some((1 + i % 5) as f64),
         timestamp: t,
     };
-    let online = Online::new(catalog.clone(), 500);
+    let online = Online::new(catalog.clone(), Default::default());
     let history: Vec<Event> = (0..100_000u64)
         .map(|i| interaction(i, now - 60 * day + (i as i64 * 60 * day) / 100_000))
         .collect();

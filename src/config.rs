@@ -554,6 +554,12 @@ impl Config {
         if self.state.max_history == 0 {
             return Err(invalid("state.max_history", "must be at least 1"));
         }
+        if self.state.max_users == 0 {
+            return Err(invalid("state.max_users", "must be at least 1"));
+        }
+        if let Err(e) = crate::data::schema::duration_ms(&self.state.max_clock_skew) {
+            return Err(invalid("state.max_clock_skew", e));
+        }
         let mon = &self.monitoring;
         if !(0.0..=1.0).contains(&mon.sample_rate) {
             return Err(invalid("monitoring.sample_rate", "must be between 0 and 1"));

@@ -214,7 +214,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // From here SIGHUP rescans the repository instead of killing us.
         let hangups = hangup_signals();
         let started = std::time::Instant::now();
-        let state = Arc::new(AppState::load(config).context("loading models")?);
+        let state = Arc::new(AppState::load(config).context("starting")?);
         release_freed_memory();
         tracing::info!(
             models = state.registry.entries().len(),
@@ -348,7 +348,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let state = AppState::load(config).context("loading models")?;
+        let state = AppState::load(config).context("starting")?;
         let beside = args.requests.with_file_name("eval_events.parquet");
         let events_file = match (&args.events, args.no_events) {
             (Some(path), _) => Some(path.clone()),

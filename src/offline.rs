@@ -84,7 +84,15 @@ pub fn run(
         ),
         None => Vec::new(),
     };
-    let online = Online::new(std::sync::Arc::new(catalog.clone()), 1);
+    // Only the counters matter offline: one history item, every user kept.
+    let online = Online::new(
+        std::sync::Arc::new(catalog.clone()),
+        crate::events::online::Limits {
+            max_history: 1,
+            max_users: usize::MAX,
+            ..Default::default()
+        },
+    );
     let width = set.width();
     let schema = &catalog.schema;
     // Consecutive rows of one subject (same user, context and time) are

@@ -20,6 +20,9 @@ pub enum StartupError {
     Model(#[from] ModelError),
     #[error("{0}")]
     Ranking(String),
+    /// The live state (`[state]`): the folder, its log and snapshot, Redis.
+    #[error("opening the live state: {0}")]
+    State(String),
 }
 
 pub struct AppState {
@@ -218,11 +221,11 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
         let compaction = crate::events::redis::Compaction {
             entries: config.state.redis_compact_entries,
             window_ms: crate::data::schema::duration_ms(&config.state.dedupe_window)
-                .map_err(StartupError::Ranking)?,
+                .map_err(StartupError::State)?,
         };
         let store =
             crate::events::redis::RedisStore::new(url, &config.state.redis_prefix, compaction)
-                .map_err(StartupError::Ranking)?;
+                .map_err(StartupError::State)?;
         let mut follower = store.follower(pipeline.online.clone());
         match follower.catch_up() {
             Ok(entries) => tracing::info!(
@@ -241,23 +244,32 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
     }
     let (log, recovered) =
         crate::events::log::EventLog::open(&config.state.dir, config.state.fsync)
-            .map_err(StartupError::Ranking)?;
+            .map_err(StartupError::State)?;
     let mut events = 0;
     if let Some(snapshot) = &recovered.snapshot {
         let users = pipeline
             .online
             .restore(snapshot)
-            .map_err(StartupError::Ranking)?;
+            .map_err(StartupError::State)?;
         tracing::info!(users, bytes = snapshot.len(), "live-state snapshot loaded");
     }
     // Replayed in chunks of many batches, not batch by batch: a batch that
     // changes items or users lays every change so far over the snapshot
     // (O(changes)), which a replay of many such batches would repeat for
-    // each. The order of events, and so the result, is the same.
+    // each. The order of events, and so the result, is the same; a chunk
+    // counts as arrived with its last batch (ids are remembered from then:
+    // a little longer, never shorter).
     let batches = recovered.batches.len();
-    let flat: Vec<crate::events::Event> = recovered.batches.into_iter().flatten().collect();
-    for chunk in flat.chunks(REPLAY_CHUNK) {
-        events += pipeline.online.apply(chunk).accepted;
+    let mut chunk = Vec::new();
+    let mut arrived = i64::MIN;
+    let mut pending = recovered.batches.into_iter().peekable();
+    while let Some(batch) = pending.next() {
+        arrived = arrived.max(batch.arrived_ms);
+        chunk.extend(batch.events);
+        if chunk.len() >= REPLAY_CHUNK || pending.peek().is_none() {
+            events += pipeline.online.apply_arrived(&chunk, arrived).accepted;
+            chunk.clear();
+        }
     }
     if recovered.torn_bytes > 0 {
         tracing::warn!(

@@ -203,45 +203,189 @@ fn row_values(entity: &Entity, table: &Table, r: u32) -> Vec<Value> {
         .collect()
 }
 
-/// The delta rows for `changes` over `base`: each entity's snapshot values
-/// (or defaults, for a new one) with the fields events set on top. A value
-/// that no longer fits the schema counts as missing (and is logged).
-fn delta_rows(
+/// `fields` laid over entity `id`'s values: its values so far (`prev`,
+/// from earlier events), else its snapshot row, else the schema's
+/// defaults. A value that no longer fits the schema counts as missing
+/// (and is logged).
+fn lay_over(
     entity: &Entity,
     base: &Table,
-    changes: &EntityChanges,
+    id: &str,
+    prev: Option<DeltaRow>,
+    fields: &Map<String, Json>,
     vector_field: Option<&str>,
     item: &dyn Fn(&str) -> Option<u32>,
-) -> Vec<DeltaRow> {
-    changes
-        .list
-        .iter()
-        .map(|(id, fields)| {
-            let row = base.row(id);
-            let mut values = match row {
+) -> DeltaRow {
+    let mut row = prev.unwrap_or_else(|| {
+        let at = base.row(id);
+        DeltaRow {
+            id: id.to_string(),
+            base: at,
+            values: match at {
                 Some(r) => row_values(entity, base, r),
                 None => entity.fields.iter().map(default_value).collect(),
-            };
-            let mut vector_set = false;
-            for (name, v) in fields {
-                let Some((i, field)) = entity.field(name) else {
-                    continue;
-                };
-                match parse(field, v, item) {
-                    Ok(value) => values[i] = value,
-                    Err(e) => {
-                        tracing::warn!(id, field = name, error = %e, "an event's field no longer fits the schema; counted as missing");
-                        values[i] = default_value(field);
-                    }
-                }
-                vector_set |= Some(name.as_str()) == vector_field;
+            },
+            vector_set: false,
+        }
+    });
+    for (name, v) in fields {
+        let Some((i, field)) = entity.field(name) else {
+            continue;
+        };
+        match parse(field, v, item) {
+            Ok(value) => row.values[i] = value,
+            Err(e) => {
+                tracing::warn!(id, field = name, error = %e, "an event's field no longer fits the schema; counted as missing");
+                row.values[i] = default_value(field);
             }
-            DeltaRow {
-                id: id.clone(),
-                base: row,
-                values,
-                vector_set,
+        }
+        row.vector_set |= Some(name.as_str()) == vector_field;
+    }
+    row
+}
+
+/// One table's changes parsed into delta rows, in the order ids first
+/// appeared (new entities take rows in this order): kept between
+/// generations, so a batch parses only the fields it sets.
+#[derive(Default)]
+struct Parsed {
+    rows: Vec<DeltaRow>,
+    at: HashMap<String, usize>,
+}
+
+impl Parsed {
+    fn update(
+        &mut self,
+        entity: &Entity,
+        base: &Table,
+        id: &str,
+        fields: &Map<String, Json>,
+        vector_field: Option<&str>,
+        item: &dyn Fn(&str) -> Option<u32>,
+    ) {
+        match self.at.get(id) {
+            Some(&i) => {
+                let prev = std::mem::replace(
+                    &mut self.rows[i],
+                    DeltaRow {
+                        id: String::new(),
+                        base: None,
+                        values: Vec::new(),
+                        vector_set: false,
+                    },
+                );
+                self.rows[i] = lay_over(entity, base, id, Some(prev), fields, vector_field, item);
             }
+            None => {
+                self.at.insert(id.to_string(), self.rows.len());
+                self.rows
+                    .push(lay_over(entity, base, id, None, fields, vector_field, item));
+            }
+        }
+    }
+}
+
+/// Both tables' changes, parsed.
+#[derive(Default)]
+struct ParsedChanges {
+    items: Parsed,
+    users: Parsed,
+}
+
+impl ParsedChanges {
+    /// Lays `items` and `users` (id, fields set), in order, over the
+    /// changes so far, on top of `base`.
+    fn add<'a>(
+        &mut self,
+        base: &Catalog,
+        items: impl IntoIterator<Item = (&'a str, &'a Map<String, Json>)>,
+        users: impl IntoIterator<Item = (&'a str, &'a Map<String, Json>)>,
+    ) {
+        let r = &base.schema.retrieval;
+        for (id, fields) in items {
+            self.items.update(
+                &base.schema.items,
+                &base.items,
+                id,
+                fields,
+                r.item_vector.as_deref(),
+                &|id| base.items.row(id),
+            );
+        }
+        // Users' item lists may name items events inserted.
+        let rows = new_item_rows(base, &self.items);
+        for (id, fields) in users {
+            self.users.update(
+                &base.schema.users,
+                &base.users,
+                id,
+                fields,
+                r.user_vector.as_deref(),
+                &|id| base.items.row(id).or_else(|| rows.get(id).copied()),
+            );
+        }
+    }
+
+    fn of(base: &Catalog, changes: &Changes) -> ParsedChanges {
+        let mut parsed = ParsedChanges::default();
+        parsed.add(
+            base,
+            changes.items.list.iter().map(|(id, f)| (id.as_str(), f)),
+            changes.users.list.iter().map(|(id, f)| (id.as_str(), f)),
+        );
+        parsed
+    }
+}
+
+/// Builds catalog generations from a snapshot and the changes events make:
+/// each batch's fields are parsed once and laid over what earlier batches
+/// set, and the next generation is built from the parsed rows — without
+/// re-reading every change so far, and outside the live view's lock.
+pub struct Generations {
+    base: std::sync::Arc<Catalog>,
+    parsed: ParsedChanges,
+}
+
+impl Generations {
+    pub fn new(base: std::sync::Arc<Catalog>) -> Generations {
+        Generations {
+            base,
+            parsed: ParsedChanges::default(),
+        }
+    }
+
+    /// Starts over from every change in `changes` (a restored snapshot).
+    pub fn reset(&mut self, changes: &Changes) {
+        self.parsed = ParsedChanges::of(&self.base, changes);
+    }
+
+    /// Lays `items` and `users` (id, fields set), in order, over the
+    /// changes so far.
+    pub fn add<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = (&'a str, &'a Map<String, Json>)>,
+        users: impl IntoIterator<Item = (&'a str, &'a Map<String, Json>)>,
+    ) {
+        self.parsed.add(&self.base, items, users);
+    }
+
+    /// The catalog with every change so far, as generation `generation`.
+    pub fn build(&self, generation: u64) -> Catalog {
+        self.base
+            .with_delta_rows(&self.parsed.items.rows, &self.parsed.users.rows, generation)
+    }
+}
+
+/// The rows new items take: after the snapshot's, in first-seen order.
+fn new_item_rows(base: &Catalog, items: &Parsed) -> HashMap<String, u32> {
+    let mut next = base.items.len() as u32;
+    items
+        .rows
+        .iter()
+        .filter(|r| r.base.is_none())
+        .map(|r| {
+            next += 1;
+            (r.id.clone(), next - 1)
         })
         .collect()
 }
@@ -251,34 +395,26 @@ impl Catalog {
     /// users take the rows after the snapshot's, changed ones keep their
     /// rows; the cold-start popularity list takes them in too.
     pub fn with_changes(&self, changes: &Changes, generation: u64) -> Catalog {
-        let r = &self.schema.retrieval;
-        let items = if changes.items.is_empty() {
+        let parsed = ParsedChanges::of(self, changes);
+        self.with_delta_rows(&parsed.items.rows, &parsed.users.rows, generation)
+    }
+
+    /// This (snapshot) catalog with `items` and `users` (every change so
+    /// far, parsed) in front of its tables.
+    fn with_delta_rows(&self, items: &[DeltaRow], users: &[DeltaRow], generation: u64) -> Catalog {
+        let items_table = if items.is_empty() {
             self.items.clone()
         } else {
-            let rows = delta_rows(
-                &self.schema.items,
-                &self.items,
-                &changes.items,
-                r.item_vector.as_deref(),
-                &|id| self.items.row(id),
-            );
-            self.items.with_delta(&rows)
+            self.items.with_delta(items)
         };
-        let users = if changes.users.is_empty() {
+        let users = if users.is_empty() {
             self.users.clone()
         } else {
-            let rows = delta_rows(
-                &self.schema.users,
-                &self.users,
-                &changes.users,
-                r.user_vector.as_deref(),
-                &|id| items.row(id),
-            );
-            self.users.with_delta(&rows)
+            self.users.with_delta(users)
         };
         let mut next = Catalog {
             schema: self.schema.clone(),
-            items,
+            items: items_table,
             users,
             popular: Vec::new(),
             popularity: self.popularity,
@@ -287,12 +423,7 @@ impl Catalog {
         };
         // The snapshot's order without the changed items, merged with the
         // changed and new ones in the same order: O(items), no full sort.
-        let changed: Vec<u32> = changes
-            .items
-            .list
-            .iter()
-            .filter_map(|(id, _)| next.items.row(id))
-            .collect();
+        let changed: Vec<u32> = items.iter().filter_map(|r| next.items.row(&r.id)).collect();
         let mut moved = vec![0u64; self.items.len().div_ceil(64)];
         for &row in &changed {
             if let Some(w) = moved.get_mut(row as usize / 64) {
@@ -445,6 +576,76 @@ mod tests {
         assert!(c.users.scalar(1, 0).is_nan());
         // The snapshot catalog is untouched.
         assert_eq!((base.items.len(), base.popularity(2)), (3, 1.0));
+    }
+
+    /// Generations built batch by batch (each batch's fields parsed once,
+    /// laid over the parsed rows so far) equal the catalog built from every
+    /// change at once.
+    #[test]
+    fn generations_built_batch_by_batch_equal_one_build_of_everything() {
+        let base = Arc::new(catalog());
+        let batches = [
+            (
+                vec![(
+                    "new",
+                    serde_json::json!({"embedding": [0.0, 2.0], "popularity": 7}),
+                )],
+                vec![],
+            ),
+            (
+                vec![("z", serde_json::json!({"popularity": 20}))],
+                vec![("v", serde_json::json!({"seen": ["new", "x"]}))],
+            ),
+            (
+                vec![
+                    ("z", serde_json::json!({"tags": ["a"]})),
+                    ("new2", serde_json::json!({"popularity": 8, "tags": ["c"]})),
+                    ("new", serde_json::json!({"popularity": 3})),
+                ],
+                vec![("u", serde_json::json!({"age": 31, "seen": ["new2"]}))],
+            ),
+        ];
+        let mut all = Changes::default();
+        let mut g = Generations::new(base.clone());
+        for (i, (items, users)) in batches.iter().enumerate() {
+            let items: Vec<(&str, Map<String, Json>)> = items
+                .iter()
+                .map(|(id, v)| (*id, fields(v.clone())))
+                .collect();
+            let users: Vec<(&str, Map<String, Json>)> = users
+                .iter()
+                .map(|(id, v)| (*id, fields(v.clone())))
+                .collect();
+            for (id, f) in &items {
+                all.items.merge(id, f);
+            }
+            for (id, f) in &users {
+                all.users.merge(id, f);
+            }
+            g.add(
+                items.iter().map(|(id, f)| (*id, f)),
+                users.iter().map(|(id, f)| (*id, f)),
+            );
+            let step = g.build(i as u64 + 1);
+            let once = base.with_changes(&all, i as u64 + 1);
+            assert_eq!(step.popular, once.popular, "batch {i}");
+            for (a, b) in [(&step.items, &once.items), (&step.users, &once.users)] {
+                assert_eq!(a.len(), b.len(), "batch {i}");
+                for r in 0..a.len() as u32 {
+                    assert_eq!(a.id(r), b.id(r));
+                    assert_eq!(a.vector(r), b.vector(r));
+                    for f in 0..a.width() {
+                        let (x, y) = (a.scalar(r, f), b.scalar(r, f));
+                        assert!(x.to_bits() == y.to_bits(), "batch {i} row {r} slot {f}");
+                    }
+                }
+            }
+            assert_eq!(step.items.vector_rows(), once.items.vector_rows());
+            assert_eq!(step.users.list(0, 1), once.users.list(0, 1));
+        }
+        // The last batch's user lists name items new in this batch.
+        let last = g.build(9);
+        assert_eq!(last.seen(0), &[last.items.row("new2").unwrap()]);
     }
 
     #[test]

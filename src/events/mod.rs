@@ -17,6 +17,7 @@
 //! batch that changes entities publishes a new catalog generation).
 
 pub mod counters;
+pub mod dedupe;
 pub mod log;
 pub mod online;
 pub mod redis;
@@ -74,9 +75,33 @@ pub struct StateConfig {
     /// Past this many bytes of log, the view is written as a snapshot and
     /// the log starts over (embedded backend).
     pub compact_bytes: u64,
-    /// How long an event id is remembered for deduplication (`"7d"`): a
-    /// compaction forgets ids of events older than this before the newest.
+    /// How long an event id is remembered for deduplication (`"7d"`),
+    /// from when the server accepted it.
     pub dedupe_window: String,
+    /// Users whose events live state holds at most; past it the least
+    /// recently active are forgotten (`cascade_live_state_evictions_total`).
+    pub max_users: usize,
+    /// How far after the server's clock an event's `timestamp` may be
+    /// (`"5m"`): a later one is a 400 naming it, so a wrong clock or a
+    /// bad value cannot push every windowed counter out of its window.
+    pub max_clock_skew: String,
+}
+
+impl StateConfig {
+    /// The bounds of live state. Durations were checked with the config.
+    pub fn limits(&self) -> online::Limits {
+        online::Limits {
+            max_history: self.max_history,
+            dedupe_window_ms: crate::data::schema::duration_ms(&self.dedupe_window)
+                .unwrap_or(7 * 86_400_000),
+            max_users: self.max_users,
+        }
+    }
+
+    /// [`StateConfig::max_clock_skew`] in ms.
+    pub fn max_skew_ms(&self) -> i64 {
+        crate::data::schema::duration_ms(&self.max_clock_skew).unwrap_or(300_000)
+    }
 }
 
 impl Default for StateConfig {
@@ -92,6 +117,8 @@ impl Default for StateConfig {
             max_history: 500,
             compact_bytes: 64 * 1024 * 1024,
             dedupe_window: "7d".into(),
+            max_users: 1_000_000,
+            max_clock_skew: "5m".into(),
         }
     }
 }
@@ -153,6 +180,17 @@ impl Event {
         }
     }
 
+    /// Whether it sets catalog fields (inserts or updates an entity).
+    pub fn sets_fields(&self) -> bool {
+        matches!(
+            self,
+            Event::Item {
+                fields: Some(_),
+                ..
+            } | Event::User { .. }
+        )
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Event::Interaction { .. } => "interaction",
@@ -181,12 +219,14 @@ fn id_field(e: &Map<String, Value>, key: &str, at: &str) -> Result<String, Strin
 
 /// Checks every event of a batch against the catalog; the first problem is
 /// an error naming it (`events[2].item_id: …`) and nothing is applied.
-/// `now_ms` is the default timestamp.
+/// `now_ms` is the default timestamp; one more than `max_skew_ms` after it
+/// is refused.
 pub fn validate(
     body: EventsBody,
     catalog: &Catalog,
     max_events: usize,
     now_ms: i64,
+    max_skew_ms: i64,
 ) -> Result<Vec<Event>, String> {
     if body.events.is_empty() {
         return Err("events: must hold at least one event".into());
@@ -226,6 +266,12 @@ pub fn validate(
         let timestamp = match e.get("timestamp") {
             None | Some(Value::Null) => now_ms,
             Some(v) => match v.as_i64() {
+                Some(t) if t > now_ms.saturating_add(max_skew_ms) => {
+                    return Err(format!(
+                        "{at}.timestamp: {t} is more than {} s after the server's clock ({now_ms}); see state.max_clock_skew",
+                        max_skew_ms / 1000
+                    ))
+                }
                 Some(t) if t > 0 => t,
                 _ => {
                     return Err(format!(

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::counters::Tally;
+use super::dedupe::{Dedupe, DedupeSnapshot};
 use super::Event;
-use crate::catalog::changes::Changes;
+use crate::catalog::changes::{Changes, Generations};
 use crate::catalog::Catalog;
 use crate::data::expr::eval::{Live, Who};
 use crate::data::schema::{Counter, Window};
@@ -31,6 +32,9 @@ struct History {
     version: u64,
     /// Moves when an event changes the user's catalog fields.
     fields: u64,
+    /// When the server last took an event of this user (epoch ms): the
+    /// least recently active users go first past `state.max_users`.
+    active_ms: i64,
 }
 
 #[derive(Default)]
@@ -41,13 +45,11 @@ struct ItemState {
 }
 
 /// The live state, read under one lock for a whole assembly.
-#[derive(Default)]
 pub struct View {
     counters: Vec<Counter>,
     kinds: Vec<String>,
-    /// Ids applied, with their events' timestamps (forgotten past
-    /// `state.dedupe_window` at compaction).
-    applied: HashMap<String, i64>,
+    /// Ids applied within `state.dedupe_window` of their arrival.
+    applied: Dedupe,
     users: HashMap<String, History>,
     /// By item row, allocated on an item's first event: a lookup per
     /// candidate row is an index, not a hash.
@@ -68,9 +70,55 @@ pub struct View {
     availability_version: u64,
     /// Items and users events inserted or changed.
     changes: Changes,
+    /// Events applied to users so far: a user's live state starts at this
+    /// version, so one evicted and seen again never repeats a version a
+    /// cached answer was keyed by.
+    user_serial: u64,
+}
+
+/// `user`'s live state in `users`, created on first use at version
+/// `serial` (see [`View::user_serial`]); marked active at `arrived_ms`.
+fn user_state<'a>(
+    users: &'a mut HashMap<String, History>,
+    serial: &mut u64,
+    user: &str,
+    arrived_ms: i64,
+) -> &'a mut History {
+    *serial += 1;
+    let at = *serial;
+    let h = users.entry(user.to_string()).or_insert_with(|| History {
+        version: at,
+        fields: at,
+        ..History::default()
+    });
+    h.active_ms = h.active_ms.max(arrived_ms);
+    h
 }
 
 impl View {
+    fn empty(
+        counters: Vec<Counter>,
+        kinds: Vec<String>,
+        dedupe_window_ms: i64,
+        epoch: u64,
+    ) -> View {
+        View {
+            counters,
+            kinds,
+            applied: Dedupe::new(dedupe_window_ms),
+            users: HashMap::new(),
+            items: Vec::new(),
+            items_held: 0,
+            items_version: 0,
+            buckets: 0,
+            epoch,
+            unavailable: Vec::new(),
+            availability_version: 0,
+            changes: Changes::default(),
+            user_serial: 0,
+        }
+    }
+
     /// The item's stamp: a cached score computed at another stamp is stale.
     pub fn stamp(&self, row: u32) -> u32 {
         let stamp = self.item(row).map_or(0, |s| s.stamp);
@@ -106,7 +154,12 @@ struct Snapshot {
     /// (kind, min_value, bucket ms, keep) of each counter.
     counters: Vec<(String, Option<f64>, i64, u32)>,
     kinds: Vec<String>,
+    /// Ids by their events' timestamps (snapshots written before `dedupe`).
+    #[serde(default)]
     applied: Vec<(String, i64)>,
+    /// Ids as digests by arrival.
+    #[serde(default)]
+    dedupe: Option<DedupeSnapshot>,
     users: Vec<UserSnapshot>,
     /// (item id, tally, stamp).
     items: Vec<(String, Tally, u32)>,
@@ -116,10 +169,46 @@ struct Snapshot {
     /// Catalog changes (absent from snapshots written before they existed).
     #[serde(default)]
     changes: Changes,
+    /// When each of `users` was last active (same order; absent before).
+    #[serde(default)]
+    active_ms: Vec<i64>,
+    #[serde(default)]
+    user_serial: u64,
 }
 
 /// (user id, history newest first as (item id, ms), tally, version).
 type UserSnapshot = (String, Vec<(String, i64)>, Tally, u64);
+
+/// [`Snapshot`] as it is written: borrowed from the view, each list
+/// streamed as it is serialised.
+#[derive(Serialize)]
+struct SnapshotOut<'a, U, A, I, N> {
+    counters: Vec<(String, Option<f64>, i64, u32)>,
+    kinds: &'a [String],
+    dedupe: super::dedupe::Serialized<'a>,
+    users: U,
+    active_ms: A,
+    items: I,
+    unavailable: N,
+    items_version: u64,
+    availability_version: u64,
+    changes: &'a Changes,
+    user_serial: u64,
+}
+
+/// A list serialised from the iterator `F` makes, without collecting it.
+struct Lazy<F>(F);
+
+impl<F, I> Serialize for Lazy<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
+    }
+}
 
 fn counter_keys(counters: &[Counter]) -> Vec<(String, Option<f64>, i64, u32)> {
     counters
@@ -144,6 +233,42 @@ fn item_state<'a>(
         *held += 1;
     }
     slot.get_or_insert_with(Box::default)
+}
+
+/// Records a new catalog generation's build time and the changed rows
+/// it holds (items, users).
+fn record_rebuild(started: Instant, (items, users): (usize, usize)) {
+    metrics::histogram!(crate::telemetry::metrics::CATALOG_REBUILD_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    for (entity, n) in [("items", items), ("users", users)] {
+        metrics::gauge!(crate::telemetry::metrics::CATALOG_CHANGES, "entity" => entity)
+            .set(n as f64);
+    }
+}
+
+/// Forgets the least recently active users until `max_users` minus a
+/// 1/64 margin are left (so the scan that finds them runs once per
+/// max/64 new users, not once per user); returns how many went. Their
+/// histories and counters go; catalog fields events set stay (they are
+/// part of the catalog). A user evicted and seen again starts over, from
+/// a version above any they held before ([`View::user_serial`]).
+fn evict_users(view: &mut View, max_users: usize) -> usize {
+    let keep = max_users - max_users / 64;
+    let n = view.users.len();
+    if n <= keep {
+        return 0;
+    }
+    let mut by_age: Vec<(i64, &String)> =
+        view.users.iter().map(|(u, h)| (h.active_ms, u)).collect();
+    let cut = n - keep;
+    by_age.select_nth_unstable(cut - 1);
+    let gone: Vec<String> = by_age[..cut].iter().map(|(_, u)| (*u).clone()).collect();
+    for u in &gone {
+        if let Some(h) = view.users.remove(u) {
+            view.buckets = view.buckets.saturating_sub(h.tally.buckets());
+        }
+    }
+    cut
 }
 
 /// Moves item `row`'s stamp (and the items' version): what was cached
@@ -175,14 +300,40 @@ const TRENDING_STALE_MAX: Duration = Duration::from_millis(500);
 /// Items the trending list holds at most.
 const TRENDING_MAX: usize = 1000;
 
+/// What live state may hold (`[state]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Interactions kept per user, newest first.
+    pub max_history: usize,
+    /// How long an applied id is remembered, from its arrival.
+    pub dedupe_window_ms: i64,
+    /// Users with live state; past it, the least recently active go.
+    pub max_users: usize,
+}
+
+impl std::default::Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_history: 500,
+            dedupe_window_ms: 7 * 86_400_000,
+            max_users: 1_000_000,
+        }
+    }
+}
+
 pub struct Online {
     view: RwLock<View>,
     /// The snapshot catalog, and the generation with every change so far
     /// laid over it (what requests read; replaced, never mutated).
     base: Arc<Catalog>,
     catalog: crate::snapshot::Snapshot<Catalog>,
-    max_history: usize,
+    /// The parsed catalog changes the next generation is built from; its
+    /// lock also makes batches apply one at a time.
+    generations: Mutex<Generations>,
+    limits: Limits,
     trending: Mutex<TrendingSlot>,
+    /// `cascade_live_state_evictions_total{part="users"}`.
+    evicted_users: metrics::Counter,
 }
 
 /// The last trending list, the state it was last checked against, and
@@ -209,21 +360,37 @@ pub struct Versions {
     pub items: u64,
     /// The user's catalog fields.
     pub user_fields: u64,
+    /// Whether the view holds anything of this user (events or fields):
+    /// then their answers are their own, whether the catalog knows them
+    /// or not.
+    pub user_held: bool,
 }
 
 impl Online {
     /// An empty view for `catalog`'s counters and interaction kinds.
-    pub fn new(catalog: Arc<Catalog>, max_history: usize) -> Online {
+    pub fn new(catalog: Arc<Catalog>, limits: Limits) -> Online {
+        let limits = Limits {
+            max_history: limits.max_history.max(1),
+            max_users: limits.max_users.max(1),
+            ..limits
+        };
         Online {
-            view: RwLock::new(View {
-                counters: catalog.schema.counters.clone(),
-                kinds: catalog.schema.event_kinds.clone(),
-                ..View::default()
-            }),
+            view: RwLock::new(View::empty(
+                catalog.schema.counters.clone(),
+                catalog.schema.event_kinds.clone(),
+                limits.dedupe_window_ms,
+                0,
+            )),
             catalog: crate::snapshot::Snapshot::from_arc(catalog.clone()),
+            generations: Mutex::new(Generations::new(catalog.clone())),
             base: catalog,
-            max_history: max_history.max(1),
+            limits,
             trending: Mutex::new(TrendingSlot::default()),
+            evicted_users: {
+                let c = metrics::counter!(crate::telemetry::metrics::LIVE_STATE_EVICTIONS_TOTAL, "part" => "users");
+                c.increment(0);
+                c
+            },
         }
     }
 
@@ -244,25 +411,6 @@ impl Online {
         &self.base
     }
 
-    /// Lays `view`'s changes over the snapshot catalog and publishes it.
-    fn rebuild(&self, view: &View) -> Arc<Catalog> {
-        let started = Instant::now();
-        // Built outside the catalog's lock (requests keep reading the old
-        // generation meanwhile); rebuilds are serialised by the view's lock.
-        let next = Arc::new(self.base.with_changes(&view.changes, self.generation() + 1));
-        self.catalog.store(next.clone());
-        metrics::histogram!(crate::telemetry::metrics::CATALOG_REBUILD_SECONDS)
-            .record(started.elapsed().as_secs_f64());
-        for (entity, n) in [
-            ("items", view.changes.items.len()),
-            ("users", view.changes.users.len()),
-        ] {
-            metrics::gauge!(crate::telemetry::metrics::CATALOG_CHANGES, "entity" => entity)
-                .set(n as f64);
-        }
-        next
-    }
-
     /// Runs `f` on the view under its read lock (held only while `f`
     /// runs: an assembly reads one consistent state).
     pub fn read<R>(&self, f: impl FnOnce(&View) -> R) -> R {
@@ -277,28 +425,74 @@ impl Online {
         let total = batch.len();
         let fresh: Vec<Event> = batch
             .into_iter()
-            .filter(|e| !view.applied.contains_key(e.id()) && ids.insert(e.id().to_string()))
+            .filter(|e| !view.applied.contains(e.id()) && ids.insert(e.id().to_string()))
             .collect();
         let duplicates = total - fresh.len();
         (fresh, duplicates)
     }
 
-    /// Applies events (already logged). Ids seen before are skipped, so a
-    /// replayed log applies each event once. Items no longer in the catalog
-    /// (a newer snapshot) are skipped too; returns what was applied.
+    /// Applies events (already logged) that arrived no later than their
+    /// newest timestamp: offline replays, where arrival does not matter.
     pub fn apply(&self, batch: &[Event]) -> Applied {
+        let arrived = batch.iter().map(Event::timestamp).max().unwrap_or(0);
+        self.apply_arrived(batch, arrived)
+    }
+
+    /// Applies events (already logged) that the server took at
+    /// `arrived_ms` (its clock: ids are remembered from then). Ids seen
+    /// before are skipped, so a replayed log applies each event once.
+    /// Items no longer in the catalog (a newer snapshot) are skipped too;
+    /// returns what was applied.
+    pub fn apply_arrived(&self, batch: &[Event], arrived_ms: i64) -> Applied {
+        // One batch at a time: the next generation is built from the last.
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        // 1. The batch's catalog changes (of events not applied before), as
+        // the next catalog generation: built and published before the view
+        // takes the events that may name its new rows, and outside the
+        // view's lock — rankings go on meanwhile, on the view as it was.
+        if batch.iter().any(Event::sets_fields) {
+            let started = Instant::now();
+            let changed: Vec<&Event> = self.read(|view| {
+                let mut seen = HashSet::new();
+                batch
+                    .iter()
+                    .filter(|e| seen.insert(e.id()) && !view.applied.contains(e.id()))
+                    .filter(|e| e.sets_fields())
+                    .collect()
+            });
+            if !changed.is_empty() {
+                let items = changed.iter().filter_map(|e| match e {
+                    Event::Item {
+                        item_id,
+                        fields: Some(f),
+                        ..
+                    } => Some((item_id.as_str(), f)),
+                    _ => None,
+                });
+                let users = changed.iter().filter_map(|e| match e {
+                    Event::User {
+                        user_id, fields, ..
+                    } => Some((user_id.as_str(), fields)),
+                    _ => None,
+                });
+                generations.add(items, users);
+                let next = generations.build(self.generation() + 1);
+                let counts = (next.items.delta_len(), next.users.delta_len());
+                self.catalog.store(Arc::new(next));
+                record_rebuild(started, counts);
+            }
+        }
+        // 2. The view.
         let mut guard = self.view.write().unwrap_or_else(|e| e.into_inner());
         let view = &mut *guard;
         let mut done = Applied::default();
-        let mut catalog = self.catalog();
-        // Catalog changes not yet laid over `catalog`.
-        let mut dirty = false;
+        let catalog = self.catalog();
+        let users_before = view.users.len();
         for e in batch {
-            if view.applied.contains_key(e.id()) {
+            if !view.applied.insert(e.id(), arrived_ms) {
                 done.duplicates += 1;
                 continue;
             }
-            view.applied.insert(e.id().to_string(), e.timestamp());
             done.accepted += 1;
             match e {
                 Event::Interaction {
@@ -309,10 +503,6 @@ impl Online {
                     timestamp,
                     ..
                 } => {
-                    if dirty && catalog.items.row(item_id).is_none() {
-                        catalog = self.rebuild(view);
-                        dirty = false;
-                    }
                     let Some(row) = catalog.items.row(item_id) else {
                         continue;
                     };
@@ -322,11 +512,11 @@ impl Online {
                         .position(|x| x == kind)
                         .unwrap_or(usize::MAX);
                     let kinds = view.kinds.len();
-                    let h = view.users.entry(user_id.clone()).or_default();
+                    let h = user_state(&mut view.users, &mut view.user_serial, user_id, arrived_ms);
                     h.items.retain(|(r, _)| *r != row);
                     let at = h.items.partition_point(|(_, t)| *t >= *timestamp);
                     h.items.insert(at, (row, *timestamp));
-                    h.items.truncate(self.max_history);
+                    h.items.truncate(self.limits.max_history);
                     let mut grew = h
                         .tally
                         .add(&view.counters, kinds, k, kind, *value, *timestamp);
@@ -352,7 +542,6 @@ impl Online {
                 } => {
                     if let Some(fields) = fields {
                         view.changes.items.merge(item_id, fields);
-                        dirty = true;
                         view.availability_version += 1;
                         // Scores cached for the item are stale.
                         if let Some(row) = catalog.items.row(item_id) {
@@ -360,10 +549,6 @@ impl Online {
                         }
                     }
                     let Some(available) = available else { continue };
-                    if dirty && catalog.items.row(item_id).is_none() {
-                        catalog = self.rebuild(view);
-                        dirty = false;
-                    }
                     let Some(row) = catalog.items.row(item_id) else {
                         continue;
                     };
@@ -381,15 +566,15 @@ impl Online {
                     user_id, fields, ..
                 } => {
                     view.changes.users.merge(user_id, fields);
-                    dirty = true;
-                    let h = view.users.entry(user_id.clone()).or_default();
+                    let h = user_state(&mut view.users, &mut view.user_serial, user_id, arrived_ms);
                     h.version += 1;
                     h.fields += 1;
                 }
             }
         }
-        if dirty {
-            self.rebuild(view);
+        if view.users.len() > self.limits.max_users && view.users.len() > users_before {
+            let evicted = evict_users(view, self.limits.max_users);
+            self.evicted_users.increment(evicted as u64);
         }
         done
     }
@@ -411,17 +596,15 @@ impl Online {
 
     /// What a cached answer for this user depends on.
     pub fn versions(&self, user_id: Option<&str>) -> Versions {
-        self.read(|view| Versions {
-            availability: view.availability_version ^ (view.epoch << 40),
-            user: user_id
-                .and_then(|u| view.users.get(u))
-                .map_or(0, |h| h.version)
-                ^ (view.epoch << 40),
-            items: view.items_version ^ (view.epoch << 40),
-            user_fields: user_id
-                .and_then(|u| view.users.get(u))
-                .map_or(0, |h| h.fields)
-                ^ (view.epoch << 40),
+        self.read(|view| {
+            let user = user_id.and_then(|u| view.users.get(u));
+            Versions {
+                availability: view.availability_version ^ (view.epoch << 40),
+                user: user.map_or(0, |h| h.version) ^ (view.epoch << 40),
+                items: view.items_version ^ (view.epoch << 40),
+                user_fields: user.map_or(0, |h| h.fields) ^ (view.epoch << 40),
+                user_held: user.is_some(),
+            }
         })
     }
 
@@ -497,46 +680,48 @@ impl Online {
         slot.list.clone()
     }
 
-    /// Forgets the ids of events more than `window_ms` older than the
-    /// newest one (duplicates older than that are no longer recognised),
-    /// then writes the view as a snapshot (JSON).
-    pub fn snapshot(&self, window_ms: i64) -> Vec<u8> {
-        let catalog = self.catalog();
-        {
-            let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
-            let newest = view.applied.values().copied().max().unwrap_or(0);
-            view.applied
-                .retain(|_, t| *t >= newest.saturating_sub(window_ms));
-        }
+    /// The view as a snapshot (JSON), in memory.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_snapshot(&mut out)
+            .expect("writing to memory cannot fail");
+        out
+    }
+
+    /// Streams the view as a snapshot (JSON) into `w`, under the view's
+    /// read lock (rankings go on; events wait), without a copy of it in
+    /// memory: items by id (rows change between catalog snapshots).
+    pub fn write_snapshot(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
         self.read(|view| {
-            let id = |row: u32| catalog.items.id(row).to_string();
-            let snap = Snapshot {
+            // Read under the view's lock: every row the view holds is in
+            // this generation (one is published before events use it).
+            let catalog = self.catalog();
+            let id = |row: u32| catalog.items.id(row);
+            let snap = SnapshotOut {
                 counters: counter_keys(&view.counters),
-                kinds: view.kinds.clone(),
-                applied: view.applied.iter().map(|(k, t)| (k.clone(), *t)).collect(),
-                users: view
-                    .users
-                    .iter()
-                    .map(|(u, h)| {
-                        let items = h.items.iter().map(|&(r, t)| (id(r), t)).collect();
-                        (u.clone(), items, h.tally.clone(), h.version)
+                kinds: &view.kinds,
+                dedupe: view.applied.serialize(),
+                users: Lazy(|| {
+                    view.users.iter().map(|(u, h)| {
+                        let items: Vec<(&str, i64)> =
+                            h.items.iter().map(|&(r, t)| (id(r), t)).collect();
+                        (u, items, &h.tally, h.version)
                     })
-                    .collect(),
-                items: view
-                    .items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(r, s)| {
+                }),
+                active_ms: Lazy(|| view.users.values().map(|h| h.active_ms)),
+                items: Lazy(|| {
+                    view.items.iter().enumerate().filter_map(|(r, s)| {
                         let s = s.as_ref()?;
-                        Some((id(r as u32), s.tally.clone(), s.stamp))
+                        Some((id(r as u32), &s.tally, s.stamp))
                     })
-                    .collect(),
-                unavailable: view.unavailable.iter().map(|&r| id(r)).collect(),
+                }),
+                unavailable: Lazy(|| view.unavailable.iter().map(|&r| id(r))),
                 items_version: view.items_version,
                 availability_version: view.availability_version,
-                changes: view.changes.clone(),
+                changes: &view.changes,
+                user_serial: view.user_serial,
             };
-            serde_json::to_vec(&snap).expect("the view serialises")
+            serde_json::to_writer(std::io::BufWriter::new(w), &snap).map_err(std::io::Error::from)
         })
     }
 
@@ -546,13 +731,15 @@ impl Online {
     pub fn restore(&self, bytes: &[u8]) -> Result<usize, String> {
         let snap: Snapshot = serde_json::from_slice(bytes)
             .map_err(|e| format!("the live-state snapshot cannot be read: {e}"))?;
+        // Locks in the order batches take them: generations, then the view.
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
         let mut guard = self.view.write().unwrap_or_else(|e| e.into_inner());
-        let fresh = View {
-            counters: guard.counters.clone(),
-            kinds: guard.kinds.clone(),
-            epoch: guard.epoch + 1,
-            ..View::default()
-        };
+        let fresh = View::empty(
+            guard.counters.clone(),
+            guard.kinds.clone(),
+            self.limits.dedupe_window_ms,
+            guard.epoch + 1,
+        );
         *guard = fresh;
         *self.trending.lock().unwrap_or_else(|e| e.into_inner()) = TrendingSlot::default();
         let view = &mut *guard;
@@ -566,11 +753,24 @@ impl Online {
             );
         }
         view.changes = snap.changes;
-        let catalog = self.rebuild(view);
+        let catalog = {
+            let started = Instant::now();
+            generations.reset(&view.changes);
+            let next = Arc::new(generations.build(self.generation() + 1));
+            self.catalog.store(next.clone());
+            record_rebuild(started, (next.items.delta_len(), next.users.delta_len()));
+            next
+        };
         let row = |id: &str| catalog.items.row(id);
-        view.applied = snap.applied.into_iter().collect();
+        match &snap.dedupe {
+            Some(d) => view.applied.restore(d)?,
+            None => view.applied.restore_ids(&snap.applied),
+        }
         view.buckets = 0;
-        for (user, items, mut tally, version) in snap.users {
+        view.user_serial = snap.user_serial;
+        let active = snap.active_ms.into_iter().chain(std::iter::repeat(0));
+        for ((user, items, mut tally, version), active_ms) in snap.users.into_iter().zip(active) {
+            view.user_serial = view.user_serial.max(version);
             tally.reset(counters_changed, kinds_changed);
             view.buckets += tally.buckets();
             let items = items
@@ -585,6 +785,7 @@ impl Online {
                     version,
                     // Versions restart with the epoch, which every key mixes in.
                     fields: 0,
+                    active_ms,
                 },
             );
         }
@@ -605,6 +806,12 @@ impl Online {
         Ok(view.users.len())
     }
 
+    /// Every applied id held (as its digest's hex) and when it may be
+    /// forgotten: what re-claims them in a shared store that lost them.
+    pub fn applied_expiries(&self) -> Vec<(String, i64)> {
+        self.read(|view| view.applied.expiries())
+    }
+
     /// Users and items with live state, and the counter buckets they hold.
     pub fn size(&self) -> (usize, usize, usize) {
         self.read(|view| (view.users.len(), view.items_held, view.buckets))
@@ -623,6 +830,13 @@ impl Online {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn history(max_history: usize) -> Limits {
+        Limits {
+            max_history,
+            ..Limits::default()
+        }
+    }
 
     fn shipped() -> Arc<Catalog> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -649,7 +863,7 @@ mod tests {
     fn histories_are_newest_first_bounded_and_applied_once() {
         let catalog = shipped();
         let row = |id: &str| catalog.items.row(id).unwrap();
-        let online = Online::new(catalog.clone(), 3);
+        let online = Online::new(catalog.clone(), history(3));
         let batch = [
             rated("a", "u", "1", 10),
             rated("b", "u", "2", 30),
@@ -669,7 +883,9 @@ mod tests {
         online.apply(&[rated("d", "u", "1", 50), rated("e", "u", "4", 45)]);
         assert_eq!(online.history("u"), [row("1"), row("4"), row("2")]);
         let v = online.versions(Some("u"));
-        assert_eq!((v.availability, v.user, v.items), (0, 5, 5));
+        // A user's version starts at the events applied so far (never one they
+        // held before an eviction) and moves with each of theirs.
+        assert_eq!((v.availability, v.user, v.items), (0, 6, 5));
         assert_eq!(online.versions(Some("v")).user, 0);
         let (fresh, dups) = online.fresh(vec![rated("a", "u", "1", 1), rated("z", "u", "1", 1)]);
         assert_eq!((fresh.len(), dups), (1, 1));
@@ -679,7 +895,7 @@ mod tests {
     fn counters_stamps_and_the_trending_list_follow_the_events() {
         let catalog = shipped();
         let row = |id: &str| catalog.items.row(id).unwrap();
-        let online = Online::new(catalog.clone(), 10);
+        let online = Online::new(catalog.clone(), history(10));
         let positive = catalog
             .schema
             .window("rating", Some(4.0), Some("30d"))
@@ -719,27 +935,71 @@ mod tests {
         assert!(buckets > 0);
     }
 
+    /// Past `max_users` the least recently active users go (a 1/64 margin
+    /// at a time), their buckets with them; a user seen again starts over
+    /// at a version they never held, so no cached answer comes back.
+    #[test]
+    fn past_max_users_the_least_recently_active_are_forgotten() {
+        let catalog = shipped();
+        let online = Online::new(
+            catalog.clone(),
+            Limits {
+                max_users: 128,
+                ..Limits::default()
+            },
+        );
+        let before = online.versions(Some("u0"));
+        online.apply_arrived(&[rated("first", "u0", "1", 1)], 1);
+        let held = online.versions(Some("u0"));
+        for i in 1..=128 {
+            let e = rated(&format!("e{i}"), &format!("u{i}"), "1", i);
+            online.apply_arrived(&[e], 100 + i);
+        }
+        // 129 users > 128: down to 126, the oldest three gone, u0 first.
+        let (users, _, _) = online.size();
+        assert_eq!(users, 126);
+        assert!(online.history("u0").is_empty());
+        assert!(online.history("u1").is_empty() && online.history("u2").is_empty());
+        assert_eq!(online.history("u3").len(), 1);
+        let gone = online.versions(Some("u0"));
+        assert_eq!(
+            (gone.user, gone.user_fields, gone.user_held),
+            (before.user, before.user_fields, before.user_held),
+            "as if never seen"
+        );
+        online.apply_arrived(&[rated("back", "u0", "1", 500)], 500);
+        let back = online.versions(Some("u0"));
+        assert!(back.user > held.user, "{back:?} vs {held:?}");
+        // The dedupe window is unchanged by evictions.
+        let (fresh, dups) = online.fresh(vec![rated("first", "u0", "1", 1)]);
+        assert_eq!((fresh.len(), dups), (0, 1));
+    }
+
     #[test]
     fn a_snapshot_restores_the_view_and_forgets_old_ids() {
         let catalog = shipped();
         let day = 86_400_000;
         let now = 1_000 * day;
         let event = |id: &str, user: &str, item: &str, t: i64| rating(id, user, item, Some(5.0), t);
-        let online = Online::new(catalog.clone(), 10);
-        online.apply(&[
-            event("old", "u", "1", now - 30 * day),
-            event("a", "u", "2", now - day),
-            event("b", "v", "2", now),
-            Event::Item {
-                id: "off".into(),
-                item_id: "3".into(),
-                available: Some(false),
-                fields: None,
-                timestamp: now,
-            },
-        ]);
-        let bytes = online.snapshot(7 * day);
-        let back = Online::new(catalog.clone(), 10);
+        let online = Online::new(catalog.clone(), history(10));
+        // Ids are remembered from their arrival: "old" arrived 30 days ago.
+        online.apply_arrived(&[event("old", "u", "1", now - 30 * day)], now - 30 * day);
+        online.apply_arrived(
+            &[
+                event("a", "u", "2", now - day),
+                event("b", "v", "2", now),
+                Event::Item {
+                    id: "off".into(),
+                    item_id: "3".into(),
+                    available: Some(false),
+                    fields: None,
+                    timestamp: now,
+                },
+            ],
+            now,
+        );
+        let bytes = online.snapshot();
+        let back = Online::new(catalog.clone(), history(10));
         assert_eq!(back.restore(&bytes), Ok(2));
         let positive = catalog
             .schema
@@ -769,7 +1029,7 @@ mod tests {
     #[test]
     fn catalog_changes_publish_a_generation_and_survive_a_snapshot() {
         let catalog = shipped();
-        let online = Online::new(catalog.clone(), 10);
+        let online = Online::new(catalog.clone(), history(10));
         let fields = |v: serde_json::Value| v.as_object().unwrap().clone();
         let new_item = Event::Item {
             id: "i".into(),
@@ -789,9 +1049,9 @@ mod tests {
         let before = online.versions(Some("1"));
         online.apply(&[new_item, rated("r", "v", "new", 7), user]);
         let now = online.catalog();
-        // One generation for the interaction to find its new item, one for
-        // the rest of the batch.
-        assert_eq!((now.generation, online.generation()), (2, 2));
+        // One generation per batch, published before its events apply (the
+        // interaction finds the item the same batch inserts).
+        assert_eq!((now.generation, online.generation()), (1, 1));
         let row = now.items.row("new").unwrap();
         assert_eq!(
             row as usize,
@@ -815,8 +1075,8 @@ mod tests {
             "the snapshot catalog is untouched"
         );
 
-        let back = Online::new(catalog.clone(), 10);
-        back.restore(&online.snapshot(86_400_000)).unwrap();
+        let back = Online::new(catalog.clone(), history(10));
+        back.restore(&online.snapshot()).unwrap();
         let restored = back.catalog();
         assert_eq!(restored.items.row("new"), Some(row));
         assert_eq!(restored.users.scalar(u, at), 99.0);

@@ -153,11 +153,16 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     }
     // Most bodies are valid: parse without tracking the path (a third of
     // the parse's cost), and only for an error parse again to name where.
-    if let Ok(value) = T::deserialize(&mut serde_json::Deserializer::from_slice(bytes)) {
-        return Ok(value);
+    // Either way, the value must be all there is (`{"k":1}garbage` is not
+    // a JSON body).
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    if let Ok(value) = T::deserialize(&mut *de) {
+        if de.end().is_ok() {
+            return Ok(value);
+        }
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." || inner.is_syntax() || inner.is_eof() {
@@ -165,7 +170,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
         } else {
             ApiError::invalid(format!("{path}: {inner}"))
         }
-    })
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
+    Ok(value)
 }
 
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {

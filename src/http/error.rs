@@ -28,12 +28,32 @@ pub struct ApiError {
     pub allow: Option<&'static str>,
 }
 
+/// The longest error message sent: a message quoting a hostile value (a
+/// megabyte-long id, say) is cut, so an error is never a copy of the input.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// `message`, cut to [`MAX_MESSAGE_BYTES`] at a character boundary, saying
+/// how much was cut.
+pub fn cut_message(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut at = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(at) {
+        at -= 1;
+    }
+    let cut = message.len() - at;
+    message.truncate(at);
+    message.push_str(&format!("… ({cut} more bytes not shown)"));
+    message
+}
+
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
-            message: message.into(),
+            message: cut_message(message.into()),
             retry_after: None,
             allow: None,
         }
@@ -100,11 +120,13 @@ impl ApiError {
     }
 
     /// 503 when the shared state store cannot record events.
-    pub fn store_unavailable() -> ApiError {
+    /// 503 `state_store_unavailable`: `message` says whether the batch may
+    /// have been recorded.
+    pub fn store_unavailable(message: &str) -> ApiError {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "state_store_unavailable",
-            "the shared state store is unavailable; nothing was recorded, retry (ids make retries safe)",
+            message,
         );
         e.retry_after = Some(1);
         e

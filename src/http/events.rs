@@ -40,6 +40,7 @@ pub async fn route(
         &pipeline.catalog(),
         state.config.state.max_batch_events,
         now_ms,
+        state.config.state.max_skew_ms(),
     )
     .map_err(|e| {
         metrics::counter!(m::EVENTS_TOTAL, "type" => "batch", "outcome" => "rejected").increment(1);
@@ -60,38 +61,39 @@ pub async fn route(
                 let (fresh, dups) = pipeline.online.fresh(batch);
                 duplicates += dups;
                 if !fresh.is_empty() {
-                    let written = log.append(&fresh).map_err(|e| {
+                    let written = log.append(&fresh, now_ms).map_err(|e| {
                         metrics::counter!(m::EVENT_LOG_ERRORS_TOTAL).increment(1);
                         events::store_failed("embedded", "append", &e);
                         tracing::error!(error = %e, "event log write failed; batch not applied");
-                        ApiError::internal("events could not be stored")
+                        ApiError::internal("events could not be stored; nothing was recorded, retry later (ids make retries safe)")
                     })?;
                     events::store_up("embedded", true);
                     metrics::gauge!(m::EVENT_LOG_BYTES).increment(written as f64);
                 }
                 let recorded = std::time::Instant::now();
-                pipeline.online.apply(&fresh);
+                pipeline.online.apply_arrived(&fresh, now_ms);
                 metrics::histogram!(m::EVENT_APPLY_LAG_SECONDS)
                     .record(recorded.elapsed().as_secs_f64());
                 if log.bytes() > state.config.state.compact_bytes {
-                    compact(&state, pipeline, &mut log);
+                    compact(pipeline, &mut log);
                 }
                 fresh
             }
             Store::Redis(redis) => {
-                // Redis decides which ids are new, across replicas.
+                // Redis decides which ids are new, across replicas; the
+                // follower applies them in the shared log's order.
                 let (fresh, dups) = pipeline.online.fresh(batch);
                 duplicates += dups;
                 let n = fresh.len();
                 let recorded = redis.append(fresh).map_err(|e| {
                     tracing::debug!(error = %e, "events refused");
-                    ApiError::store_unavailable()
+                    ApiError::store_unavailable(match e {
+                        events::redis::Unavailable::Reset => "the shared state store lost its data and is being re-seeded from a replica; nothing was recorded, retry in a moment",
+                        events::redis::Unavailable::Down(_) => "the shared state store is unavailable; the batch may or may not have been recorded: retry it with the same ids (a retry never counts twice)",
+                    })
                 })?;
-                duplicates += n - recorded.len();
-                // Accepted, whoever applies it first (this call or the
-                // follower reading it back).
-                pipeline.online.apply(&recorded);
-                recorded
+                duplicates += n - recorded.fresh.len();
+                recorded.fresh
             }
         };
         pipeline.online.report_size();
@@ -115,26 +117,27 @@ pub async fn route(
     ))
 }
 
-/// Writes the view as a snapshot and starts the log over (under the log's
-/// lock: no batch is appended meanwhile). A failure leaves the log as it
-/// was; the next batch tries again.
-fn compact(
-    state: &AppState,
-    pipeline: &crate::pipeline::Pipeline,
-    log: &mut events::log::EventLog,
-) {
+/// Moves the log to a new file and writes the view as the snapshot
+/// covering the old ones (under the log's lock: no batch is appended
+/// meanwhile; rankings go on). A failure leaves a folder that replays
+/// whole; the next batch past the threshold tries again.
+fn compact(pipeline: &crate::pipeline::Pipeline, log: &mut events::log::EventLog) {
     let started = Instant::now();
-    let window = crate::data::schema::duration_ms(&state.config.state.dedupe_window)
-        .unwrap_or(7 * 86_400_000);
     let before = log.bytes();
-    let snapshot = pipeline.online.snapshot(window);
-    match log.compact(&snapshot) {
+    let mut snapshot_bytes = 0u64;
+    let result = log.compact(|w| {
+        let mut counted = Counting { inner: w, n: 0 };
+        pipeline.online.write_snapshot(&mut counted)?;
+        snapshot_bytes = counted.n;
+        Ok(())
+    });
+    match result {
         Ok(()) => {
             metrics::gauge!(m::EVENT_LOG_BYTES).set(0.0);
             metrics::counter!(m::STATE_COMPACTIONS_TOTAL).increment(1);
             tracing::info!(
                 log_bytes = before,
-                snapshot_bytes = snapshot.len(),
+                snapshot_bytes,
                 millis = started.elapsed().as_millis() as u64,
                 "event log compacted into a snapshot"
             );
@@ -142,5 +145,23 @@ fn compact(
         Err(e) => {
             events::store_failed("embedded", "compact", &e);
         }
+    }
+}
+
+/// Counts the bytes written through it.
+struct Counting<'a> {
+    inner: &'a mut dyn std::io::Write,
+    n: u64,
+}
+
+impl std::io::Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

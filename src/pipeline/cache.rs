@@ -78,12 +78,16 @@ impl CacheKey {
     }
 
     /// `versions` names the serving version of every stage model, e.g.
-    /// `filter@1,ranker@3,cold_start@1`.
+    /// `filter@1,ranker@3,cold_start@1`. `own_user`: the answer depends on
+    /// who the user is — the catalog knows them, or live state holds their
+    /// events — so the user id is part of the key; otherwise (no user, or
+    /// a stranger with no events) identical requests share an answer.
     pub fn new(
         variant: &str,
         versions: String,
         req: &ValidRequest,
         subject: &Subject,
+        own_user: bool,
         live: [u64; 5],
     ) -> CacheKey {
         let mut exclude = req.exclude.clone();
@@ -92,7 +96,7 @@ impl CacheKey {
         CacheKey {
             variant: variant.to_string(),
             versions,
-            user: subject.user.and(req.user_id.clone()),
+            user: req.user_id.clone().filter(|_| own_user),
             context: subject.ctx.iter().map(|v| v.to_bits()).collect(),
             candidates: req.candidates.clone(),
             recent_items: req.recent_items.clone(),

@@ -147,7 +147,7 @@ impl Pipeline {
         let rules = rules::Rules::compile(&ranking.rules, &catalog)?;
         let online = Arc::new(crate::events::online::Online::new(
             catalog.clone(),
-            config.state.max_history,
+            config.state.limits(),
         ));
         // `control`'s handles, shared with an arm that takes its name.
         let control = Arc::new(plan::ArmMetrics::register(CONTROL));

@@ -101,8 +101,13 @@ impl RankRequest {
             }
         };
         if let Some(id) = &self.request_id {
-            if id.is_empty() || id.len() > 128 {
-                return Err("request_id must be 1 to 128 characters".into());
+            // Echoed in a header and in log lines as it is: visible ASCII
+            // only (the same rule as `X-Request-Id`).
+            if !crate::http::valid_request_id(id) {
+                return Err(
+                    "request_id must be 1 to 128 visible ASCII characters (no spaces or control characters)"
+                        .into(),
+                );
             }
         }
         if let Some(u) = &self.user_id {

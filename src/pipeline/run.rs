@@ -40,8 +40,15 @@ impl Pipeline {
         let result = match self.cache.as_ref().filter(|_| !req.debug) {
             None => self.rank_for(subject, plan, req, trending).await,
             Some(cache) => {
-                let live = self.live_key(&plan, &req, &subject, trending.as_deref());
-                let key = CacheKey::new(&plan.variant, plan.versions(), &req, &subject, live);
+                let (live, user_held) = self.live_key(&plan, &req, &subject, trending.as_deref());
+                let key = CacheKey::new(
+                    &plan.variant,
+                    plan.versions(),
+                    &req,
+                    &subject,
+                    subject.user.is_some() || user_held,
+                    live,
+                );
                 let request_id = req.request_id.clone();
                 match cache
                     .get_or_compute(key, self.rank_for(subject, plan, req, trending))
@@ -116,14 +123,17 @@ impl Pipeline {
     /// What of live state a cached answer depends on, beyond the request:
     /// availability and the user's own events always; every item's live
     /// state and the clock's bucket when a stage model or a rule reads
-    /// counters; the trending list it retrieved from.
+    /// counters; the trending list it retrieved from. Also whether the
+    /// view holds anything of the request's user: then the answer is
+    /// theirs alone (their history seeds retrieval and is never offered
+    /// back), even when the catalog does not know them.
     fn live_key(
         &self,
         plan: &Plan,
         req: &ValidRequest,
         subject: &Subject,
         trending: Option<&Trending>,
-    ) -> [u64; 5] {
+    ) -> ([u64; 5], bool) {
         let versions = self.online.versions(req.user_id.as_deref());
         let rules = self.rules.live_reads();
         let models = [&plan.filter, &plan.rerank]
@@ -137,13 +147,14 @@ impl Pipeline {
             .iter()
             .chain(models.flat_map(|r| &r.counters));
         let trending = trending.map_or((0, 0), |t| t.key);
-        [
+        let live = [
             versions.availability,
             versions.user,
             if item { versions.items } else { 0 },
             self.online.time_key(counters, subject.now_ms),
             trending.0 ^ (trending.1 as u64).rotate_left(32),
-        ]
+        ];
+        (live, versions.user_held)
     }
 
     async fn rank_for(

@@ -117,6 +117,13 @@ pub const STATE_COMPACTIONS_TOTAL: &str = "cascade_state_compactions_total";
 /// Live state held in memory, by part: `users` and `items` with events,
 /// `buckets` of their windowed counters.
 pub const LIVE_STATE_SIZE: &str = "cascade_live_state_size";
+/// Live state forgotten to stay within its bounds, by part (`users`: the
+/// least recently active, past `state.max_users`).
+pub const LIVE_STATE_EVICTIONS_TOTAL: &str = "cascade_live_state_evictions_total";
+/// Times the Redis follower panicked and was started over.
+pub const STATE_FOLLOWER_RESTARTS_TOTAL: &str = "cascade_state_follower_restarts_total";
+/// Times this replica re-seeded a shared state that Redis had lost.
+pub const STATE_RESEEDS_TOTAL: &str = "cascade_state_reseeds_total";
 /// Time to lay the catalog changes from events over the snapshot (a new
 /// catalog generation, after each batch that changed items or users).
 pub const CATALOG_REBUILD_SECONDS: &str = "cascade_catalog_rebuild_seconds";

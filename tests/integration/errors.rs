@@ -210,6 +210,58 @@ async fn garbage_never_takes_the_server_down() {
     assert_eq!(s.get("/healthz").await.status, 200);
 }
 
+/// Hostile bodies get a 400 that neither echoes them whole nor accepts
+/// what is not one JSON value: trailing bytes after the object, a body
+/// request id with control characters (it would be echoed raw while
+/// headers and logs carry another), a megabyte-long id.
+#[tokio::test]
+async fn hostile_bodies_are_refused_with_short_messages() {
+    let s = TestServer::shipped().await;
+    let post = |body: Vec<u8>| {
+        let s = &s;
+        async move {
+            send(
+                s.public,
+                "POST",
+                "/v1/rank",
+                &[("Content-Type", "application/json")],
+                &body,
+            )
+            .await
+        }
+    };
+    let r = post(br#"{"k":1}garbage"#.to_vec()).await;
+    assert_cascade_error(&r, 400, "invalid_request");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("trailing"));
+    let r = post(serde_json::to_vec(&json!({"request_id": "a\u{7}b\nc", "k": 1})).unwrap()).await;
+    assert_cascade_error(&r, 400, "invalid_request");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("request_id"));
+    let huge = "x".repeat(1_500_000);
+    let r = post(serde_json::to_vec(&json!({"k": huge})).unwrap()).await;
+    assert_cascade_error(&r, 400, "invalid_request");
+    assert!(r.body.len() < 2_000, "an error of {} bytes", r.body.len());
+    let r = s
+        .post_json(
+            "/v1/events",
+            &json!({"events": [{"type": "interaction", "id": "e", "user_id": "1", "item_id": huge, "kind": "rating"}]}),
+        )
+        .await;
+    assert_cascade_error(&r, 400, "invalid_request");
+    assert!(r.body.len() < 2_000, "an error of {} bytes", r.body.len());
+    // A fine request still gets its own id back.
+    let v = s
+        .post_json("/v1/rank", &json!({"request_id": "req-1", "k": 1}))
+        .await
+        .json();
+    assert_eq!(v["request_id"], "req-1");
+}
+
 /// Admission control: with every permit held by a request in flight, the
 /// next costly request is refused at once with 503 and Retry-After, while
 /// cheap paths (health, metadata) still answer.

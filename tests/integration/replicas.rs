@@ -290,10 +290,10 @@ async fn a_compacted_shared_log_stays_short_and_late_replicas_load_its_snapshot(
         .parse()
         .unwrap();
     assert!(len < 40, "the stream still holds {len} entries");
-    // Ids are keys that expire after the dedupe window, not a growing set.
-    let ttl: i64 = redis.command(&["PTTL", "cascade:id:s-0"])[1..]
-        .parse()
-        .unwrap();
+    // Ids are keys (by digest) that expire after the dedupe window, not a
+    // growing set.
+    let key = format!("cascade:id:{}", cascade::events::dedupe::digest_hex("s-0"));
+    let ttl: i64 = redis.command(&["PTTL", &key])[1..].parse().unwrap();
     assert!(ttl > 0 && ttl <= 7 * 86_400_000, "{ttl}");
     let c = replica(&redis).await;
     assert!(
@@ -310,4 +310,102 @@ async fn a_compacted_shared_log_stays_short_and_late_replicas_load_its_snapshot(
     let with_new = json!({"user_id": "1", "k": 2, "candidates": ["new-s", "50"]});
     let v = d.post_json("/v1/rank", &with_new).await.json();
     assert!(ids(&v).contains(&"new-s".to_string()), "{v}");
+}
+
+/// The availability of 60 items flipped on both replicas at once (b sets
+/// it off while a sets it on, for every item): the shared log orders the
+/// flips, every replica applies them in that order, so both end — and a
+/// replica started later starts — in the same state. Then Redis restarts
+/// empty: a replica re-seeds it from its view, events resume, old ids are
+/// still duplicates, and a replica started afterwards has the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_converge_under_racing_flips_and_survive_a_redis_reset() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+    let items: Vec<String> = (1..=60).map(|i| i.to_string()).collect();
+    let flip = |id: String, item: &str, available: bool| json!({"events": [{"type": "item", "id": id, "item_id": item, "available": available}]});
+    for round in 0..3 {
+        let mut posts = Vec::new();
+        for item in &items {
+            let off = flip(format!("off-{round}-{item}"), item, false);
+            let on = flip(format!("on-{round}-{item}"), item, true);
+            let (pa, pb) = (a.public, b.public);
+            posts.push(tokio::spawn(async move {
+                post_json_to(pb, "/v1/events", &off).await.status
+            }));
+            posts.push(tokio::spawn(async move {
+                post_json_to(pa, "/v1/events", &on).await.status
+            }));
+        }
+        for p in posts {
+            assert_eq!(p.await.unwrap(), 200);
+        }
+    }
+    let ask = json!({"user_id": "1", "k": 60, "candidates": items});
+    let shown = |v: &Value| {
+        let mut got = ids(v);
+        got.sort();
+        got
+    };
+    // Each accepting replica answered after applying its own entry: both
+    // have applied everything (within a moment for the other's last one).
+    let mut agreed = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let (va, vb) = (
+            a.post_json("/v1/rank", &ask).await.json(),
+            b.post_json("/v1/rank", &ask).await.json(),
+        );
+        if shown(&va) == shown(&vb) {
+            agreed = Some(shown(&va));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = agreed.expect("the replicas disagree on which items are available");
+    let c = replica(&redis).await;
+    assert_eq!(shown(&c.post_json("/v1/rank", &ask).await.json()), before);
+    drop(c);
+
+    // Redis loses everything.
+    redis.stop();
+    redis.run();
+    let started = Instant::now();
+    loop {
+        let r = events(&a, &rating("after-reset-1", "5", "100")).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "events never resumed after the reset: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let epoch = redis.command(&["GET", "cascade:epoch"]);
+    assert!(epoch.starts_with('$'), "no epoch after the reset: {epoch}");
+    // Ids accepted before the reset are still duplicates, on either replica.
+    for (s, id, item) in [(&a, "off-0-1", "1"), (&b, "on-2-60", "60")] {
+        let r = events(s, &flip(id.into(), item, true)).await;
+        assert_eq!(r.json(), json!({"accepted": 0, "duplicates": 1}), "{id}");
+    }
+    // The state is the same on both, and on a replica started now.
+    for s in [&a, &b] {
+        let took = until(s, &ask, Duration::from_secs(2), |v| shown(v) == before).await;
+        assert!(took.is_some(), "a replica's state changed across the reset");
+    }
+    let d = replica(&redis).await;
+    assert_eq!(shown(&d.post_json("/v1/rank", &ask).await.json()), before);
+    // (Replicas in one test process share one metrics registry.)
+    let text = crate::common::metrics_text(a.admin).await;
+    let reseeds: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("cascade_state_reseeds_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(reseeds >= 1.0, "no replica re-seeded");
 }
