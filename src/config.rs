@@ -557,6 +557,9 @@ impl Config {
         if self.state.max_users == 0 {
             return Err(invalid("state.max_users", "must be at least 1"));
         }
+        if self.state.max_ids == 0 {
+            return Err(invalid("state.max_ids", "must be at least 1"));
+        }
         if let Err(e) = crate::data::schema::duration_ms(&self.state.max_clock_skew) {
             return Err(invalid("state.max_clock_skew", e));
         }

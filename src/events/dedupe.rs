@@ -9,8 +9,15 @@
 //! id against ~235 for a `String` key — in buckets of an eighth of the
 //! window by arrival, so forgetting the oldest ids drops a whole bucket
 //! instead of scanning every id. An id is remembered for at least the
-//! window and at most an eighth more. Two different ids share a digest
-//! with probability ~n²/2¹²⁹: for a billion ids, about 10⁻²¹.
+//! window and at most an eighth more. A bucket holds at most
+//! [`BUCKET_IDS`] ids (a full one is followed by another of the same
+//! span): growing a set rehashes it, under the view's lock, and a set of
+//! millions took 190 ms to grow. Two different ids share a digest with
+//! probability ~n²/2¹²⁹: for a billion ids, about 10⁻²¹.
+//!
+//! Bounded whatever the event rate: past `state.max_ids` the oldest
+//! bucket is forgotten early (counted): a retry of one of its events
+//! would then count again, which is the price of a memory bound.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -62,6 +69,9 @@ fn digest(id: &str) -> Digest {
     ((half(1) as u128) << 64) | half(2) as u128
 }
 
+/// Most ids one bucket holds: growing it costs at most a few ms.
+pub const BUCKET_IDS: usize = 1 << 17;
+
 /// Ids that arrived in `[start, start + span)`.
 struct Bucket {
     start: i64,
@@ -72,9 +82,13 @@ struct Bucket {
 pub struct Dedupe {
     window_ms: i64,
     span_ms: i64,
+    /// Ids held at most; past it the oldest bucket goes early.
+    max_ids: usize,
     /// Oldest first.
     buckets: VecDeque<Bucket>,
     len: usize,
+    /// Ids forgotten early (for `max_ids`) since the last look.
+    forgotten_early: usize,
 }
 
 /// How a snapshot holds them: per bucket, its start and its digests as
@@ -86,14 +100,22 @@ pub struct DedupeSnapshot {
 }
 
 impl Dedupe {
-    pub fn new(window_ms: i64) -> Dedupe {
+    pub fn new(window_ms: i64, max_ids: usize) -> Dedupe {
         let window_ms = window_ms.max(1);
         Dedupe {
             window_ms,
             span_ms: (window_ms / 8).max(1),
+            max_ids: max_ids.max(1),
             buckets: VecDeque::new(),
             len: 0,
+            forgotten_early: 0,
         }
+    }
+
+    /// Ids forgotten before their window ended (past `max_ids`) since the
+    /// last call.
+    pub fn take_forgotten_early(&mut self) -> usize {
+        std::mem::take(&mut self.forgotten_early)
     }
 
     pub fn window_ms(&self) -> i64 {
@@ -127,8 +149,15 @@ impl Dedupe {
         // batch stamped a little before the newest: it joins the newest
         // bucket (remembered a little longer, never shorter).
         match self.buckets.back_mut() {
-            Some(b) if b.start >= start => {
+            Some(b) if b.start >= start && b.ids.len() < BUCKET_IDS => {
                 b.ids.insert(d);
+            }
+            // Full: another bucket of the same span (never an earlier one).
+            Some(b) if b.start >= start => {
+                let start = b.start;
+                let mut ids = Digests::default();
+                ids.insert(d);
+                self.buckets.push_back(Bucket { start, ids });
             }
             _ => {
                 let mut ids = Digests::default();
@@ -137,6 +166,13 @@ impl Dedupe {
             }
         }
         self.len += 1;
+        // Over the bound: the oldest bucket goes (never the one just
+        // written to).
+        while self.len > self.max_ids && self.buckets.len() > 1 {
+            let gone = self.buckets.pop_front().map_or(0, |b| b.ids.len());
+            self.len -= gone;
+            self.forgotten_early += gone;
+        }
         true
     }
 
@@ -269,7 +305,7 @@ mod tests {
 
     #[test]
     fn ids_are_held_for_the_window_by_arrival_and_then_forgotten() {
-        let mut d = Dedupe::new(7 * DAY);
+        let mut d = Dedupe::new(7 * DAY, usize::MAX);
         let t0 = 1_000 * DAY;
         assert!(d.insert("a", t0));
         assert!(!d.insert("a", t0 + 1), "a duplicate");
@@ -288,15 +324,42 @@ mod tests {
     }
 
     #[test]
+    fn past_max_ids_the_oldest_bucket_goes_early_and_is_counted() {
+        let mut d = Dedupe::new(7 * DAY, 2 * BUCKET_IDS);
+        for i in 0..2 * BUCKET_IDS + 1 {
+            d.insert(&i.to_string(), 5);
+        }
+        assert_eq!(d.len(), BUCKET_IDS + 1);
+        assert_eq!(d.take_forgotten_early(), BUCKET_IDS);
+        assert_eq!(d.take_forgotten_early(), 0);
+        assert!(!d.contains("0") && d.contains(&(2 * BUCKET_IDS).to_string()));
+    }
+
+    #[test]
+    fn a_bucket_holds_a_bounded_number_of_ids() {
+        let mut d = Dedupe::new(7 * DAY, usize::MAX);
+        for i in 0..BUCKET_IDS + 10 {
+            assert!(d.insert(&i.to_string(), 5));
+        }
+        assert_eq!(d.buckets.len(), 2);
+        assert!(d.buckets.iter().all(|b| b.ids.len() <= BUCKET_IDS));
+        assert!(d.contains("0") && d.contains(&(BUCKET_IDS + 9).to_string()));
+        assert!(!d.insert("3", 6), "a duplicate across buckets");
+        // Both go together once their span left the window.
+        d.forget_before(5 + 8 * DAY);
+        assert!(d.is_empty());
+    }
+
+    #[test]
     fn a_snapshot_round_trips_and_old_snapshots_are_read() {
-        let mut d = Dedupe::new(7 * DAY);
+        let mut d = Dedupe::new(7 * DAY, usize::MAX);
         for i in 0..100 {
             d.insert(&format!("id-{i}"), i * DAY / 100);
         }
         let snap = d.snapshot();
         let text = serde_json::to_string(&snap).unwrap();
         assert_eq!(text, serde_json::to_string(&d.serialize()).unwrap());
-        let mut back = Dedupe::new(7 * DAY);
+        let mut back = Dedupe::new(7 * DAY, usize::MAX);
         back.restore(&serde_json::from_str(&text).unwrap()).unwrap();
         assert_eq!(back.len(), 100);
         assert!((0..100).all(|i| back.contains(&format!("id-{i}"))));
@@ -304,7 +367,7 @@ mod tests {
         let mut bad = snap;
         bad.buckets[0].1.push('z');
         assert!(back.restore(&bad).is_err());
-        let mut old = Dedupe::new(7 * DAY);
+        let mut old = Dedupe::new(7 * DAY, usize::MAX);
         old.restore_ids(&[("x".into(), 5), ("y".into(), 3)]);
         assert!(old.contains("x") && old.contains("y"));
     }

@@ -81,6 +81,9 @@ pub struct StateConfig {
     /// Users whose events live state holds at most; past it the least
     /// recently active are forgotten (`cascade_live_state_evictions_total`).
     pub max_users: usize,
+    /// Event ids remembered at most (~35 bytes each); past it the oldest
+    /// are forgotten before `dedupe_window` ends (counted the same way).
+    pub max_ids: usize,
     /// How far after the server's clock an event's `timestamp` may be
     /// (`"5m"`): a later one is a 400 naming it, so a wrong clock or a
     /// bad value cannot push every windowed counter out of its window.
@@ -95,6 +98,7 @@ impl StateConfig {
             dedupe_window_ms: crate::data::schema::duration_ms(&self.dedupe_window)
                 .unwrap_or(7 * 86_400_000),
             max_users: self.max_users,
+            max_ids: self.max_ids,
         }
     }
 
@@ -118,6 +122,7 @@ impl Default for StateConfig {
             compact_bytes: 64 * 1024 * 1024,
             dedupe_window: "7d".into(),
             max_users: 1_000_000,
+            max_ids: 10_000_000,
             max_clock_skew: "5m".into(),
         }
     }

@@ -96,16 +96,11 @@ fn user_state<'a>(
 }
 
 impl View {
-    fn empty(
-        counters: Vec<Counter>,
-        kinds: Vec<String>,
-        dedupe_window_ms: i64,
-        epoch: u64,
-    ) -> View {
+    fn empty(counters: Vec<Counter>, kinds: Vec<String>, limits: &Limits, epoch: u64) -> View {
         View {
             counters,
             kinds,
-            applied: Dedupe::new(dedupe_window_ms),
+            applied: Dedupe::new(limits.dedupe_window_ms, limits.max_ids),
             users: HashMap::new(),
             items: Vec::new(),
             items_held: 0,
@@ -235,6 +230,15 @@ fn item_state<'a>(
     slot.get_or_insert_with(Box::default)
 }
 
+/// `cascade_live_state_evictions_total{part}`, registered at 0 so that it
+/// is scraped before the first eviction.
+fn eviction_counter(part: &'static str) -> metrics::Counter {
+    let c =
+        metrics::counter!(crate::telemetry::metrics::LIVE_STATE_EVICTIONS_TOTAL, "part" => part);
+    c.increment(0);
+    c
+}
+
 /// Records a new catalog generation's build time and the changed rows
 /// it holds (items, users).
 fn record_rebuild(started: Instant, (items, users): (usize, usize)) {
@@ -309,6 +313,8 @@ pub struct Limits {
     pub dedupe_window_ms: i64,
     /// Users with live state; past it, the least recently active go.
     pub max_users: usize,
+    /// Event ids remembered; past it, the oldest go before their window ends.
+    pub max_ids: usize,
 }
 
 impl std::default::Default for Limits {
@@ -317,6 +323,7 @@ impl std::default::Default for Limits {
             max_history: 500,
             dedupe_window_ms: 7 * 86_400_000,
             max_users: 1_000_000,
+            max_ids: 10_000_000,
         }
     }
 }
@@ -332,8 +339,9 @@ pub struct Online {
     generations: Mutex<Generations>,
     limits: Limits,
     trending: Mutex<TrendingSlot>,
-    /// `cascade_live_state_evictions_total{part="users"}`.
+    /// `cascade_live_state_evictions_total{part="users"}` and `{part="ids"}`.
     evicted_users: metrics::Counter,
+    evicted_ids: metrics::Counter,
 }
 
 /// The last trending list, the state it was last checked against, and
@@ -378,7 +386,7 @@ impl Online {
             view: RwLock::new(View::empty(
                 catalog.schema.counters.clone(),
                 catalog.schema.event_kinds.clone(),
-                limits.dedupe_window_ms,
+                &limits,
                 0,
             )),
             catalog: crate::snapshot::Snapshot::from_arc(catalog.clone()),
@@ -386,11 +394,8 @@ impl Online {
             base: catalog,
             limits,
             trending: Mutex::new(TrendingSlot::default()),
-            evicted_users: {
-                let c = metrics::counter!(crate::telemetry::metrics::LIVE_STATE_EVICTIONS_TOTAL, "part" => "users");
-                c.increment(0);
-                c
-            },
+            evicted_users: eviction_counter("users"),
+            evicted_ids: eviction_counter("ids"),
         }
     }
 
@@ -576,6 +581,10 @@ impl Online {
             let evicted = evict_users(view, self.limits.max_users);
             self.evicted_users.increment(evicted as u64);
         }
+        let forgotten = view.applied.take_forgotten_early();
+        if forgotten > 0 {
+            self.evicted_ids.increment(forgotten as u64);
+        }
         done
     }
 
@@ -737,7 +746,7 @@ impl Online {
         let fresh = View::empty(
             guard.counters.clone(),
             guard.kinds.clone(),
-            self.limits.dedupe_window_ms,
+            &self.limits,
             guard.epoch + 1,
         );
         *guard = fresh;
