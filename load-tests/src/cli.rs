@@ -97,6 +97,10 @@ pub struct Args {
     /// [infer] Rows per request; [events] events per request.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// [events] Insert new items (with a random retrieval vector) instead
+    /// of posting interactions: catalog changes under load.
+    #[arg(long)]
+    pub new_items: bool,
 
     /// [rank] TOML mix file (see scenarios/rank.toml); flags below override it.
     #[arg(long)]
@@ -128,7 +132,7 @@ pub struct Args {
 pub enum ScenarioConfig {
     Rank(RankMix),
     Infer { model: String, batch: usize },
-    Events { batch: usize },
+    Events { batch: usize, new_items: bool },
 }
 
 /// Validated settings of one run.
@@ -204,7 +208,10 @@ impl Args {
                 batch: self.batch,
             },
             ScenarioName::Rank => ScenarioConfig::Rank(self.rank_mix()?),
-            ScenarioName::Events => ScenarioConfig::Events { batch: self.batch },
+            ScenarioName::Events => ScenarioConfig::Events {
+                batch: self.batch,
+                new_items: self.new_items,
+            },
         };
         Ok(Config {
             target_url: self.target.clone(),

@@ -126,13 +126,14 @@ fn scenario(config: &Config) -> anyhow::Result<(Box<dyn Source>, serde_json::Val
             Box::new(InferSource::new(&config.models_dir, model, *batch)?),
             serde_json::json!({"model": model, "batch": batch}),
         ),
-        ScenarioConfig::Events { batch } => (
+        ScenarioConfig::Events { batch, new_items } => (
             Box::new(EventsSource::new(
                 rank::Catalog::load(&config.models_dir)?,
                 *batch,
                 config.seed,
+                *new_items,
             )?),
-            serde_json::json!({"batch": batch}),
+            serde_json::json!({"batch": batch, "new_items": new_items}),
         ),
         ScenarioConfig::Rank(mix) => {
             let catalog = rank::Catalog::load(&config.models_dir)?;

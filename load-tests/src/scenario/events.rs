@@ -7,6 +7,11 @@
 //! Event ids are `<seed>-<n>`: the same seed twice sends the same ids, and
 //! the server counts the second run as duplicates (the duplicate path).
 //! For fresh events give another `--seed` or a fresh state folder.
+//!
+//! With `--new-items`, each event instead inserts a new item
+//! (`<seed>-item-<n>`) with a random retrieval vector of the schema's
+//! length: catalog changes, which make a new catalog generation per
+//! request (the cost `benches/RESULTS.md` measures under ranking load).
 
 use std::sync::Arc;
 
@@ -29,13 +34,26 @@ pub struct EventsSource {
     seed: u64,
     next_id: u64,
     path: Arc<str>,
+    /// Insert new items (the vector field and its length) instead of
+    /// posting interactions.
+    new_items: Option<(String, usize)>,
 }
 
 impl EventsSource {
-    pub fn new(catalog: Catalog, batch: usize, seed: u64) -> anyhow::Result<EventsSource> {
+    pub fn new(
+        catalog: Catalog,
+        batch: usize,
+        seed: u64,
+        new_items: bool,
+    ) -> anyhow::Result<EventsSource> {
         if !(1..=10_000).contains(&batch) {
             bail!("--batch {batch}: between 1 and 10000 events per request");
         }
+        let new_items = match (new_items, &catalog.item_vector) {
+            (false, _) => None,
+            (true, Some(v)) => Some(v.clone()),
+            (true, None) => bail!("--new-items: the schema declares no [retrieval] item_vector"),
+        };
         let Some(kind) = catalog.kinds.first().cloned() else {
             bail!("the catalog's schema.toml declares no [events] kinds");
         };
@@ -49,12 +67,35 @@ impl EventsSource {
             seed,
             next_id: 0,
             path: Arc::from("/v1/events"),
+            new_items,
         })
     }
 }
 
 impl Source for EventsSource {
     fn next_request(&mut self) -> Prepared {
+        if let Some((field, dim)) = &self.new_items {
+            let events: Vec<serde_json::Value> = (0..self.batch)
+                .map(|_| {
+                    self.next_id += 1;
+                    let v: Vec<f32> = (0..*dim)
+                        .map(|_| self.rng.random_range(-0.3..0.3))
+                        .collect();
+                    json!({
+                        "type": "item",
+                        "id": format!("{}-{}", self.seed, self.next_id),
+                        "item_id": format!("{}-item-{}", self.seed, self.next_id),
+                        "fields": { field.as_str(): v },
+                    })
+                })
+                .collect();
+            let body = serde_json::to_vec(&json!({ "events": events })).expect("JSON serialises");
+            return Prepared {
+                path: self.path.clone(),
+                body: Bytes::from(body),
+                kind: "events",
+            };
+        }
         let events: Vec<serde_json::Value> = (0..self.batch)
             .map(|_| {
                 let user = &self.catalog.users[self.users.sample(&mut self.rng)];
@@ -90,7 +131,7 @@ mod tests {
     #[test]
     fn batches_of_fresh_ids_from_the_catalog() {
         let catalog = Catalog::load(&crate::scenario::models_dir(None)).unwrap();
-        let mut src = EventsSource::new(catalog.clone(), 3, 9).unwrap();
+        let mut src = EventsSource::new(catalog.clone(), 3, 9, false).unwrap();
         let a: serde_json::Value = serde_json::from_slice(&src.next_request().body).unwrap();
         let b: serde_json::Value = serde_json::from_slice(&src.next_request().body).unwrap();
         let events = a["events"].as_array().unwrap();
@@ -106,6 +147,15 @@ mod tests {
                 .users
                 .contains(&e["user_id"].as_str().unwrap().to_string()));
         }
-        assert!(EventsSource::new(catalog, 0, 1).is_err());
+        assert!(EventsSource::new(catalog.clone(), 0, 1, false).is_err());
+        // New items: an embedding of the schema's length each.
+        let mut src = EventsSource::new(catalog, 2, 5, true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&src.next_request().body).unwrap();
+        let e = &v["events"][1];
+        assert_eq!(
+            (e["type"].as_str(), e["item_id"].as_str()),
+            (Some("item"), Some("5-item-2"))
+        );
+        assert_eq!(e["fields"]["embedding"].as_array().unwrap().len(), 32);
     }
 }

@@ -149,6 +149,9 @@ pub struct Catalog {
     pub context: Vec<ContextField>,
     /// The interaction kinds `[events] kinds` declares.
     pub kinds: Vec<String>,
+    /// The items' retrieval vector field and its length, when the schema
+    /// declares one (`[retrieval] item_vector`).
+    pub item_vector: Option<(String, usize)>,
 }
 
 /// One declared context field.
@@ -261,7 +264,21 @@ impl Catalog {
                     .collect()
             })
             .unwrap_or_default();
+        let item_vector = schema
+            .get("retrieval")
+            .and_then(|r| r.get("item_vector"))
+            .and_then(toml::Value::as_str)
+            .and_then(|name| {
+                let dim = schema
+                    .get("items")?
+                    .get("fields")?
+                    .get(name)?
+                    .get("dim")?
+                    .as_integer()?;
+                Some((name.to_string(), usize::try_from(dim).ok()?))
+            });
         Ok(Catalog {
+            item_vector,
             kinds,
             context: context_fields(&schema),
             users,
