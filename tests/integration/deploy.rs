@@ -134,7 +134,10 @@ fn promtool() -> Option<std::path::PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("SKIPPED: promtool is not installed (scripts/setup-test-env.sh installs Debian's prometheus)");
+        crate::common::skip(
+            "the alert rules' promtool tests",
+            "promtool is not installed (scripts/setup-test-env.sh installs Debian's prometheus)",
+        );
     }
     found.then(|| "promtool".into())
 }
@@ -273,7 +276,10 @@ impl Prometheus {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            eprintln!("SKIPPED: prometheus is not installed (scripts/setup-test-env.sh installs Debian's prometheus)");
+            crate::common::skip(
+                "a real Prometheus evaluating every panel and alert",
+                "prometheus is not installed (scripts/setup-test-env.sh installs Debian's prometheus)",
+            );
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -460,7 +466,10 @@ fn manifests_and_image_validate_and_match_the_servers_config() {
     let root = crate::common::project_root();
     let bin = root.join(".venv/bin");
     if !bin.join("kubernetes-validate").exists() || !bin.join("hadolint").exists() {
-        eprintln!("SKIPPED: .venv lacks kubernetes-validate or hadolint (scripts/setup-test-env.sh installs them from PyPI)");
+        crate::common::skip(
+            "manifests_and_image_validate_and_match_the_servers_config",
+            ".venv lacks kubernetes-validate or hadolint (scripts/setup-test-env.sh installs them from PyPI)",
+        );
         return;
     }
     let manifests: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("deploy/kubernetes"))

@@ -35,7 +35,10 @@ impl RedisServer {
                 .status()
                 .is_ok();
         if !found {
-            eprintln!("SKIPPED: redis-server is not installed (scripts/setup-test-env.sh installs Debian's redis-server)");
+            crate::common::skip(
+                "a replica test on a real Redis",
+                "redis-server is not installed (scripts/setup-test-env.sh installs Debian's redis-server)",
+            );
             return None;
         }
         let port = {
