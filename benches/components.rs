@@ -650,6 +650,8 @@ fn live(c: &mut Criterion, fx: &Fixture) {
         kind: "rating".into(),
         value: Some((1 + i % 5) as f64),
         timestamp: t,
+        request_id: None,
+        attribution: None,
     };
     let online = Online::new(catalog.clone(), Default::default());
     let history: Vec<Event> = (0..100_000u64)

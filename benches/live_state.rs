@@ -69,6 +69,8 @@ fn run(catalog: &Arc<Catalog>, events: u64, users: u64, max_users: usize) {
                 kind: "rating".into(),
                 value: Some((1 + i % 5) as f64),
                 timestamp: now + b as i64 * 1000,
+                request_id: None,
+                attribution: None,
             })
             .collect();
         let t = Instant::now();

@@ -56,6 +56,8 @@ pub struct Config {
     pub shadow: ShadowConfig,
     /// Live state from `POST /v1/events` (`[state]`).
     pub state: StateConfig,
+    /// What users did with the answers (`[feedback]`, API.md §3).
+    pub feedback: crate::feedback::FeedbackConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -541,6 +543,12 @@ impl Config {
         }
         if let Err(e) = crate::data::schema::duration_ms(&self.state.dedupe_window) {
             return Err(invalid("state.dedupe_window", e));
+        }
+        if let Err(e) = crate::data::schema::duration_ms(&self.feedback.attribution_window) {
+            return Err(invalid("feedback.attribution_window", e));
+        }
+        if self.feedback.max_recent_answers == 0 {
+            return Err(invalid("feedback.max_recent_answers", "must be at least 1"));
         }
         if self.state.redis_compact_entries == 0 {
             return Err(invalid("state.redis_compact_entries", "must be at least 1"));

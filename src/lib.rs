@@ -15,6 +15,8 @@
 //! - [`catalog`]: the loaded catalog and the vector index over it.
 //! - [`events`]: live events (`POST /v1/events`): the write-ahead log and
 //!   the in-process view ranking reads.
+//! - [`feedback`]: what users did with the answers: outcomes attributed to
+//!   the answers, arms and shadows that produced them, and the reports.
 //! - [`telemetry`]: logging, metric names, drift.
 //!
 //! [`eval`] replays held-out requests offline; [`offline`] computes declared
@@ -29,6 +31,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod events;
+pub mod feedback;
 pub(crate) mod http;
 pub mod model;
 pub mod offline;

@@ -22,7 +22,7 @@
 //! | column | type | meaning |
 //! |---|---|---|
 //! | `user_id`, `item_id` | string | who did it to what (items must be in the catalog) |
-//! | `kind` | string, optional | one of `events.kinds` (default: the only kind, when there is one) |
+//! | `kind` | string, optional | one of `events.kinds` (default: the first one the schema lists) |
 //! | `value` | number, nullable, optional | e.g. the rating |
 //! | `timestamp` | timestamp or int64 ms | when |
 //!
@@ -206,13 +206,15 @@ pub fn read_events(catalog: &Catalog, path: &Path) -> Result<Vec<Event>, String>
                     &format!("item \"{item_id}\" is not in the catalog"),
                 ));
             }
-            let kind = match (&kind, kinds.as_slice()) {
+            // Without a kind column every row is the schema's first kind
+            // (an app's history is usually of one kind: its ratings, its
+            // purchases).
+            let kind = match (&kind, kinds.first()) {
                 (Some(k), _) => k[r].clone().ok_or_else(|| bad("kind", "is null"))?,
-                (None, [only]) => only.clone(),
-                (None, _) => {
+                (None, Some(first)) => first.clone(),
+                (None, None) => {
                     return Err(format!(
-                        "{shown}: needs a kind column (the schema has {} interaction kinds)",
-                        kinds.len()
+                        "{shown}: the schema declares no [events] kinds to read interactions as"
                     ))
                 }
             };
@@ -230,6 +232,8 @@ pub fn read_events(catalog: &Catalog, path: &Path) -> Result<Vec<Event>, String>
                 kind,
                 value: values[r].filter(|v| v.is_finite()),
                 timestamp,
+                request_id: None,
+                attribution: None,
             });
         }
     }

@@ -226,7 +226,7 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
         let store =
             crate::events::redis::RedisStore::new(url, &config.state.redis_prefix, compaction)
                 .map_err(StartupError::State)?;
-        let mut follower = store.follower(pipeline.online.clone());
+        let mut follower = store.follower(pipeline.online.clone(), pipeline.feedback.clone());
         match follower.catch_up() {
             Ok(entries) => tracing::info!(
                 entries,

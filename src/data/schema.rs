@@ -317,6 +317,10 @@ pub struct Schema {
     pub retrieval: Retrieval,
     /// Interaction kinds `POST /v1/events` accepts.
     pub event_kinds: Vec<String>,
+    /// The kinds that are outcomes of a ranking (`[events] outcomes`): an
+    /// interaction of one may name the answer it came from, and is then
+    /// attributed to it (API.md §3).
+    pub outcome_kinds: Vec<String>,
     /// Windowed counters live state keeps (`count()` reads them).
     pub counters: Vec<Counter>,
 }
@@ -344,6 +348,8 @@ struct SchemaFile {
 struct EventsFile {
     #[serde(default)]
     kinds: Vec<String>,
+    #[serde(default)]
+    outcomes: Vec<String>,
     #[serde(default)]
     counters: Vec<CounterFile>,
 }
@@ -489,6 +495,7 @@ impl Schema {
             context: Vec::new(),
             retrieval: Retrieval::default(),
             event_kinds: Vec::new(),
+            outcome_kinds: Vec::new(),
             counters: Vec::new(),
         };
         for (i, k) in file.events.kinds.iter().enumerate() {
@@ -499,6 +506,15 @@ impl Schema {
             }
         }
         schema.event_kinds = file.events.kinds.clone();
+        for (i, k) in file.events.outcomes.iter().enumerate() {
+            if !schema.event_kinds.contains(k) || file.events.outcomes[..i].contains(k) {
+                return Err(format!(
+                    "events.outcomes[{i}]: \"{k}\" must be one of events.kinds {:?}, listed once",
+                    schema.event_kinds
+                ));
+            }
+        }
+        schema.outcome_kinds = file.events.outcomes.clone();
         for (i, c) in file.events.counters.iter().enumerate() {
             let key = format!("events.counters[{i}]");
             if !schema.event_kinds.contains(&c.kind) {
@@ -869,6 +885,7 @@ mod tests {
 
         [events]
         kinds = ["view", "purchase"]
+        outcomes = ["purchase"]
         counters = [
           { kind = "purchase", bucket = "1d", keep = "60d" },
           { kind = "view", min_value = 30, bucket = "1h" },
@@ -982,6 +999,10 @@ mod tests {
             (
                 ("kind = \"purchase\", bucket", "kind = \"buy\", bucket"),
                 "events.counters[0].kind: \"buy\" is not one of events.kinds",
+            ),
+            (
+                ("outcomes = [\"purchase\"]", "outcomes = [\"buy\"]"),
+                "events.outcomes[0]: \"buy\" must be one of events.kinds",
             ),
             (
                 ("keep = \"60d\"", "keep = \"36h\""),

@@ -148,6 +148,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         value: Option<f64>,
         timestamp: i64,
+        /// The `/v1/rank` answer it came from (API.md §3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        /// What the outcome was attributed to, found when it was accepted
+        /// (never from the caller).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attribution: Option<Box<crate::feedback::Attribution>>,
     },
     /// Inserts or updates an item: `fields` (checked against the schema)
     /// on top of its current values, and/or its availability.
@@ -254,6 +261,7 @@ pub fn validate(
                 "kind",
                 "value",
                 "timestamp",
+                "request_id",
             ],
             Some("item") => &["type", "id", "item_id", "available", "timestamp", "fields"],
             Some("user") => &["type", "id", "user_id", "timestamp", "fields"],
@@ -339,6 +347,15 @@ pub fn validate(
                             .ok_or_else(|| format!("{at}.value: must be a finite number, got {v}"))?,
                     ),
                 };
+                let request_id = match e.get("request_id") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) if crate::http::valid_request_id(s) => Some(s.clone()),
+                    Some(v) => {
+                        return Err(format!(
+                            "{at}.request_id: must be 1 to 128 visible ASCII characters (a /v1/rank answer's request_id), got {v}"
+                        ))
+                    }
+                };
                 Event::Interaction {
                     id,
                     user_id,
@@ -346,6 +363,8 @@ pub fn validate(
                     kind,
                     value,
                     timestamp,
+                    request_id,
+                    attribution: None,
                 }
             }
             _ => {

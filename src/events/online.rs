@@ -861,6 +861,8 @@ mod tests {
             kind: "rating".into(),
             value,
             timestamp: t,
+            request_id: None,
+            attribution: None,
         }
     }
 

@@ -299,13 +299,19 @@ impl RedisStore {
         }
     }
 
-    /// A follower of this store's stream into `online`, from the start.
-    pub fn follower(&self, online: Arc<Online>) -> Follower {
+    /// A follower of this store's stream into `online`, from the start;
+    /// `feedback` counts the outcomes of this replica's answers.
+    pub fn follower(
+        &self,
+        online: Arc<Online>,
+        feedback: Arc<crate::feedback::Feedback>,
+    ) -> Follower {
         Follower {
             client: self.client.clone(),
             keys: self.keys.clone(),
             compaction: self.compaction,
             online,
+            feedback,
             progress: self.progress.clone(),
             epoch: None,
             last: "0-0".into(),
@@ -400,6 +406,7 @@ pub struct Follower {
     keys: Keys,
     compaction: Compaction,
     online: Arc<Online>,
+    feedback: Arc<crate::feedback::Feedback>,
     progress: Arc<Progress>,
     /// The epoch the view follows (`None`: none read yet).
     epoch: Option<String>,
@@ -660,6 +667,7 @@ impl Follower {
         self.resynced = false;
         for e in entries {
             apply(&self.online, &e);
+            self.feedback.count(&e.events);
             self.last = e.id;
             self.seq = e.seq.unwrap_or(self.seq + 1);
             self.since_snapshot += 1;

@@ -58,8 +58,11 @@ pub async fn route(
                 // One batch at a time: deduplicate, append (and fsync),
                 // apply, so the log's order is the view's.
                 let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                let (fresh, dups) = pipeline.online.fresh(batch);
+                let (mut fresh, dups) = pipeline.online.fresh(batch);
                 duplicates += dups;
+                // Outcomes find their answers before they are logged: the
+                // log keeps what each was attributed to.
+                attribute(pipeline, &mut fresh);
                 if !fresh.is_empty() {
                     let written = log.append(&fresh, now_ms).map_err(|e| {
                         metrics::counter!(m::EVENT_LOG_ERRORS_TOTAL).increment(1);
@@ -72,6 +75,7 @@ pub async fn route(
                 }
                 let recorded = std::time::Instant::now();
                 pipeline.online.apply_arrived(&fresh, now_ms);
+                pipeline.feedback.count(&fresh);
                 metrics::histogram!(m::EVENT_APPLY_LAG_SECONDS)
                     .record(recorded.elapsed().as_secs_f64());
                 if log.bytes() > state.config.state.compact_bytes {
@@ -82,8 +86,9 @@ pub async fn route(
             Store::Redis(redis) => {
                 // Redis decides which ids are new, across replicas; the
                 // follower applies them in the shared log's order.
-                let (fresh, dups) = pipeline.online.fresh(batch);
+                let (mut fresh, dups) = pipeline.online.fresh(batch);
                 duplicates += dups;
+                attribute(pipeline, &mut fresh);
                 let n = fresh.len();
                 let recorded = redis.append(fresh).map_err(|e| {
                     tracing::debug!(error = %e, "events refused");
@@ -115,6 +120,17 @@ pub async fn route(
         StatusCode::OK,
         &json!({"accepted": accepted, "duplicates": duplicates}),
     ))
+}
+
+/// Attributes the outcomes of `fresh` to the answers they name.
+fn attribute(pipeline: &crate::pipeline::Pipeline, fresh: &mut [events::Event]) {
+    if pipeline.feedback.kinds().is_empty() {
+        return;
+    }
+    let catalog = pipeline.catalog();
+    pipeline
+        .feedback
+        .attribute(fresh, &|id| catalog.items.row(id));
 }
 
 /// Moves the log to a new file and writes the view as the snapshot

@@ -114,6 +114,18 @@ pub async fn admin(state: &Arc<AppState>, req: Request<Bytes>, segments: &[&str]
                 _ => Err(ApiError::method_not_allowed("GET, PUT")),
             }
         }
+        ["experiments", "report"] | ["shadow", "report"] => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed("GET"));
+            }
+            let feedback = &ranking(state)?.feedback;
+            let report = if segments[0] == "experiments" {
+                feedback.report()
+            } else {
+                feedback.shadow_report()
+            };
+            Ok(json_response(StatusCode::OK, &report))
+        }
         _ => Err(ApiError::not_found("no such admin path")),
     }
 }

@@ -104,6 +104,8 @@ pub struct Pipeline {
     rules: rules::Rules,
     /// Live state from events: histories, availability.
     pub online: Arc<crate::events::online::Online>,
+    /// The answers shown, the outcomes attributed to them, the reports.
+    pub feedback: Arc<crate::feedback::Feedback>,
 }
 
 /// Candidates with the score of the stage that ordered them last.
@@ -149,6 +151,10 @@ impl Pipeline {
             catalog.clone(),
             config.state.limits(),
         ));
+        let feedback = Arc::new(crate::feedback::Feedback::new(
+            &config.feedback,
+            catalog.schema.outcome_kinds.clone(),
+        ));
         // `control`'s handles, shared with an arm that takes its name.
         let control = Arc::new(plan::ArmMetrics::register(CONTROL));
         let pipeline = Pipeline {
@@ -165,10 +171,13 @@ impl Pipeline {
             experiment: Snapshot::default(),
             control: Arc::new(plan::Arm::control(control.clone())),
             arm_metrics: Mutex::new(HashMap::from([(CONTROL.to_string(), control)])),
-            shadow: ShadowRunner::start(&ShadowConfig {
-                shadows: Vec::new(),
-                ..config.shadow.clone()
-            })?,
+            shadow: ShadowRunner::start(
+                &ShadowConfig {
+                    shadows: Vec::new(),
+                    ..config.shadow.clone()
+                },
+                Some(feedback.clone()),
+            )?,
             cache: ranking
                 .cache
                 .enabled
@@ -179,6 +188,7 @@ impl Pipeline {
                 .then(|| ScoreCache::new(&ranking.score_cache)),
             rules,
             online,
+            feedback,
         };
         for (key, r) in [
             ("ranking.filter_model", &pipeline.filter),
@@ -267,7 +277,18 @@ impl Pipeline {
     ) -> Result<(), String> {
         experiments.validate(prefix, &|r| self.check_model(registry, r))?;
         tracing::info!(arms = ?experiments.arms.iter().map(|a| (&a.name, a.share)).collect::<Vec<_>>(), "experiment set");
-        let compiled = self.compile_experiment(experiments)?;
+        // Its outcome counters start over (the report is "since it was set").
+        let shares = if experiments.arms.is_empty() {
+            vec![(CONTROL.to_string(), 1.0)]
+        } else {
+            experiments
+                .arms
+                .iter()
+                .map(|a| (a.name.clone(), a.share))
+                .collect()
+        };
+        let number = self.feedback.experiment_set(&experiments.salt, shares);
+        let compiled = self.compile_experiment(experiments, number)?;
         self.experiment.store(Arc::new(compiled));
         Ok(())
     }
@@ -281,6 +302,7 @@ impl Pipeline {
     ) -> Result<(), String> {
         shadow::validate_shadows(&shadows, prefix, &|r| self.check_model(registry, r))?;
         self.shadow.set(shadows);
+        self.feedback.shadows_set();
         Ok(())
     }
 

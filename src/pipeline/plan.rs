@@ -19,6 +19,8 @@ use crate::telemetry::metrics as m;
 /// mid-request does not touch it).
 pub(super) struct Plan {
     pub(super) variant: Arc<str>,
+    /// The experiment it was planned under (outcomes count for it only).
+    pub(super) experiment: u64,
     /// The arm's metric handles.
     pub(super) metrics: Arc<ArmMetrics>,
     pub(super) filter: Option<Result<Arc<StageModel>, String>>,
@@ -159,6 +161,8 @@ impl Arm {
 pub(super) struct Experiment {
     pub(super) config: Arc<experiments::ExperimentsConfig>,
     arms: Vec<Arc<Arm>>,
+    /// Its number in the feedback counters.
+    pub(super) number: u64,
 }
 
 impl Pipeline {
@@ -167,6 +171,7 @@ impl Pipeline {
     pub(super) fn compile_experiment(
         &self,
         config: experiments::ExperimentsConfig,
+        number: u64,
     ) -> Result<Experiment, String> {
         let mut arms = Vec::with_capacity(config.arms.len());
         for a in &config.arms {
@@ -189,13 +194,14 @@ impl Pipeline {
         Ok(Experiment {
             config: Arc::new(config),
             arms,
+            number,
         })
     }
 
     /// The arm a request falls in: forced by name, or the stable hash of
     /// its user id (its request id when it has none); `control` outside
     /// any experiment.
-    pub(super) fn arm_of(&self, req: &ValidRequest) -> Arc<Arm> {
+    pub(super) fn arm_of(&self, req: &ValidRequest) -> (Arc<Arm>, u64) {
         let experiment = self.experiment.load();
         let config = &experiment.config;
         let index = match &req.variant {
@@ -203,11 +209,12 @@ impl Pipeline {
             None if config.arms.is_empty() => None,
             None => config.assign_index(req.user_id.as_deref().unwrap_or(&req.request_id)),
         };
-        index.map_or_else(|| self.control.clone(), |i| experiment.arms[i].clone())
+        let arm = index.map_or_else(|| self.control.clone(), |i| experiment.arms[i].clone());
+        (arm, experiment.number)
     }
 
     pub(super) fn plan(&self, registry: &Registry, req: &ValidRequest, subject: &Subject) -> Plan {
-        let arm = self.arm_of(req);
+        let (arm, experiment) = self.arm_of(req);
         let pick = |over: &Option<ModelRef>, default: &Option<ModelRef>| {
             over.as_ref()
                 .or(default.as_ref())
@@ -239,6 +246,7 @@ impl Pipeline {
             rerank_shadows: shadows(ShadowStage::Rerank),
             metrics: arm.metrics.clone(),
             variant: arm.name.clone(),
+            experiment,
             filter,
             rerank,
             retrieve_n: arm.retrieve_n.unwrap_or(self.config.retrieve_n),

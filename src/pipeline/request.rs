@@ -221,6 +221,10 @@ pub struct RankResponse {
     pub cached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<Vec<StageReport>>,
+    /// The items' catalog rows, in order (what outcomes are attributed
+    /// to; not part of the answer).
+    #[serde(skip)]
+    pub rows: Vec<u32>,
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ impl Pipeline {
         let subject = self.subject(&req);
         let plan = self.plan(registry, &req, &subject);
         let arm = plan.metrics.clone();
+        let (experiment, variant) = (plan.experiment, plan.variant.clone());
+        let user_id = req.user_id.clone();
         let trending = self.trending_for(&req, &subject);
         let result = match self.cache.as_ref().filter(|_| !req.debug) {
             None => self.rank_for(subject, plan, req, trending).await,
@@ -80,6 +82,20 @@ impl Pipeline {
             result.is_err(),
             started.elapsed().as_secs_f64(),
         );
+        // Shown: kept for the outcomes that may name it, counted for its arm.
+        if let Ok(r) = &result {
+            let models: Vec<&str> = r.models.values().filter_map(Value::as_str).collect();
+            self.feedback.answered(
+                crate::feedback::answer(
+                    &r.request_id,
+                    variant,
+                    models.join(",").into(),
+                    experiment,
+                    &r.rows,
+                ),
+                user_id.as_deref(),
+            );
+        }
         result
     }
 
@@ -486,6 +502,7 @@ impl Pipeline {
                 variant: variant.clone(),
                 request_id: request_id.to_string(),
                 enqueued: Instant::now(),
+                rows: rows.to_vec(),
             });
         }
     }
@@ -514,6 +531,7 @@ impl Pipeline {
         report(&mut reports, arm, Stage::Select, n_in, current.len(), t);
         RankResponse {
             request_id: req.request_id,
+            rows: current.iter().map(|(row, _)| *row).collect(),
             items: current
                 .into_iter()
                 .map(|(row, score)| ScoredItem {

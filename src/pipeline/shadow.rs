@@ -136,6 +136,9 @@ pub struct ShadowJob {
     pub variant: Arc<str>,
     pub request_id: String,
     pub enqueued: Instant,
+    /// The stage's rows, in the order of `live_scores`: the shadow's order
+    /// of them goes to the feedback index, for outcome attribution.
+    pub rows: Vec<u32>,
 }
 
 /// An active shadow as requests use it, built when the shadow list is set:
@@ -214,7 +217,12 @@ pub struct ShadowRunner {
 
 impl ShadowRunner {
     /// Starts the worker threads. The log file, when configured, must open.
-    pub fn start(config: &ShadowConfig) -> Result<ShadowRunner, String> {
+    /// `feedback` learns each shadow's order of the rows (for the shadow
+    /// report on outcomes).
+    pub fn start(
+        config: &ShadowConfig,
+        feedback: Option<Arc<crate::feedback::Feedback>>,
+    ) -> Result<ShadowRunner, String> {
         let (tx, rx) = sync_channel::<ShadowJob>(config.queue_capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
@@ -227,9 +235,10 @@ impl ShadowRunner {
         };
         for i in 0..config.threads.max(1) {
             let (rx, depth, stats, log) = (rx.clone(), depth.clone(), stats.clone(), log.clone());
+            let feedback = feedback.clone();
             std::thread::Builder::new()
                 .name(format!("shadow-{i}"))
-                .spawn(move || worker(rx, depth, stats, log))
+                .spawn(move || worker(rx, depth, stats, log, feedback))
                 .map_err(|e| format!("shadow: cannot start a worker thread: {e}"))?;
         }
         let runner = ShadowRunner {
@@ -340,6 +349,7 @@ fn worker(
     depth: Arc<AtomicUsize>,
     stats: Arc<Mutex<BTreeMap<String, ShadowStats>>>,
     log: Option<Arc<Mutex<JsonLines<std::fs::File>>>>,
+    feedback: Option<Arc<crate::feedback::Feedback>>,
 ) {
     lower_priority();
     loop {
@@ -382,6 +392,18 @@ fn worker(
         }
         match outcome {
             Ok(c) => {
+                if let Some(feedback) = &feedback {
+                    let ranked: Box<[u32]> = c
+                        .order
+                        .iter()
+                        .filter_map(|&i| job.rows.get(i).copied())
+                        .collect();
+                    feedback.shadow_ranked(
+                        &job.request_id,
+                        shadow.spec.name.as_str().into(),
+                        ranked,
+                    );
+                }
                 shadow.compared.increment(1);
                 shadow.overlap.record(c.overlap);
                 shadow.rank_correlation.record(c.tau);
@@ -440,6 +462,8 @@ fn run_shadow(job: &ShadowJob) -> Result<Comparison, String> {
 /// How a shadow's scores of the same rows compare with the live ones.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
+    /// Row indices in the shadow's order (best first; ties by index).
+    pub order: Vec<usize>,
     /// |top-k(live) ∩ top-k(shadow)| / k.
     pub overlap: f64,
     /// Kendall's τ-b of the two orders (1 = same order, −1 = reversed).
@@ -459,6 +483,7 @@ fn order(scores: &[f32]) -> Vec<usize> {
 pub fn compare(live: &[f32], shadow: &[f32], k: usize) -> Comparison {
     let n = live.len().min(shadow.len());
     let k = k.min(n);
+    let shadow_order = order(&shadow[..n]);
     let overlap = if k == 0 {
         1.0
     } else {
@@ -467,11 +492,7 @@ pub fn compare(live: &[f32], shadow: &[f32], k: usize) -> Comparison {
         for &i in top_live {
             in_live[i] = true;
         }
-        order(&shadow[..n])[..k]
-            .iter()
-            .filter(|&&i| in_live[i])
-            .count() as f64
-            / k as f64
+        shadow_order[..k].iter().filter(|&&i| in_live[i]).count() as f64 / k as f64
     };
     let deltas: Vec<f32> = (0..n).map(|i| shadow[i] - live[i]).collect();
     let mean_abs_delta = if n == 0 {
@@ -480,6 +501,7 @@ pub fn compare(live: &[f32], shadow: &[f32], k: usize) -> Comparison {
         deltas.iter().map(|d| d.abs() as f64).sum::<f64>() / n as f64
     };
     Comparison {
+        order: shadow_order,
         overlap,
         tau: kendall_tau_b(&live[..n], &shadow[..n]),
         deltas,

@@ -124,6 +124,22 @@ pub const LIVE_STATE_EVICTIONS_TOTAL: &str = "cascade_live_state_evictions_total
 pub const STATE_FOLLOWER_RESTARTS_TOTAL: &str = "cascade_state_follower_restarts_total";
 /// Times this replica re-seeded a shared state that Redis had lost.
 pub const STATE_RESEEDS_TOTAL: &str = "cascade_state_reseeds_total";
+/// Outcomes attributed to answers this process served, by arm and kind.
+pub const OUTCOMES_TOTAL: &str = "cascade_outcomes_total";
+/// Outcome events accepted here, by what attribution found (`result`:
+/// attributed, unknown_request, expired, item_not_shown, no_request_id).
+pub const OUTCOME_ATTRIBUTION_TOTAL: &str = "cascade_outcome_attribution_total";
+/// Attributed outcomes on requests a shadow ran on, by shadow and kind;
+/// and those the shadow ranked within the answer's length.
+pub const SHADOW_OUTCOMES_TOTAL: &str = "cascade_shadow_outcomes_total";
+pub const SHADOW_OUTCOMES_TOP_K_TOTAL: &str = "cascade_shadow_outcomes_top_k_total";
+/// Answers kept for attribution, and those dropped before the window ended
+/// (past `feedback.max_recent_answers`).
+pub const RECENT_ANSWERS: &str = "cascade_recent_answers";
+pub const RECENT_ANSWERS_DROPPED_TOTAL: &str = "cascade_recent_answers_dropped_total";
+/// The experiment's sample-ratio-mismatch p-value (χ² of the rankings per
+/// arm against the configured shares).
+pub const EXPERIMENT_SRM_P_VALUE: &str = "cascade_experiment_srm_p_value";
 /// Time to lay the catalog changes from events over the snapshot (a new
 /// catalog generation, after each batch that changed items or users).
 pub const CATALOG_REBUILD_SECONDS: &str = "cascade_catalog_rebuild_seconds";

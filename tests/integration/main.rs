@@ -9,6 +9,7 @@ mod deploy;
 mod errors;
 mod events;
 mod experiments;
+mod feedback;
 mod hardening;
 mod lifecycle;
 mod metrics;
