@@ -222,7 +222,7 @@ fn alert_exprs(text: &str) -> Vec<(String, String)> {
 /// The expression without its alerting threshold (`… > 0.01`, `… == 0`),
 /// to see whether the series under it exist.
 fn without_threshold(expr: &str) -> &str {
-    for op in [" > ", " == "] {
+    for op in [" > ", " < ", " == "] {
         if let Some(at) = expr.rfind(op) {
             let tail = expr[at + op.len()..].trim();
             if tail.parse::<f64>().is_ok() || tail.starts_with("0 or absent") {
