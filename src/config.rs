@@ -550,6 +550,21 @@ impl Config {
         if self.feedback.max_recent_answers == 0 {
             return Err(invalid("feedback.max_recent_answers", "must be at least 1"));
         }
+        if !(0.0..=1.0).contains(&self.feedback.log_sample_rate) {
+            return Err(invalid(
+                "feedback.log_sample_rate",
+                "must be between 0 and 1",
+            ));
+        }
+        if let Err(e) = crate::data::schema::duration_ms(&self.feedback.log_max_age) {
+            return Err(invalid("feedback.log_max_age", e));
+        }
+        if self.feedback.log_max_bytes < 4096 {
+            return Err(invalid("feedback.log_max_bytes", "must be at least 4096"));
+        }
+        if self.feedback.log_queue == 0 {
+            return Err(invalid("feedback.log_queue", "must be at least 1"));
+        }
         if self.state.redis_compact_entries == 0 {
             return Err(invalid("state.redis_compact_entries", "must be at least 1"));
         }

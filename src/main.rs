@@ -52,6 +52,9 @@ enum Command {
     /// Compute a model's declared features for historical rows (training
     /// matrices), with the code that serves them.
     Features(FeaturesArgs),
+    /// Join the ranking log with the outcomes into training rows (one per
+    /// ranking and shown item, with the features that were served).
+    Dataset(DatasetArgs),
     /// Retrieval index tools.
     #[command(subcommand)]
     Index(IndexCommand),
@@ -79,6 +82,36 @@ struct CatalogArgs {
     /// The catalog whose schema and per-row fields are resampled.
     #[arg(long, default_value = "models/catalog")]
     template: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct DatasetArgs {
+    /// The app's configuration (its catalog, feedback.log_dir, state.dir).
+    #[arg(long, default_value = "config/default.toml")]
+    config: PathBuf,
+    /// An app folder holding config.toml (instead of --config).
+    #[arg(long)]
+    app: Option<PathBuf>,
+    /// The ranking log's folder (default: the configuration's
+    /// feedback.log_dir).
+    #[arg(long)]
+    logs: Option<PathBuf>,
+    /// Outcome events from a Parquet file too (user_id, item_id, kind,
+    /// timestamp, request_id, and optionally id).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Do not read outcomes from the state folder's event log.
+    #[arg(long)]
+    no_state: bool,
+    /// Answers served at or after this time only (epoch ms).
+    #[arg(long)]
+    since: Option<i64>,
+    /// Answers served before this time only (epoch ms).
+    #[arg(long)]
+    until: Option<i64>,
+    /// Where the Parquet training rows go.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -175,6 +208,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Eval(args)) => return eval(args),
         Some(Command::Catalog(args)) => return synth_catalog(args),
         Some(Command::Features(args)) => return features(args),
+        Some(Command::Dataset(args)) => return dataset(args),
         Some(Command::Index(IndexCommand::Build(args))) => return index_build(args),
         None => ServeArgs {
             config: PathBuf::from("config/default.toml"),
@@ -327,6 +361,57 @@ fn features(args: FeaturesArgs) -> anyhow::Result<()> {
         "{n} rows × {} features of {} written to {} in {:.1} s",
         input.features.len(),
         args.model,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn dataset(args: DatasetArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let config_path = match &args.app {
+        Some(dir) => dir.join("config.toml"),
+        None => args.config.clone(),
+    };
+    let config = Config::load(Some(&config_path), std::env::vars())?;
+    let catalog = cascade::catalog::Catalog::load(&config.ranking.catalog)?;
+    let logs = args
+        .logs
+        .or(config.feedback.log_dir.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!("--logs: no folder given and feedback.log_dir is not set")
+        })?;
+    let events = match &args.events {
+        Some(path) => cascade::offline::read_events(&catalog, path).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    let state_dir = (!args.no_state && config.state.backend == "embedded")
+        .then_some(config.state.dir.as_path());
+    let (columns, summary) =
+        cascade::feedback::dataset::build(&cascade::feedback::dataset::Sources {
+            logs: &logs,
+            state_dir,
+            events,
+            kinds: &catalog.schema.outcome_kinds,
+            window_ms: cascade::data::schema::duration_ms(&config.feedback.attribution_window)
+                .map_err(anyhow::Error::msg)?,
+            since: args.since,
+            until: args.until,
+        })
+        .map_err(anyhow::Error::msg)?;
+    let (names, columns): (Vec<String>, Vec<_>) = columns.into_iter().unzip();
+    cascade::data::parquet::write(
+        &args.out,
+        names.iter().map(String::as_str).zip(columns).collect(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "{} rows from {} rankings ({} outcomes joined, {} naming no logged answer, {} log lines skipped) written to {} in {:.1} s",
+        summary.rows,
+        summary.rankings,
+        summary.outcomes_joined,
+        summary.outcomes_unjoined,
+        summary.lines_skipped,
         args.out.display(),
         started.elapsed().as_secs_f64()
     );

@@ -23,6 +23,8 @@
 //! |---|---|---|
 //! | `user_id`, `item_id` | string | who did it to what (items must be in the catalog) |
 //! | `kind` | string, optional | one of `events.kinds` (default: the first one the schema lists) |
+//! | `id` | string, optional | the event's id (default: its row number) |
+//! | `request_id` | string, optional | the `/v1/rank` answer an outcome names (`cascade dataset`) |
 //! | `value` | number, nullable, optional | e.g. the rating |
 //! | `timestamp` | timestamp or int64 ms | when |
 //!
@@ -184,6 +186,9 @@ pub fn read_events(catalog: &Catalog, path: &Path) -> Result<Vec<Event>, String>
         let users = need("user_id", text("user_id")?)?;
         let items = need("item_id", text("item_id")?)?;
         let kind = text("kind")?;
+        // Optional: the events' ids and the answers they name (outcomes).
+        let ids = text("id")?;
+        let request_ids = text("request_id")?;
         let values = match column("value") {
             Some(a) => numbers(a.as_ref())
                 .ok_or_else(|| format!("{shown}: column \"value\" must hold numbers"))?,
@@ -226,13 +231,16 @@ pub fn read_events(catalog: &Catalog, path: &Path) -> Result<Vec<Event>, String>
             }
             let timestamp = times[r].ok_or_else(|| bad("timestamp", "is null"))? as i64;
             out.push(Event::Interaction {
-                id: at.to_string(),
+                id: ids
+                    .as_ref()
+                    .and_then(|ids| ids[r].clone())
+                    .unwrap_or_else(|| at.to_string()),
                 user_id,
                 item_id,
                 kind,
                 value: values[r].filter(|v| v.is_finite()),
                 timestamp,
-                request_id: None,
+                request_id: request_ids.as_ref().and_then(|r_| r_[r].clone()),
                 attribution: None,
             });
         }

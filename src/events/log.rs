@@ -502,6 +502,39 @@ fn valid_frame_after(rest: &[u8]) -> bool {
     })
 }
 
+/// The batches of every log in `dir` after its snapshot, read without the
+/// folder's lock and without changing anything (a running server may hold
+/// it): a torn tail of the last log is left out, not cut. What `cascade
+/// dataset` reads outcomes from.
+pub fn peek(dir: &Path) -> Result<Vec<Batch>, String> {
+    let covered = read_snapshot(dir)?.map(|(g, _)| g);
+    let mut generations: Vec<u64> = std::fs::read_dir(dir)
+        .map_err(|e| format!("state.dir: cannot list the folder: {}", e.kind()))?
+        .filter_map(|e| generation_of(e.ok()?.file_name().to_str()?))
+        .filter(|&g| covered.is_none_or(|c| g > c))
+        .collect();
+    generations.sort_unstable();
+    let last = generations.last().copied();
+    let mut out = Vec::new();
+    for g in generations {
+        let path = dir.join(log_name(g));
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            // Deleted by a compaction since it was listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(format!(
+                    "state.dir: cannot read {}: {}",
+                    log_name(g),
+                    e.kind()
+                ))
+            }
+        };
+        out.extend(parse_log(&bytes, &log_name(g), Some(g) == last)?.0);
+    }
+    Ok(out)
+}
+
 /// Every batch of one log file; a torn tail of the last log is cut off.
 /// Returns the batches, the bytes cut and the bytes kept.
 fn read_log(path: &Path, last: bool) -> Result<(Vec<Batch>, u64, u64), String> {
@@ -516,6 +549,24 @@ fn read_log(path: &Path, last: bool) -> Result<(Vec<Batch>, u64, u64), String> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|e| format!("state.dir: cannot read {name}: {}", e.kind()))?;
+    let (batches, torn, at) = parse_log(&bytes, &name, last)?;
+    if torn > 0 {
+        file.set_len(at)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| {
+                format!(
+                    "state.dir: cannot cut the torn tail of {name}: {}",
+                    e.kind()
+                )
+            })?;
+    }
+    Ok((batches, torn, at))
+}
+
+/// The batches of one log's bytes; where a torn tail starts (only in the
+/// last log); an error for anything damaged. Returns the batches, the
+/// bytes of the torn tail and the bytes before it.
+fn parse_log(bytes: &[u8], name: &str, last: bool) -> Result<(Vec<Batch>, u64, u64), String> {
     let damaged = |at: usize, why: &str| {
         format!(
             "state.dir: {name} is damaged at byte {at} ({why}); nothing was cut: move the file away to start without it, or restore it"
@@ -559,16 +610,6 @@ fn read_log(path: &Path, last: bool) -> Result<(Vec<Batch>, u64, u64), String> {
         })?;
         batches.push(batch.into());
         at += 8 + len;
-    }
-    if torn > 0 {
-        file.set_len(at as u64)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| {
-                format!(
-                    "state.dir: cannot cut the torn tail of {name}: {}",
-                    e.kind()
-                )
-            })?;
     }
     Ok((batches, torn, at as u64))
 }

@@ -22,6 +22,8 @@
 //! counters do; what was served and what users did stays in the logs.
 
 pub mod answers;
+pub mod dataset;
+pub mod log;
 pub mod stats;
 pub mod tally;
 
@@ -44,6 +46,17 @@ pub struct FeedbackConfig {
     /// Answers kept for attribution at most; past it the oldest go first
     /// (`cascade_recent_answers_dropped_total`). About 300 bytes each.
     pub max_recent_answers: usize,
+    /// Where the ranking log goes ([`log`]); none: no log.
+    pub log_dir: Option<std::path::PathBuf>,
+    /// The share of answers logged (a stable draw per request id).
+    pub log_sample_rate: f64,
+    /// A log file is closed past this many bytes…
+    pub log_max_bytes: u64,
+    /// …or this age (`"1h"`), and the next one started.
+    pub log_max_age: String,
+    /// Records waiting for the writer at most; past it they are dropped
+    /// (counted), never waited for.
+    pub log_queue: usize,
 }
 
 impl Default for FeedbackConfig {
@@ -51,6 +64,11 @@ impl Default for FeedbackConfig {
         FeedbackConfig {
             attribution_window: "30m".into(),
             max_recent_answers: 100_000,
+            log_dir: None,
+            log_sample_rate: 1.0,
+            log_max_bytes: 64 * 1024 * 1024,
+            log_max_age: "1h".into(),
+            log_queue: 4096,
         }
     }
 }
@@ -142,6 +160,8 @@ pub struct Feedback {
     tally: Mutex<Tally>,
     attribution: [metrics::Counter; 5],
     srm: metrics::Gauge,
+    /// The ranking log, when `feedback.log_dir` is set.
+    log: Option<log::RankingLog>,
 }
 
 /// The SRM gauge is recomputed every this many rankings of an arm (a χ²
@@ -164,16 +184,30 @@ fn replica_id() -> Arc<str> {
 }
 
 impl Feedback {
-    /// `kinds`: the schema's outcome kinds.
-    pub fn new(config: &FeedbackConfig, kinds: Vec<String>) -> Feedback {
+    /// `kinds`: the schema's outcome kinds. Starts the ranking log's
+    /// writer when `feedback.log_dir` is set.
+    pub fn new(config: &FeedbackConfig, kinds: Vec<String>) -> Result<Feedback, String> {
         let window_ms =
             crate::data::schema::duration_ms(&config.attribution_window).unwrap_or(30 * 60_000);
+        let log = match &config.log_dir {
+            None => None,
+            Some(dir) => Some(log::RankingLog::start(log::LogSettings {
+                dir: dir.clone(),
+                sample_rate: config.log_sample_rate,
+                max_bytes: config.log_max_bytes,
+                max_age: std::time::Duration::from_millis(
+                    crate::data::schema::duration_ms(&config.log_max_age).unwrap_or(3_600_000)
+                        as u64,
+                ),
+                queue: config.log_queue,
+            })?),
+        };
         let attribution = AttributionResult::ALL.map(|r| {
             let c = metrics::counter!(m::OUTCOME_ATTRIBUTION_TOTAL, "result" => r.as_str());
             c.increment(0);
             c
         });
-        Feedback {
+        Ok(Feedback {
             answers: RecentAnswers::new(window_ms, config.max_recent_answers),
             window_ms,
             kinds,
@@ -181,6 +215,51 @@ impl Feedback {
             tally: Mutex::new(Tally::default()),
             attribution,
             srm: metrics::gauge!(m::EXPERIMENT_SRM_P_VALUE),
+            log,
+        })
+    }
+
+    /// Whether the answer to `request_id` goes into the ranking log (its
+    /// stages then keep what they read for it).
+    pub fn sampled(&self, request_id: &str) -> bool {
+        self.log.as_ref().is_some_and(|l| l.sampled(request_id))
+    }
+
+    /// Logs a shown answer (never waits).
+    pub fn log_ranking(&self, record: log::RankingRecord) {
+        if let Some(l) = &self.log {
+            l.ranking(record);
+        }
+    }
+
+    /// Logs the outcomes of `events` (accepted and applied; never waits).
+    pub fn log_outcomes(&self, events: &[Event]) {
+        let Some(l) = &self.log else { return };
+        for e in events {
+            let Event::Interaction {
+                id,
+                user_id,
+                item_id,
+                kind,
+                value,
+                timestamp,
+                request_id,
+                attribution: Some(a),
+            } = e
+            else {
+                continue;
+            };
+            l.outcome(log::OutcomeRecord {
+                id: id.clone(),
+                ts_ms: *timestamp,
+                user_id: user_id.clone(),
+                item_id: item_id.clone(),
+                kind: kind.clone(),
+                value: *value,
+                request_id: request_id.clone(),
+                result: a.result.as_str(),
+                position: a.position,
+            });
         }
     }
 

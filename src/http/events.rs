@@ -76,6 +76,7 @@ pub async fn route(
                 let recorded = std::time::Instant::now();
                 pipeline.online.apply_arrived(&fresh, now_ms);
                 pipeline.feedback.count(&fresh);
+                pipeline.feedback.log_outcomes(&fresh);
                 metrics::histogram!(m::EVENT_APPLY_LAG_SECONDS)
                     .record(recorded.elapsed().as_secs_f64());
                 if log.bytes() > state.config.state.compact_bytes {
@@ -98,6 +99,7 @@ pub async fn route(
                     })
                 })?;
                 duplicates += n - recorded.fresh.len();
+                pipeline.feedback.log_outcomes(&recorded.fresh);
                 recorded.fresh
             }
         };

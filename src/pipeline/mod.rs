@@ -154,7 +154,7 @@ impl Pipeline {
         let feedback = Arc::new(crate::feedback::Feedback::new(
             &config.feedback,
             catalog.schema.outcome_kinds.clone(),
-        ));
+        )?);
         // `control`'s handles, shared with an arm that takes its name.
         let control = Arc::new(plan::ArmMetrics::register(CONTROL));
         let pipeline = Pipeline {
@@ -310,6 +310,30 @@ impl Pipeline {
     /// and the context with its defaults applied at the request's time.
     pub fn subject(&self, req: &ValidRequest) -> Subject {
         self.subject_at(req, SystemTime::now())
+    }
+
+    /// The request's context as served (defaults applied), by field name:
+    /// numbers as numbers, categories by their value, missing as null —
+    /// what the ranking log records.
+    pub fn context_values(&self, subject: &Subject) -> serde_json::Map<String, serde_json::Value> {
+        use crate::data::schema::FieldType;
+        use serde_json::Value;
+        self.schema()
+            .context
+            .iter()
+            .zip(&subject.ctx)
+            .map(|(field, &v)| {
+                let value = match &field.ty {
+                    _ if v.is_nan() => Value::Null,
+                    FieldType::Category(vocab) => {
+                        vocab.value(v as u32).map_or(Value::Null, Value::String)
+                    }
+                    _ => serde_json::Number::from_f64(f64::from(v))
+                        .map_or(Value::Null, Value::Number),
+                };
+                (field.name.clone(), value)
+            })
+            .collect()
     }
 
     /// [`Pipeline::subject`] as of `now`.

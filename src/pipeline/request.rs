@@ -1,6 +1,8 @@
 //! `POST /v1/rank` bodies (API.md §1): parsing is serde's job, bounds and
 //! meaning are checked here, and every rejection names the field.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -225,6 +227,11 @@ pub struct RankResponse {
     /// to; not part of the answer).
     #[serde(skip)]
     pub rows: Vec<u32>,
+    /// What the stages scored and read for these items, when the answer
+    /// was computed for a request sampled into the ranking log (a cache
+    /// hit logs it too).
+    #[serde(skip)]
+    pub served: Option<Arc<crate::feedback::log::Served>>,
 }
 
 #[cfg(test)]

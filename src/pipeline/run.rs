@@ -38,9 +38,15 @@ impl Pipeline {
         let arm = plan.metrics.clone();
         let (experiment, variant) = (plan.experiment, plan.variant.clone());
         let user_id = req.user_id.clone();
+        // Sampled into the ranking log: the stages keep what they read.
+        let logged = self
+            .feedback
+            .sampled(&req.request_id)
+            .then(|| (self.context_values(&subject), now_ms()));
+        let capture = logged.is_some();
         let trending = self.trending_for(&req, &subject);
         let result = match self.cache.as_ref().filter(|_| !req.debug) {
-            None => self.rank_for(subject, plan, req, trending).await,
+            None => self.rank_for(subject, plan, req, trending, capture).await,
             Some(cache) => {
                 let (live, user_held) = self.live_key(&plan, &req, &subject, trending.as_deref());
                 let key = CacheKey::new(
@@ -53,7 +59,7 @@ impl Pipeline {
                 );
                 let request_id = req.request_id.clone();
                 match cache
-                    .get_or_compute(key, self.rank_for(subject, plan, req, trending))
+                    .get_or_compute(key, self.rank_for(subject, plan, req, trending, capture))
                     .await
                 {
                     Ok((mut response, hit)) => {
@@ -82,8 +88,28 @@ impl Pipeline {
             result.is_err(),
             started.elapsed().as_secs_f64(),
         );
-        // Shown: kept for the outcomes that may name it, counted for its arm.
+        // Shown: kept for the outcomes that may name it, counted for its
+        // arm, and (sampled) logged with what its stages read.
         if let Ok(r) = &result {
+            if let Some((context, ts_ms)) = logged {
+                self.feedback
+                    .log_ranking(crate::feedback::log::RankingRecord {
+                        request_id: r.request_id.clone(),
+                        ts_ms,
+                        user_id: user_id.clone(),
+                        context,
+                        variant: variant.clone(),
+                        models: r.models.clone(),
+                        fallback: r.fallback.map(Fallback::as_str),
+                        cached: r.cached,
+                        items: r
+                            .items
+                            .iter()
+                            .map(|i| (i.item_id.clone(), i.score))
+                            .collect(),
+                        served: r.served.clone(),
+                    });
+            }
             let models: Vec<&str> = r.models.values().filter_map(Value::as_str).collect();
             self.feedback.answered(
                 crate::feedback::answer(
@@ -122,7 +148,7 @@ impl Pipeline {
         let subject = self.subject_at(&req, now);
         let plan = self.plan(registry, &req, &subject);
         let trending = self.trending_for(&req, &subject);
-        self.rank_for(subject, plan, req, trending).await
+        self.rank_for(subject, plan, req, trending, false).await
     }
 
     /// The trending list, for a request that may retrieve from it: one
@@ -173,12 +199,15 @@ impl Pipeline {
         (live, versions.user_held)
     }
 
+    /// The cascade for one request; with `capture`, each stage's rows,
+    /// scores and feature matrix are kept for the ranking log.
     async fn rank_for(
         &self,
         subject: Subject,
         plan: Plan,
         req: ValidRequest,
         trending: Option<Arc<Trending>>,
+        capture: bool,
     ) -> Result<RankResponse, RankError> {
         let started = Instant::now();
         // Model stages must finish before `deadline`, which keeps the
@@ -190,6 +219,7 @@ impl Pipeline {
             );
         let mut reports = Vec::new();
         let mut models = Map::new();
+        let mut captured: Vec<Captured> = Vec::new();
         let variant = plan.variant.clone();
         let arm = plan.metrics.clone();
         let mut fallback = if subject.user.is_none() {
@@ -260,7 +290,7 @@ impl Pipeline {
         }
         if current.is_empty() {
             return Ok(self.respond(
-                catalog, req, &variant, &arm, current, models, fallback, reports,
+                catalog, req, &variant, &arm, current, models, fallback, reports, captured,
             ));
         }
 
@@ -288,16 +318,32 @@ impl Pipeline {
                         &subject,
                         &rows,
                         deadline,
-                        !shadows.is_empty(),
+                        !shadows.is_empty() || capture,
                     )
                     .await
                 }
             };
             match scored {
-                Ok(out) => {
+                Ok(mut out) => {
                     let model = model.as_ref().expect("it scored, so it resolved");
                     let n_in = current.len();
-                    if let Some(matrix) = out.matrix {
+                    if capture {
+                        if let Some(matrix) = &out.matrix {
+                            captured.push(Captured {
+                                key: model_key(stage, subject.user.is_some()),
+                                model: model.label().into(),
+                                names: model.features().names.as_slice().into(),
+                                rows: rows.clone(),
+                                scores: out.scores.clone(),
+                                matrix: if shadows.is_empty() {
+                                    out.matrix.take().unwrap_or_default()
+                                } else {
+                                    matrix.clone()
+                                },
+                            });
+                        }
+                    }
+                    if let Some(matrix) = out.matrix.filter(|_| !shadows.is_empty()) {
                         let k = keep.unwrap_or(req.k);
                         self.offer_shadows(
                             catalog,
@@ -355,7 +401,7 @@ impl Pipeline {
             arm.fallback(Fallback::ColdStart);
         }
         Ok(self.respond(
-            catalog, req, &variant, &arm, current, models, fallback, reports,
+            catalog, req, &variant, &arm, current, models, fallback, reports, captured,
         ))
     }
 
@@ -518,6 +564,7 @@ impl Pipeline {
         models: Map<String, Value>,
         fallback: Option<Fallback>,
         mut reports: Vec<StageReport>,
+        captured: Vec<Captured>,
     ) -> RankResponse {
         let t = Instant::now();
         let n_in = current.len();
@@ -529,9 +576,12 @@ impl Pipeline {
         }
         self.rules.select(catalog, &mut current, req.k);
         report(&mut reports, arm, Stage::Select, n_in, current.len(), t);
+        let rows: Vec<u32> = current.iter().map(|(row, _)| *row).collect();
+        let served = (!captured.is_empty()).then(|| Arc::new(served(captured, &rows)));
         RankResponse {
             request_id: req.request_id,
-            rows: current.iter().map(|(row, _)| *row).collect(),
+            rows,
+            served,
             items: current
                 .into_iter()
                 .map(|(row, score)| ScoredItem {
@@ -546,6 +596,49 @@ impl Pipeline {
             stages: req.debug.then_some(reports),
         }
     }
+}
+
+/// One stage's rows, scores and feature matrix, kept for the ranking log.
+struct Captured {
+    key: &'static str,
+    model: Arc<str>,
+    names: Arc<[String]>,
+    rows: Vec<u32>,
+    scores: Vec<f32>,
+    /// `[rows, names.len()]`.
+    matrix: Vec<f32>,
+}
+
+/// What each captured stage scored and read for the shown `rows`.
+fn served(captured: Vec<Captured>, rows: &[u32]) -> crate::feedback::log::Served {
+    let stages = captured
+        .into_iter()
+        .map(|c| {
+            let at: std::collections::HashMap<u32, usize> =
+                c.rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+            let width = c.names.len();
+            let found: Vec<Option<usize>> = rows.iter().map(|r| at.get(r).copied()).collect();
+            crate::feedback::log::StageServed {
+                key: c.key,
+                scores: found.iter().map(|i| i.map(|i| c.scores[i])).collect(),
+                rows: found
+                    .iter()
+                    .map(|i| {
+                        i.and_then(|i| c.matrix.get(i * width..(i + 1) * width).map(Into::into))
+                    })
+                    .collect(),
+                model: c.model,
+                names: c.names,
+            }
+        })
+        .collect();
+    crate::feedback::log::Served { stages }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Which stage model an answer's `models` names: `filter`, or for the

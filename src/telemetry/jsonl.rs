@@ -45,12 +45,13 @@ impl<W: Write> JsonLines<W> {
         }
     }
 
-    /// Appends `value` and a newline in one write.
-    pub fn append(&mut self, value: &impl serde::Serialize) -> io::Result<()> {
+    /// Appends `value` and a newline in one write; returns the bytes.
+    pub fn append(&mut self, value: &impl serde::Serialize) -> io::Result<usize> {
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, value)?;
         self.buf.push(b'\n');
-        self.out.write_all(&self.buf)
+        self.out.write_all(&self.buf)?;
+        Ok(self.buf.len())
     }
 }
 

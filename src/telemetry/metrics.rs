@@ -140,6 +140,9 @@ pub const RECENT_ANSWERS_DROPPED_TOTAL: &str = "cascade_recent_answers_dropped_t
 /// The experiment's sample-ratio-mismatch p-value (χ² of the rankings per
 /// arm against the configured shares).
 pub const EXPERIMENT_SRM_P_VALUE: &str = "cascade_experiment_srm_p_value";
+/// Ranking-log records (`result`: written, dropped (queue full), failed
+/// (the disk refused the write)).
+pub const RANKINGS_LOGGED_TOTAL: &str = "cascade_rankings_logged_total";
 /// Time to lay the catalog changes from events over the snapshot (a new
 /// catalog generation, after each batch that changed items or users).
 pub const CATALOG_REBUILD_SECONDS: &str = "cascade_catalog_rebuild_seconds";

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::{
-    admin, config_for, item_ids, known_users, metrics_text, send, shipped_models, TestServer,
+    admin, config_for, golden, item_ids, known_users, metrics_text, send, shipped_models,
+    TestServer,
 };
 
 /// A ranking for `user` under `request_id`, forced into `arm` (when the
@@ -288,4 +289,258 @@ async fn outcomes_are_attributed_and_both_reports_count_them_exactly() {
         .as_str()
         .unwrap()
         .starts_with("events[0].request_id: must be 1 to 128 visible ASCII"));
+}
+
+/// The Parquet file `cascade dataset` wrote, as named columns of strings
+/// or floats (missing: `None`).
+fn read_parquet(path: &std::path::Path) -> std::collections::HashMap<String, Vec<Option<Value>>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out: std::collections::HashMap<String, Vec<Option<Value>>> = Default::default();
+    let mut order = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+            if !out.contains_key(field.name()) {
+                order.push(field.name().clone());
+            }
+            let values = out.entry(field.name().clone()).or_default();
+            for i in 0..column.len() {
+                values.push(if column.is_null(i) {
+                    None
+                } else if let Some(s) = column.as_string_opt::<i32>() {
+                    Some(json!(s.value(i)))
+                } else if let Some(f) = column.as_primitive_opt::<arrow_array::types::Float32Type>()
+                {
+                    Some(json!(f.value(i)))
+                } else if let Some(f) = column.as_primitive_opt::<arrow_array::types::Float64Type>()
+                {
+                    Some(json!(f.value(i)))
+                } else {
+                    panic!("column {} of an unexpected type", field.name())
+                });
+            }
+        }
+    }
+    out.insert(
+        "__order".into(),
+        order.into_iter().map(|n| Some(json!(n))).collect(),
+    );
+    out
+}
+
+/// Served answers (a cache hit among them) are logged with the feature
+/// rows their stages read; clicks naming them are posted and the server is
+/// killed at once; `cascade dataset` then holds one row per shown item,
+/// in the answers' order, every click counted in its label (from the
+/// event log: the acknowledged outcomes survive kill -9), and feature
+/// rows that are exactly what the re-ranker scored.
+#[test]
+fn the_dataset_holds_what_was_served_and_what_users_did() {
+    use crate::lifecycle::spawn_binary_with;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = crate::common::fresh_state_dir();
+    let logs = tempfile::tempdir().unwrap();
+    let (state_s, logs_s) = (
+        state.to_string_lossy().to_string(),
+        logs.path().to_string_lossy().to_string(),
+    );
+    let env = [
+        ("CASCADE_STATE__DIR", state_s.as_str()),
+        ("CASCADE_FEEDBACK__LOG_DIR", logs_s.as_str()),
+    ];
+    let users = known_users(3);
+    let (mut child, public, _) = spawn_binary_with(&env);
+    let answers: Vec<(String, Vec<String>)> = rt.block_on(async {
+        let mut answers = Vec::new();
+        for (i, rid) in ["d-1", "d-2", "d-3", "d-4"].iter().enumerate() {
+            let body = json!({"request_id": rid, "user_id": users[i % 3], "k": 5,
+                              "context": {"hour": 3, "weekday": 1}});
+            let v = crate::common::post_json_to(public, "/v1/rank", &body)
+                .await
+                .json();
+            assert_eq!(v["cached"], json!(i == 3), "d-4 repeats d-1: {v}");
+            answers.push((rid.to_string(), item_ids(&v)));
+        }
+        answers
+    });
+    // The writer is off the hot path: wait for its four lines.
+    let started = Instant::now();
+    loop {
+        let lines: usize = cascade::feedback::log::files(logs.path())
+            .unwrap()
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.contains("\"type\":\"ranking\""))
+                    .count()
+            })
+            .sum();
+        if lines == 4 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{lines} ranking lines"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let item = |a: usize, p: usize| answers[a].1[p].clone();
+    rt.block_on(async {
+        let r = crate::common::post_json_to(
+            public,
+            "/v1/events",
+            &json!({"events": [
+                click("o-1", &users[0], &item(0, 1), Some("d-1")),
+                click("o-2", &users[1], &item(1, 0), Some("d-2")),
+                click("o-3", &users[1], &item(1, 0), Some("d-2")),
+                click("o-4", &users[0], &item(3, 0), Some("d-4")),
+            ]}),
+        )
+        .await;
+        assert_eq!(r.json(), json!({"accepted": 4, "duplicates": 0}));
+    });
+    // Killed right after the 200: the outcome lines may not be written yet.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = logs.path().join("dataset.parquet");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["dataset", "--config", "config/default.toml", "--out"])
+        .arg(&out)
+        .current_dir(crate::common::project_root())
+        .envs(env)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t = read_parquet(&out);
+    let text = |c: &str, i: usize| {
+        t[c][i]
+            .as_ref()
+            .and_then(|v| v.as_str().map(str::to_string))
+    };
+    let num = |c: &str, i: usize| t[c][i].as_ref().and_then(Value::as_f64);
+    assert_eq!(t["request_id"].len(), 20, "4 answers of 5 items");
+    for (a, (rid, items)) in answers.iter().enumerate() {
+        for (p, id) in items.iter().enumerate() {
+            let i = a * 5 + p;
+            assert_eq!(text("request_id", i).as_deref(), Some(rid.as_str()));
+            assert_eq!(text("item_id", i).as_deref(), Some(id.as_str()));
+            assert_eq!(num("position", i), Some(p as f64));
+            assert_eq!(num("cached", i), Some(if a == 3 { 1.0 } else { 0.0 }));
+            assert_eq!(text("model_ranker", i).as_deref(), Some("ranker@1"));
+            let clicks = match (a, p) {
+                (0, 1) | (3, 0) => 1.0,
+                (1, 0) => 2.0,
+                _ => 0.0,
+            };
+            assert_eq!(num("label_click", i), Some(clicks), "{rid} position {p}");
+        }
+    }
+    // The logged row is what the re-ranker scored: scored again through
+    // the inference protocol, it gives the logged score.
+    let names: Vec<String> = t["__order"]
+        .iter()
+        .filter_map(|n| n.as_ref()?.as_str().map(str::to_string))
+        .filter(|n| n.starts_with("ranker."))
+        .collect();
+    assert_eq!(names.len(), golden("ranker").inputs[0].len());
+    let row: Vec<f32> = names.iter().map(|n| num(n, 6).unwrap() as f32).collect();
+    rt.block_on(async {
+        let s = TestServer::shipped().await;
+        let v = s
+            .post_json(
+                "/v2/models/ranker/infer",
+                &json!({"inputs": [{"name": "features", "shape": [1, row.len()], "datatype": "FP32", "data": row}]}),
+            )
+            .await
+            .json();
+        let score = v["outputs"][0]["data"][0].as_f64().unwrap();
+        let logged = num("score_ranker", 6).unwrap();
+        assert!((score - logged).abs() < 1e-5, "{score} vs logged {logged}");
+    });
+}
+
+/// The ranking log on a full disk (a 512 KiB tmpfs): every ranking is
+/// answered, the same as a server without the log; the records the disk
+/// refused are counted, never waited for. Needs root (SKIPPED elsewhere,
+/// a failure under CI=true).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_ranking_log_never_touches_a_ranking() {
+    use std::process::Command;
+    let root = tempfile::tempdir().unwrap();
+    let mount = root.path().join("logs");
+    std::fs::create_dir(&mount).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        crate::common::skip(
+            "a_full_disk_under_the_ranking_log_never_touches_a_ranking",
+            "mounting a tmpfs needs root",
+        );
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let mut logged = config_for(&shipped_models());
+    logged.feedback.log_dir = Some(mount.clone());
+    logged.ranking.cache.enabled = false;
+    let mut plain = config_for(&shipped_models());
+    plain.ranking.cache.enabled = false;
+    let (a, b) = (
+        TestServer::start(logged).await,
+        TestServer::start(plain).await,
+    );
+    let users = known_users(50);
+    for (i, u) in users.iter().enumerate() {
+        let body = json!({"request_id": format!("f-{i}"), "user_id": u, "k": 100,
+                          "context": {"hour": 3, "weekday": 1}});
+        let (va, vb) = (
+            a.post_json("/v1/rank", &body).await,
+            b.post_json("/v1/rank", &body).await,
+        );
+        assert_eq!((va.status, vb.status), (200, 200));
+        assert_eq!(item_ids(&va.json()), item_ids(&vb.json()), "{u}");
+    }
+    // Every record was written or refused by the disk (or dropped).
+    let started = Instant::now();
+    loop {
+        let text = metrics_text(a.admin).await;
+        let [w, f, d] = ["written", "failed", "dropped"].map(|r| {
+            metric(
+                &text,
+                &format!("cascade_rankings_logged_total{{result=\"{r}\"}}"),
+            )
+        });
+        if w + f + d >= 50.0 {
+            assert!(
+                w > 0.0 && f + d > 0.0,
+                "written {w}, failed {f}, dropped {d}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "written {w}, failed {f}, dropped {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
