@@ -203,25 +203,64 @@ struct RankingLine<'a> {
 struct ItemLine<'a> {
     item_id: &'a str,
     position: usize,
-    score: f32,
+    score: F32,
     /// Per stage (`filter`, `ranker`, …): the score it gave.
-    scores: Map<String, Value>,
+    scores: Pairs<'a, F32>,
     /// Per model (`name@version`): the row it read.
-    features: Map<String, Value>,
+    features: Pairs<'a, Row<'a>>,
 }
 
-/// A float as JSON (non-finite: null).
-fn float(x: f32) -> Value {
-    serde_json::Number::from_f64(f64::from(x)).map_or(Value::Null, Value::Number)
+/// An `f32` written as the shortest decimal that reads back the same (an
+/// `f64` detour writes 17 digits: twice the bytes, and the serialisation
+/// was the log's main cost); non-finite as null.
+#[derive(Clone, Copy)]
+struct F32(f32);
+
+impl Serialize for F32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_finite() {
+            s.serialize_f32(self.0)
+        } else {
+            s.serialize_none()
+        }
+    }
 }
 
-fn floats(v: &[f32]) -> Value {
-    Value::Array(v.iter().map(|x| float(*x)).collect())
+/// A feature row.
+struct Row<'a>(&'a [f32]);
+
+impl Serialize for Row<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|&x| F32(x)))
+    }
 }
+
+/// A small map, in order, without building one.
+struct Pairs<'a, T>(Vec<(&'a str, T)>);
+
+impl<T: Serialize> Serialize for Pairs<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// How long the writer sleeps when the queue is empty. It polls instead
+/// of blocking: a blocked receiver makes every ranking's send wake it (a
+/// futex and a context switch per record, which cost the serving threads
+/// more than the writing did).
+const POLL: Duration = Duration::from_millis(5);
 
 impl Writer {
     fn run(mut self, rx: Receiver<Line>) {
-        while let Ok(line) = rx.recv() {
+        loop {
+            let line = match rx.try_recv() {
+                Ok(line) => line,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+            };
             if let Err(e) = self.write(&line) {
                 self.failed.increment(1);
                 if let Some(suppressed) =
@@ -293,22 +332,23 @@ impl Writer {
                     .iter()
                     .enumerate()
                     .map(|(i, (id, score))| {
-                        let mut scores = Map::new();
-                        let mut features = Map::new();
-                        for s in r.served.iter().flat_map(|s| &s.stages) {
-                            if let Some(Some(x)) = s.scores.get(i) {
-                                scores.insert(s.key.into(), float(*x));
-                            }
-                            if let Some(Some(row)) = s.rows.get(i) {
-                                features.insert(s.model.to_string(), floats(row));
-                            }
-                        }
+                        let stages = || r.served.iter().flat_map(|s| &s.stages);
                         ItemLine {
                             item_id: id,
                             position: i,
-                            score: *score,
-                            scores,
-                            features,
+                            score: F32(*score),
+                            scores: Pairs(
+                                stages()
+                                    .filter_map(|s| Some((s.key, F32((*s.scores.get(i)?)?))))
+                                    .collect(),
+                            ),
+                            features: Pairs(
+                                stages()
+                                    .filter_map(|s| {
+                                        Some((&*s.model, Row(s.rows.get(i)?.as_deref()?)))
+                                    })
+                                    .collect(),
+                            ),
                         }
                     })
                     .collect();

@@ -329,10 +329,11 @@ impl Pipeline {
                     let n_in = current.len();
                     if capture {
                         if let Some(matrix) = &out.matrix {
+                            let (label, names) = model.logged();
                             captured.push(Captured {
                                 key: model_key(stage, subject.user.is_some()),
-                                model: model.label().into(),
-                                names: model.features().names.as_slice().into(),
+                                model: label,
+                                names,
                                 rows: rows.clone(),
                                 scores: out.scores.clone(),
                                 matrix: if shadows.is_empty() {
@@ -614,10 +615,18 @@ fn served(captured: Vec<Captured>, rows: &[u32]) -> crate::feedback::log::Served
     let stages = captured
         .into_iter()
         .map(|c| {
-            let at: std::collections::HashMap<u32, usize> =
-                c.rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+            // A few shown items among a few hundred rows: a scan is
+            // cheaper than building a map.
+            let found: Vec<Option<usize>> = if rows.len() * c.rows.len() <= 1 << 14 {
+                rows.iter()
+                    .map(|r| c.rows.iter().position(|x| x == r))
+                    .collect()
+            } else {
+                let at: std::collections::HashMap<u32, usize> =
+                    c.rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+                rows.iter().map(|r| at.get(r).copied()).collect()
+            };
             let width = c.names.len();
-            let found: Vec<Option<usize>> = rows.iter().map(|r| at.get(r).copied()).collect();
             crate::feedback::log::StageServed {
                 key: c.key,
                 scores: found.iter().map(|i| i.map(|i| c.scores[i])).collect(),

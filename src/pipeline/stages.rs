@@ -320,6 +320,8 @@ pub struct StageModel {
     id: u32,
     model: Arc<LoadedModel>,
     label: String,
+    /// `label` and the feature names, shared by every ranking-log record.
+    logged: (Arc<str>, Arc<[String]>),
     features: FeatureSet,
     /// Feature and score distributions against the version's profile.
     drift: Option<DriftMonitor>,
@@ -425,9 +427,11 @@ impl StageModel {
             defaulted: features.names.iter().map(|_| Default::default()).collect(),
         };
         static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let label = format!("{}@{}", model.name, model.version);
         Ok(StageModel {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            label: format!("{}@{}", model.name, model.version),
+            logged: (label.as_str().into(), features.names.as_slice().into()),
+            label,
             model,
             features,
             feature_metrics,
@@ -438,6 +442,11 @@ impl StageModel {
 
     pub fn name(&self) -> &str {
         &self.model.name
+    }
+
+    /// Its label and feature names, as the ranking log records them.
+    pub fn logged(&self) -> (Arc<str>, Arc<[String]>) {
+        (self.logged.0.clone(), self.logged.1.clone())
     }
 
     pub fn id(&self) -> u32 {
