@@ -226,6 +226,25 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
         let store =
             crate::events::redis::RedisStore::new(url, &config.state.redis_prefix, compaction)
                 .map_err(StartupError::State)?;
+        // Answers shown here are shared, so that an outcome posted to
+        // another replica is attributed to them.
+        let client = redis::Client::open(url)
+            .map_err(|e| StartupError::State(format!("state.redis_url: {e}")))?;
+        let shared = crate::events::shared_answers::RedisAnswers::start(
+            client,
+            &config.state.redis_prefix,
+            pipeline.feedback.window_ms(),
+            SHARED_ANSWERS_QUEUE,
+        )
+        .map_err(StartupError::State)?;
+        let online = pipeline.online.clone();
+        pipeline.feedback.share(
+            std::sync::Arc::new(shared),
+            Box::new(move |row| {
+                let c = online.catalog();
+                ((row as usize) < c.items.len()).then(|| c.items.id(row).to_string())
+            }),
+        );
         let mut follower = store.follower(pipeline.online.clone(), pipeline.feedback.clone());
         match follower.catch_up() {
             Ok(entries) => tracing::info!(
@@ -291,6 +310,9 @@ fn open_events(config: &Config, pipeline: &Pipeline) -> Result<crate::events::St
     pipeline.online.report_size();
     Ok(crate::events::Store::Embedded(std::sync::Mutex::new(log)))
 }
+
+/// Answers waiting to be shared with the other replicas at most.
+const SHARED_ANSWERS_QUEUE: usize = 65_536;
 
 /// Events applied at once when the embedded log is replayed at start.
 const REPLAY_CHUNK: usize = 100_000;

@@ -21,6 +21,7 @@ pub mod dedupe;
 pub mod log;
 pub mod online;
 pub mod redis;
+pub mod shared_answers;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

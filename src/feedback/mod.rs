@@ -162,6 +162,69 @@ pub struct Feedback {
     srm: metrics::Gauge,
     /// The ranking log, when `feedback.log_dir` is set.
     log: Option<log::RankingLog>,
+    /// Answers shared with the other replicas (with Redis).
+    shared: std::sync::OnceLock<Shared>,
+}
+
+/// What sharing answers needs: where they go, and the item ids of rows.
+struct Shared {
+    answers: Arc<dyn SharedAnswers>,
+    item_id: Box<dyn Fn(u32) -> Option<String> + Send + Sync>,
+}
+
+/// Answers shared between replicas: each replica publishes the answers it
+/// shows (and its shadows' orders), and looks up one it does not hold when
+/// an outcome names it. Never waits on the ranking path: publishing hands
+/// the record to a writer.
+pub trait SharedAnswers: Send + Sync {
+    fn publish(&self, request_id: &str, answer: SharedAnswer);
+    fn publish_shadow(&self, request_id: &str, shadow: &str, items: Vec<String>);
+    /// The answers `request_ids` name, where another replica shared them.
+    fn lookup(&self, request_ids: &[&str]) -> Vec<Option<SharedAnswer>>;
+}
+
+/// An answer as replicas share it: by item ids (rows are each process's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedAnswer {
+    pub at_ms: i64,
+    pub variant: String,
+    pub models: String,
+    pub experiment: u64,
+    pub served_by: String,
+    pub items: Vec<String>,
+    #[serde(default)]
+    pub shadows: Vec<(String, Vec<String>)>,
+}
+
+impl SharedAnswer {
+    /// What an outcome on `item` at `now_ms` is attributed to.
+    fn attribute(&self, item: &str, now_ms: i64, window_ms: i64) -> Attribution {
+        if now_ms - self.at_ms > window_ms {
+            return Attribution::not(AttributionResult::Expired);
+        }
+        let Some(p) = self.items.iter().position(|x| x == item) else {
+            return Attribution::not(AttributionResult::ItemNotShown);
+        };
+        Attribution {
+            result: AttributionResult::Attributed,
+            variant: Some(self.variant.clone()),
+            models: Some(self.models.clone()),
+            position: Some(p as u32),
+            k: Some(self.items.len() as u32),
+            shadows: self
+                .shadows
+                .iter()
+                .map(|(name, order)| {
+                    (
+                        name.clone(),
+                        order.iter().position(|x| x == item).map(|p| p as u32),
+                    )
+                })
+                .collect(),
+            served_by: Some(self.served_by.clone()),
+            experiment: self.experiment,
+        }
+    }
 }
 
 /// The SRM gauge is recomputed every this many rankings of an arm (a χ²
@@ -216,7 +279,18 @@ impl Feedback {
             attribution,
             srm: metrics::gauge!(m::EXPERIMENT_SRM_P_VALUE),
             log,
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shares this replica's answers through `answers` from now on
+    /// (`item_id`: a row's item id, in the current catalog).
+    pub fn share(
+        &self,
+        answers: Arc<dyn SharedAnswers>,
+        item_id: Box<dyn Fn(u32) -> Option<String> + Send + Sync>,
+    ) {
+        let _ = self.shared.set(Shared { answers, item_id });
     }
 
     /// Whether the answer to `request_id` goes into the ranking log (its
@@ -337,25 +411,50 @@ impl Feedback {
                 }
             }
         }
+        if let Some(shared) = self.shared.get() {
+            shared.answers.publish(
+                &answer.request_id,
+                SharedAnswer {
+                    at_ms: answer.at_ms,
+                    variant: answer.variant.to_string(),
+                    models: answer.models.to_string(),
+                    experiment: answer.experiment,
+                    served_by: self.replica.to_string(),
+                    items: answer
+                        .items
+                        .iter()
+                        .filter_map(|&r| (shared.item_id)(r))
+                        .collect(),
+                    shadows: Vec::new(),
+                },
+            );
+        }
         self.answers.insert(answer);
     }
 
     /// A shadow ranked the rows of `request_id` in this order.
     pub fn shadow_ranked(&self, request_id: &str, shadow: Arc<str>, rows: Box<[u32]>) {
+        if let Some(shared) = self.shared.get() {
+            let items = rows.iter().filter_map(|&r| (shared.item_id)(r)).collect();
+            shared.answers.publish_shadow(request_id, &shadow, items);
+        }
         self.answers.shadow(request_id, shadow, rows, now_ms());
     }
 
     /// Attributes each outcome of `events` (accepted, not yet logged) to
     /// the answer it names, writing the result into the event, and counts
-    /// the result. `row` finds an item's catalog row.
+    /// the result. `row` finds an item's catalog row. An answer this
+    /// process does not hold is looked up among the ones other replicas
+    /// shared, when they share them ([`Feedback::share`]).
     pub fn attribute(&self, events: &mut [Event], row: &dyn Fn(&str) -> Option<u32>) {
         let now = now_ms();
-        for e in events {
+        let mut results: Vec<(usize, Attribution)> = Vec::new();
+        let mut remote: Vec<usize> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
             let Event::Interaction {
                 kind,
                 item_id,
                 request_id,
-                attribution,
                 ..
             } = e
             else {
@@ -395,12 +494,38 @@ impl Feedback {
                     }
                 }),
             };
-            let i = AttributionResult::ALL
+            if found.result == AttributionResult::UnknownRequest {
+                remote.push(results.len());
+            }
+            results.push((i, found));
+        }
+        if let (Some(shared), false) = (self.shared.get(), remote.is_empty()) {
+            let ids: Vec<&str> = remote
+                .iter()
+                .filter_map(|&r| match &events[results[r].0] {
+                    Event::Interaction { request_id, .. } => request_id.as_deref(),
+                    _ => None,
+                })
+                .collect();
+            for (&r, answer) in remote.iter().zip(shared.answers.lookup(&ids)) {
+                let (Some(a), Event::Interaction { item_id, .. }) = (answer, &events[results[r].0])
+                else {
+                    continue;
+                };
+                results[r].1 = a.attribute(item_id, now, self.window_ms);
+            }
+        }
+        let mut t = self.tally();
+        for (i, found) in results {
+            let r = AttributionResult::ALL
                 .iter()
                 .position(|r| *r == found.result)
                 .expect("every result is listed");
-            self.attribution[i].increment(1);
-            *attribution = Some(Box::new(found));
+            self.attribution[r].increment(1);
+            t.attribution[r] += 1;
+            if let Event::Interaction { attribution, .. } = &mut events[i] {
+                *attribution = Some(Box::new(found));
+            }
         }
     }
 

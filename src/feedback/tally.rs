@@ -74,6 +74,9 @@ pub struct Tally {
     pub arms: BTreeMap<String, ArmTally>,
     pub shadows_since_ms: i64,
     pub shadows: BTreeMap<String, Vec<ShadowKind>>,
+    /// Outcome events this replica accepted, by what attribution found
+    /// (in [`super::AttributionResult::ALL`] order).
+    pub attribution: [u64; 5],
 }
 
 /// The rate of a kind per ranking and its standard error, from the
@@ -186,6 +189,11 @@ impl Tally {
             "arms": arms,
             "vs_control": vs_control,
             "srm": {"p_value": stats::sample_ratio_p(&observed, &shares).map(round)},
+            "attribution": super::AttributionResult::ALL
+                .iter()
+                .zip(self.attribution)
+                .map(|(r, n)| (r.as_str().to_string(), json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 

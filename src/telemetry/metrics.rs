@@ -143,6 +143,9 @@ pub const EXPERIMENT_SRM_P_VALUE: &str = "cascade_experiment_srm_p_value";
 /// Ranking-log records (`result`: written, dropped (queue full), failed
 /// (the disk refused the write)).
 pub const RANKINGS_LOGGED_TOTAL: &str = "cascade_rankings_logged_total";
+/// Answers this replica could not share with the others (its writer's
+/// queue was full).
+pub const SHARED_ANSWERS_DROPPED_TOTAL: &str = "cascade_shared_answers_dropped_total";
 /// Time to lay the catalog changes from events over the snapshot (a new
 /// catalog generation, after each batch that changed items or users).
 pub const CATALOG_REBUILD_SECONDS: &str = "cascade_catalog_rebuild_seconds";

@@ -412,3 +412,63 @@ async fn replicas_converge_under_racing_flips_and_survive_a_redis_reset() {
         .sum();
     assert!(reseeds >= 1.0, "no replica re-seeded");
 }
+
+/// An outcome posted to one replica for an answer another replica served
+/// is attributed (the answers are shared through Redis) and counted by the
+/// replica that served it: the reports of the two add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_on_another_replicas_answer_is_attributed_and_counted_by_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+    let user = crate::common::known_users(1).remove(0);
+    let ask = json!({"request_id": "x-1", "user_id": user, "k": 5});
+    let shown = ids(&a.post_json("/v1/rank", &ask).await.json());
+    // Shared off the ranking path: within moments.
+    let started = Instant::now();
+    while redis.command(&["EXISTS", "cascade:answer:x-1"]) != ":1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the answer was never shared"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let click = |id: &str, item: &str| {
+        json!({"events": [{"type": "interaction", "id": id, "user_id": user, "item_id": item,
+                            "kind": "click", "request_id": "x-1"}]})
+    };
+    assert_eq!(events(&b, &click("xc-1", &shown[2])).await.status, 200);
+    let not_shown = (1..=1682)
+        .map(|i| i.to_string())
+        .find(|i| !shown.contains(i))
+        .unwrap();
+    assert_eq!(events(&b, &click("xc-2", &not_shown)).await.status, 200);
+    let report = |s: &TestServer| {
+        let admin = s.admin;
+        async move {
+            crate::common::send(admin, "GET", "/admin/experiments/report", &[], b"")
+                .await
+                .json()
+        }
+    };
+    let started = Instant::now();
+    loop {
+        let r = report(&a).await;
+        if r["arms"][0]["outcomes"]["click"]["count"] == 1 {
+            assert_eq!(
+                r["arms"][0]["outcomes"]["click"]["mean_position"], 2.0,
+                "{r}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the serving replica never counted it: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The accepting replica served nothing: it counts nothing.
+    let r = report(&b).await;
+    assert_eq!(r["arms"][0]["outcomes"]["click"]["count"], 0, "{r}");
+}
