@@ -101,6 +101,14 @@ pub struct Args {
     /// of posting interactions: catalog changes under load.
     #[arg(long)]
     pub new_items: bool,
+    /// [events] Post outcomes of this kind (e.g. click) naming the
+    /// rankings of a concurrent `rank` run (see --outcome-seed).
+    #[arg(long)]
+    pub outcomes: Option<String>,
+    /// [events] The seed of the `rank` run whose request ids the outcomes
+    /// name.
+    #[arg(long, default_value_t = 42)]
+    pub outcome_seed: u64,
 
     /// [rank] TOML mix file (see scenarios/rank.toml); flags below override it.
     #[arg(long)]
@@ -131,8 +139,16 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScenarioConfig {
     Rank(RankMix),
-    Infer { model: String, batch: usize },
-    Events { batch: usize, new_items: bool },
+    Infer {
+        model: String,
+        batch: usize,
+    },
+    Events {
+        batch: usize,
+        new_items: bool,
+        /// (kind, rank run seed).
+        outcomes: Option<(String, u64)>,
+    },
 }
 
 /// Validated settings of one run.
@@ -211,6 +227,7 @@ impl Args {
             ScenarioName::Events => ScenarioConfig::Events {
                 batch: self.batch,
                 new_items: self.new_items,
+                outcomes: self.outcomes.clone().map(|k| (k, self.outcome_seed)),
             },
         };
         Ok(Config {

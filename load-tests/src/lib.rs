@@ -126,15 +126,25 @@ fn scenario(config: &Config) -> anyhow::Result<(Box<dyn Source>, serde_json::Val
             Box::new(InferSource::new(&config.models_dir, model, *batch)?),
             serde_json::json!({"model": model, "batch": batch}),
         ),
-        ScenarioConfig::Events { batch, new_items } => (
-            Box::new(EventsSource::new(
+        ScenarioConfig::Events {
+            batch,
+            new_items,
+            outcomes,
+        } => {
+            let mut source = EventsSource::new(
                 rank::Catalog::load(&config.models_dir)?,
                 *batch,
                 config.seed,
                 *new_items,
-            )?),
-            serde_json::json!({"batch": batch, "new_items": new_items}),
-        ),
+            )?;
+            if let Some((kind, rank_seed)) = outcomes {
+                source = source.with_outcomes(kind.clone(), *rank_seed)?;
+            }
+            (
+                Box::new(source),
+                serde_json::json!({"batch": batch, "new_items": new_items, "outcomes": outcomes}),
+            )
+        }
         ScenarioConfig::Rank(mix) => {
             let catalog = rank::Catalog::load(&config.models_dir)?;
             (

@@ -8,6 +8,11 @@
 //! the server counts the second run as duplicates (the duplicate path).
 //! For fresh events give another `--seed` or a fresh state folder.
 //!
+//! With `--outcomes KIND`, each event is an outcome of that kind naming a
+//! ranking of a `rank` run with `--outcome-seed` (its request ids are
+//! `load-<seed>-<n>`; n uniform up to the requests sent so far), on a
+//! popular item (shown or not): the attribution path under load.
+//!
 //! With `--new-items`, each event instead inserts a new item
 //! (`<seed>-item-<n>`) with a random retrieval vector of the schema's
 //! length: catalog changes, which make a new catalog generation per
@@ -37,6 +42,9 @@ pub struct EventsSource {
     /// Insert new items (the vector field and its length) instead of
     /// posting interactions.
     new_items: Option<(String, usize)>,
+    /// Post outcomes of this kind naming the rankings of the rank run
+    /// with this seed.
+    outcomes: Option<(String, u64)>,
 }
 
 impl EventsSource {
@@ -68,7 +76,21 @@ impl EventsSource {
             next_id: 0,
             path: Arc::from("/v1/events"),
             new_items,
+            outcomes: None,
         })
+    }
+
+    /// Outcomes of `kind` (one of the schema's kinds) naming the rankings
+    /// of a `rank` run seeded `rank_seed`.
+    pub fn with_outcomes(mut self, kind: String, rank_seed: u64) -> anyhow::Result<EventsSource> {
+        if !self.catalog.kinds.contains(&kind) {
+            bail!(
+                "--outcomes {kind}: not one of the schema's [events] kinds {:?}",
+                self.catalog.kinds
+            );
+        }
+        self.outcomes = Some((kind, rank_seed));
+        Ok(self)
     }
 }
 
@@ -86,6 +108,34 @@ impl Source for EventsSource {
                         "id": format!("{}-{}", self.seed, self.next_id),
                         "item_id": format!("{}-item-{}", self.seed, self.next_id),
                         "fields": { field.as_str(): v },
+                    })
+                })
+                .collect();
+            let body = serde_json::to_vec(&json!({ "events": events })).expect("JSON serialises");
+            return Prepared {
+                path: self.path.clone(),
+                body: Bytes::from(body),
+                kind: "events",
+            };
+        }
+        if let Some((kind, rank_seed)) = &self.outcomes {
+            let events: Vec<serde_json::Value> = (0..self.batch)
+                .map(|_| {
+                    self.next_id += 1;
+                    // One ranking per outcome request so far: a rank run
+                    // at a higher request rate has made them all.
+                    let ranking = self
+                        .rng
+                        .random_range(1..=(self.next_id / self.batch as u64).max(1));
+                    let user = &self.catalog.users[self.users.sample(&mut self.rng)];
+                    let item = &self.catalog.popular[self.popular.sample(&mut self.rng)];
+                    json!({
+                        "type": "interaction",
+                        "id": format!("{}-o{}", self.seed, self.next_id),
+                        "user_id": user,
+                        "item_id": item,
+                        "kind": kind,
+                        "request_id": format!("load-{rank_seed}-{ranking}"),
                     })
                 })
                 .collect();
