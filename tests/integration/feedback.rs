@@ -183,6 +183,9 @@ async fn outcomes_are_attributed_and_both_reports_count_them_exactly() {
     // 5 vs 3 rankings against 50/50: χ² = 0.5, p = 0.4795.
     let srm = report["srm"]["p_value"].as_f64().unwrap();
     assert!((srm - 0.4795).abs() < 1e-3, "{report}");
+    // Over the unit of assignment, 4 vs 2 users: χ² = 2/3, p = 0.4142.
+    let by_users = report["srm"]["users_p_value"].as_f64().unwrap();
+    assert!((by_users - 0.4142).abs() < 1e-3, "{report}");
 
     // The shadow ranked as the live model did: the same positions.
     let shadows = admin(&s, "GET", "/admin/shadow/report", None).await.json();
