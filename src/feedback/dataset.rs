@@ -164,32 +164,11 @@ pub fn build(src: &Sources<'_>) -> Result<(Vec<(String, Out)>, Summary), String>
             }
         }
     }
-    if let Some(dir) = src.state_dir.filter(|d| d.is_dir()) {
-        for batch in crate::events::log::peek(dir)? {
-            for e in &batch.events {
-                if let Event::Interaction {
-                    id,
-                    item_id,
-                    kind,
-                    timestamp,
-                    request_id,
-                    ..
-                } = e
-                {
-                    outcomes.extend(outcome_of(
-                        id,
-                        kind,
-                        request_id.as_deref(),
-                        item_id,
-                        *timestamp,
-                        src.kinds,
-                        &mut seen,
-                    ));
-                }
-            }
-        }
-    }
-    for e in &src.events {
+    let logged = match src.state_dir.filter(|d| d.is_dir()) {
+        Some(dir) => crate::events::log::peek(dir)?,
+        None => Vec::new(),
+    };
+    for e in logged.iter().flat_map(|b| &b.events).chain(&src.events) {
         if let Event::Interaction {
             id,
             item_id,

@@ -96,81 +96,61 @@ impl EventsSource {
 
 impl Source for EventsSource {
     fn next_request(&mut self) -> Prepared {
-        if let Some((field, dim)) = &self.new_items {
-            let events: Vec<serde_json::Value> = (0..self.batch)
-                .map(|_| {
-                    self.next_id += 1;
-                    let v: Vec<f32> = (0..*dim)
-                        .map(|_| self.rng.random_range(-0.3..0.3))
-                        .collect();
-                    json!({
-                        "type": "item",
-                        "id": format!("{}-{}", self.seed, self.next_id),
-                        "item_id": format!("{}-item-{}", self.seed, self.next_id),
-                        "fields": { field.as_str(): v },
-                    })
-                })
-                .collect();
-            let body = serde_json::to_vec(&json!({ "events": events })).expect("JSON serialises");
-            return Prepared {
-                path: self.path.clone(),
-                body: Bytes::from(body),
-                kind: "events",
-            };
-        }
-        if let Some((kind, rank_seed)) = &self.outcomes {
-            let events: Vec<serde_json::Value> = (0..self.batch)
-                .map(|_| {
-                    self.next_id += 1;
-                    // One ranking per outcome request so far: a rank run
-                    // at a higher request rate has made them all.
-                    let ranking = self
-                        .rng
-                        .random_range(1..=(self.next_id / self.batch as u64).max(1));
-                    let user = &self.catalog.users[self.users.sample(&mut self.rng)];
-                    let item = &self.catalog.popular[self.popular.sample(&mut self.rng)];
-                    json!({
-                        "type": "interaction",
-                        "id": format!("{}-o{}", self.seed, self.next_id),
-                        "user_id": user,
-                        "item_id": item,
-                        "kind": kind,
-                        "request_id": format!("load-{rank_seed}-{ranking}"),
-                    })
-                })
-                .collect();
-            let body = serde_json::to_vec(&json!({ "events": events })).expect("JSON serialises");
-            return Prepared {
-                path: self.path.clone(),
-                body: Bytes::from(body),
-                kind: "events",
-            };
-        }
-        let events: Vec<serde_json::Value> = (0..self.batch)
-            .map(|_| {
-                let user = &self.catalog.users[self.users.sample(&mut self.rng)];
-                let item = if self.rng.random_bool(0.8) {
-                    &self.catalog.popular[self.popular.sample(&mut self.rng)]
-                } else {
-                    &self.catalog.items[self.rng.random_range(0..self.catalog.items.len())]
-                };
-                self.next_id += 1;
-                json!({
-                    "type": "interaction",
-                    "id": format!("{}-{}", self.seed, self.next_id),
-                    "user_id": user,
-                    "item_id": item,
-                    "kind": self.kind,
-                    "value": self.rng.random_range(1..=5),
-                })
-            })
-            .collect();
+        let events: Vec<serde_json::Value> = (0..self.batch).map(|_| self.next_event()).collect();
         let body = serde_json::to_vec(&json!({ "events": events })).expect("JSON serialises");
         Prepared {
             path: self.path.clone(),
             body: Bytes::from(body),
             kind: "events",
         }
+    }
+}
+
+impl EventsSource {
+    /// One event of the configured kind: a new item, an outcome, or an
+    /// interaction.
+    fn next_event(&mut self) -> serde_json::Value {
+        self.next_id += 1;
+        let n = self.next_id;
+        if let Some((field, dim)) = &self.new_items {
+            let v: Vec<f32> = (0..*dim)
+                .map(|_| self.rng.random_range(-0.3..0.3))
+                .collect();
+            return json!({
+                "type": "item",
+                "id": format!("{}-{n}", self.seed),
+                "item_id": format!("{}-item-{n}", self.seed),
+                "fields": { field.as_str(): v },
+            });
+        }
+        let user = &self.catalog.users[self.users.sample(&mut self.rng)];
+        if let Some((kind, rank_seed)) = &self.outcomes {
+            // One ranking per outcome request so far: a rank run at a
+            // higher request rate has made them all.
+            let ranking = self.rng.random_range(1..=(n / self.batch as u64).max(1));
+            let item = &self.catalog.popular[self.popular.sample(&mut self.rng)];
+            return json!({
+                "type": "interaction",
+                "id": format!("{}-o{n}", self.seed),
+                "user_id": user,
+                "item_id": item,
+                "kind": kind,
+                "request_id": format!("load-{rank_seed}-{ranking}"),
+            });
+        }
+        let item = if self.rng.random_bool(0.8) {
+            &self.catalog.popular[self.popular.sample(&mut self.rng)]
+        } else {
+            &self.catalog.items[self.rng.random_range(0..self.catalog.items.len())]
+        };
+        json!({
+            "type": "interaction",
+            "id": format!("{}-{n}", self.seed),
+            "user_id": user,
+            "item_id": item,
+            "kind": self.kind,
+            "value": self.rng.random_range(1..=5),
+        })
     }
 }
 
